@@ -1,0 +1,90 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "traceplane",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "traceplane", targets: ["traceplane"]),
+        .library(name: "TraceCore", targets: ["TraceCore"]),
+        .library(name: "TraceAPI", targets: ["TraceAPI"]),
+        .library(name: "TraceCoreTestSupport", targets: ["TraceCoreTestSupport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // Thin C shims: no variadic function or macro API is called from Swift.
+        .target(
+            name: "CLibBPF",
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
+        ),
+        .target(
+            name: "CMicroHTTPD",
+            linkerSettings: [.linkedLibrary("microhttpd")]
+        ),
+        // Compiles bpf/*.bpf.c with clang -target bpf and embeds the objects as Swift.
+        .executableTarget(name: "BPFEmbed", swiftSettings: strict),
+        .plugin(
+            name: "BPFObjectPlugin",
+            capability: .buildTool(),
+            dependencies: ["BPFEmbed"]
+        ),
+        .target(
+            name: "BPFPrograms",
+            swiftSettings: strict,
+            plugins: ["BPFObjectPlugin"]
+        ),
+        .target(
+            name: "TraceCore",
+            dependencies: [
+                "CLibBPF", "BPFPrograms",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "TraceCoreTestSupport",
+            dependencies: ["TraceCore"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "TraceAPI",
+            dependencies: [
+                "CMicroHTTPD", "TraceCore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "traceplane",
+            dependencies: [
+                "TraceCore", "TraceAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "TraceCoreTests",
+            dependencies: ["TraceCore", "TraceCoreTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "TraceCoreKernelTests",
+            dependencies: ["TraceCore", "CLibBPF"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "TraceAPITests",
+            dependencies: ["TraceAPI", "TraceCore", "TraceCoreTestSupport"],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Thin C shim over libbpf: every macro, variadic or struct-heavy libbpf API that Swift
+// cannot call directly is wrapped here as a small prefixed function.
+#ifndef TRACEPLANE_CLIBBPF_H
+#define TRACEPLANE_CLIBBPF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+
+/// Receives one formatted libbpf log line (no trailing newline). level: 0 warn, 1 info, 2 debug.
+typedef void (*tp_log_callback)(int level, const char *line);
+
+/// Routes libbpf's own log output through `callback` instead of stderr.
+void tp_libbpf_set_logger(tp_log_callback callback);
+
+/// Starts capturing this thread's libbpf warning lines (the verifier log among them).
+void tp_log_capture_begin(void);
+/// Stops capturing and copies the captured tail (at most size-1 bytes) into buf.
+void tp_log_capture_end(char *buf, size_t size);
+
+/// Opens an in-memory ELF object. Returns NULL with errno set on failure.
+struct bpf_object *tp_object_open_mem(const void *data, size_t size, const char *name);
+
+/// Writes `size` bytes into the `.rodata` variable `var` of an opened (not loaded) object.
+/// Returns 0, or a negative errno (-ENOENT when there is no such variable, -E2BIG on size mismatch).
+int tp_object_set_rodata(struct bpf_object *obj, const char *var, const void *value, size_t size);
+
+/// Loads the object; returns 0 or a negative errno. The verifier log goes to the logger.
+int tp_object_load(struct bpf_object *obj);
+
+/// Attach helpers for APIs that take LIBBPF_OPTS. Return NULL with errno set on failure.
+struct bpf_link *tp_attach_kprobe(const struct bpf_program *prog, const char *func, bool retprobe);
+struct bpf_link *tp_attach_kprobe_multi(const struct bpf_program *prog, const char *pattern, bool retprobe);
+struct bpf_link *tp_attach_uprobe(const struct bpf_program *prog, pid_t pid, const char *binary,
+                                  const char *func, bool retprobe);
+struct bpf_link *tp_attach_tracepoint(const struct bpf_program *prog, const char *category, const char *name);
+struct bpf_link *tp_attach_raw_tracepoint(const struct bpf_program *prog, const char *name);
+struct bpf_link *tp_attach_trace(const struct bpf_program *prog);
+struct bpf_link *tp_attach_perf_event(const struct bpf_program *prog, int pfd);
+
+/// Destroys a link (detaches). Safe with NULL.
+void tp_link_destroy(struct bpf_link *link);
+
+/// Opens a software cpu-clock perf event on the calling thread, sampling every `period_ns`.
+/// Returns an fd or a negative errno.
+int tp_perf_event_open_cpu_clock(uint64_t period_ns);
+
+/// Run-time statistics and identity of a loaded program (from BPF_OBJ_GET_INFO_BY_FD).
+typedef struct {
+    uint32_t id;
+    uint64_t run_time_ns;
+    uint64_t run_cnt;
+} tp_prog_info;
+int tp_prog_get_info(int prog_fd, tp_prog_info *info);
+
+/// Enables BPF run-time stats for as long as the returned fd is open. Negative errno on failure.
+int tp_enable_runtime_stats(void);
+
+/// Ring buffer / task storage / helper availability, probed by libbpf loading real bytecode.
+/// Return 1 supported, 0 not, negative errno on error.
+int tp_probe_map_type(int map_type);
+int tp_probe_helper(int prog_type, int helper_id);
+
+/// Program/map type and helper constants (enums that Swift imports awkwardly).
+enum {
+    TP_MAP_TYPE_RINGBUF = BPF_MAP_TYPE_RINGBUF,
+    TP_MAP_TYPE_TASK_STORAGE = BPF_MAP_TYPE_TASK_STORAGE,
+    TP_MAP_TYPE_HASH = BPF_MAP_TYPE_HASH,
+    TP_PROG_TYPE_KPROBE = BPF_PROG_TYPE_KPROBE,
+    TP_PROG_TYPE_TRACEPOINT = BPF_PROG_TYPE_TRACEPOINT,
+    TP_FUNC_GET_ATTACH_COOKIE = BPF_FUNC_get_attach_cookie,
+};
+
+/// Creates a BPF link through BPF_LINK_CREATE for a perf event (the modern link API).
+/// Returns the link fd or a negative errno.
+int tp_link_create_perf_event(int prog_fd, int perf_fd);
+
+/// Opens a perf event for the tracepoint with the given tracefs id. Returns fd or -errno.
+int tp_perf_event_open_tracepoint(uint64_t tracepoint_id);
+
+/// A function with a stable symbol that the uprobe capability probe attaches to.
+int traceplane_uprobe_target(int value);
+
+#endif
+
+#ifndef TRACEPLANE_CLIBBPF_H_EXTRA
+#define TRACEPLANE_CLIBBPF_H_EXTRA
+/// Loads a trivial tracepoint program through bpf_prog_load, opens a perf event for the
+/// tracepoint `tracepoint_id`, and links them with BPF_LINK_CREATE. Everything is closed
+/// again. Returns 0 when BPF links work for perf events, or a negative errno; *stage is
+/// set to 0 for a load failure and 1 for a link failure.
+int tp_probe_perf_link(uint64_t tracepoint_id, int *stage);
+
+/// The file system magic number of `path` (statfs f_type). Returns 0 or -errno.
+int tp_fs_magic(const char *path, long *magic);
+
+/// Whether the kernel's vmlinux BTF loads, and which syscall-wrapper prefix it uses:
+/// writes the prefix (possibly empty) into `prefix` and returns 1 when a getpgid entry
+/// function was found, 0 when BTF loads but none was found, negative errno when BTF
+/// does not load.
+int tp_vmlinux_btf_syscall_prefix(char *prefix, size_t size);
+#endif

@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "clibbpf.h"
+
+#include <errno.h>
+#include <linux/perf_event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+#include <linux/bpf.h>
+
+static tp_log_callback log_callback;
+
+#define CAPTURE_SIZE 4096
+static __thread bool capturing;
+static __thread char captured[CAPTURE_SIZE];
+static __thread size_t captured_len;
+
+static void capture(const char *line, size_t len)
+{
+    if (len + 1 >= CAPTURE_SIZE) {
+        line += len - (CAPTURE_SIZE - 2);
+        len = CAPTURE_SIZE - 2;
+    }
+    if (captured_len + len + 1 >= CAPTURE_SIZE) {
+        size_t drop = captured_len + len + 1 - (CAPTURE_SIZE - 1);
+        memmove(captured, captured + drop, captured_len - drop);
+        captured_len -= drop;
+    }
+    memcpy(captured + captured_len, line, len);
+    captured_len += len;
+    captured[captured_len++] = '\n';
+    captured[captured_len] = '\0';
+}
+
+void tp_log_capture_begin(void)
+{
+    capturing = true;
+    captured_len = 0;
+    captured[0] = '\0';
+}
+
+void tp_log_capture_end(char *buf, size_t size)
+{
+    capturing = false;
+    if (!buf || !size)
+        return;
+    size_t n = captured_len < size - 1 ? captured_len : size - 1;
+    memcpy(buf, captured + (captured_len - n), n);
+    buf[n] = '\0';
+    captured_len = 0;
+}
+
+static int print_to_callback(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    char line[8192];
+    int n = vsnprintf(line, sizeof(line), fmt, args);
+    if (n < 0)
+        return n;
+    size_t len = strnlen(line, sizeof(line));
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == ' '))
+        line[--len] = '\0';
+    if (len == 0)
+        return n;
+    if (capturing && level == LIBBPF_WARN)
+        capture(line, len);
+    tp_log_callback cb = __atomic_load_n(&log_callback, __ATOMIC_ACQUIRE);
+    if (cb)
+        cb((int)level, line);
+    return n;
+}
+
+void tp_libbpf_set_logger(tp_log_callback callback)
+{
+    __atomic_store_n(&log_callback, callback, __ATOMIC_RELEASE);
+    libbpf_set_print(print_to_callback);
+}
+
+struct bpf_object *tp_object_open_mem(const void *data, size_t size, const char *name)
+{
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name);
+    struct bpf_object *obj = bpf_object__open_mem(data, size, &opts);
+    if (!obj && errno == 0)
+        errno = EINVAL;
+    return obj;
+}
+
+int tp_object_set_rodata(struct bpf_object *obj, const char *var, const void *value, size_t size)
+{
+    struct bpf_map *map = NULL, *it;
+    bpf_object__for_each_map(it, obj) {
+        const char *name = bpf_map__name(it);
+        size_t len = strlen(name);
+        if (len >= 7 && strcmp(name + len - 7, ".rodata") == 0) {
+            map = it;
+            break;
+        }
+    }
+    if (!map)
+        return -ENOENT;
+    struct btf *btf = bpf_object__btf(obj);
+    if (!btf)
+        return -ENOENT;
+    int sec_id = btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC);
+    if (sec_id < 0)
+        return -ENOENT;
+    const struct btf_type *sec = btf__type_by_id(btf, sec_id);
+    const struct btf_var_secinfo *vs = btf_var_secinfos(sec);
+    size_t data_size = 0;
+    void *data = (void *)bpf_map__initial_value(map, &data_size);
+    if (!data)
+        return -ENOENT;
+    for (unsigned short i = 0; i < btf_vlen(sec); i++, vs++) {
+        const struct btf_type *v = btf__type_by_id(btf, vs->type);
+        if (strcmp(btf__name_by_offset(btf, v->name_off), var) != 0)
+            continue;
+        if (vs->size != size || vs->offset + size > data_size)
+            return -E2BIG;
+        memcpy((char *)data + vs->offset, value, size);
+        return 0;
+    }
+    return -ENOENT;
+}
+
+int tp_object_load(struct bpf_object *obj)
+{
+    int err = bpf_object__load(obj);
+    if (err == 0)
+        return 0;
+    if (err > 0)
+        err = -err;
+    return err;
+}
+
+static struct bpf_link *fix_errno(struct bpf_link *link)
+{
+    if (!link && errno == 0)
+        errno = EINVAL;
+    return link;
+}
+
+struct bpf_link *tp_attach_kprobe(const struct bpf_program *prog, const char *func, bool retprobe)
+{
+    LIBBPF_OPTS(bpf_kprobe_opts, opts, .retprobe = retprobe);
+    return fix_errno(bpf_program__attach_kprobe_opts(prog, func, &opts));
+}
+
+struct bpf_link *tp_attach_kprobe_multi(const struct bpf_program *prog, const char *pattern, bool retprobe)
+{
+    LIBBPF_OPTS(bpf_kprobe_multi_opts, opts, .retprobe = retprobe);
+    return fix_errno(bpf_program__attach_kprobe_multi_opts(prog, pattern, &opts));
+}
+
+struct bpf_link *tp_attach_uprobe(const struct bpf_program *prog, pid_t pid, const char *binary,
+                                  const char *func, bool retprobe)
+{
+    LIBBPF_OPTS(bpf_uprobe_opts, opts, .retprobe = retprobe, .func_name = func);
+    return fix_errno(bpf_program__attach_uprobe_opts(prog, pid, binary, 0, &opts));
+}
+
+struct bpf_link *tp_attach_tracepoint(const struct bpf_program *prog, const char *category, const char *name)
+{
+    return fix_errno(bpf_program__attach_tracepoint(prog, category, name));
+}
+
+struct bpf_link *tp_attach_raw_tracepoint(const struct bpf_program *prog, const char *name)
+{
+    return fix_errno(bpf_program__attach_raw_tracepoint(prog, name));
+}
+
+struct bpf_link *tp_attach_trace(const struct bpf_program *prog)
+{
+    return fix_errno(bpf_program__attach_trace(prog));
+}
+
+struct bpf_link *tp_attach_perf_event(const struct bpf_program *prog, int pfd)
+{
+    return fix_errno(bpf_program__attach_perf_event(prog, pfd));
+}
+
+void tp_link_destroy(struct bpf_link *link)
+{
+    if (link)
+        bpf_link__destroy(link);
+}
+
+static int perf_event_open(struct perf_event_attr *attr, pid_t pid, int cpu)
+{
+    int fd;
+    do {
+        fd = (int)syscall(__NR_perf_event_open, attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+int tp_perf_event_open_cpu_clock(uint64_t period_ns)
+{
+    struct perf_event_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.size = sizeof(attr);
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_CPU_CLOCK;
+    attr.sample_period = period_ns;
+    return perf_event_open(&attr, 0, -1);
+}
+
+int tp_perf_event_open_tracepoint(uint64_t tracepoint_id)
+{
+    struct perf_event_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.size = sizeof(attr);
+    attr.type = PERF_TYPE_TRACEPOINT;
+    attr.config = tracepoint_id;
+    attr.sample_period = 1;
+    attr.wakeup_events = 1;
+    return perf_event_open(&attr, -1, 0);
+}
+
+int tp_prog_get_info(int prog_fd, tp_prog_info *out)
+{
+    struct bpf_prog_info info;
+    __u32 len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    int err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (err)
+        return err < 0 ? err : -err;
+    out->id = info.id;
+    out->run_time_ns = info.run_time_ns;
+    out->run_cnt = info.run_cnt;
+    return 0;
+}
+
+int tp_enable_runtime_stats(void)
+{
+    int fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+    return fd < 0 ? -errno : fd;
+}
+
+int tp_probe_map_type(int map_type)
+{
+    return libbpf_probe_bpf_map_type((enum bpf_map_type)map_type, NULL);
+}
+
+int tp_probe_helper(int prog_type, int helper_id)
+{
+    return libbpf_probe_bpf_helper((enum bpf_prog_type)prog_type, (enum bpf_func_id)helper_id, NULL);
+}
+
+int tp_link_create_perf_event(int prog_fd, int perf_fd)
+{
+    int fd = bpf_link_create(prog_fd, perf_fd, BPF_PERF_EVENT, NULL);
+    return fd < 0 ? -errno : fd;
+}
+
+__attribute__((noinline, used, visibility("default")))
+int traceplane_uprobe_target(int value)
+{
+    __asm__ volatile("" : "+r"(value));
+    return value + 1;
+}
+
+int tp_probe_perf_link(uint64_t tracepoint_id, int *stage)
+{
+    struct bpf_insn insns[] = {
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+    *stage = 0;
+    int prog = bpf_prog_load(BPF_PROG_TYPE_TRACEPOINT, "tp_link_probe", "GPL", insns, 2, NULL);
+    if (prog < 0)
+        return -errno;
+    *stage = 1;
+    int pfd = tp_perf_event_open_tracepoint(tracepoint_id);
+    if (pfd < 0) {
+        close(prog);
+        return pfd;
+    }
+    int link = tp_link_create_perf_event(prog, pfd);
+    if (link >= 0)
+        close(link);
+    close(pfd);
+    close(prog);
+    return link < 0 ? link : 0;
+}
+
+int tp_vmlinux_btf_syscall_prefix(char *prefix, size_t size)
+{
+    static const char *const candidates[] = { "__x64_", "__arm64_", "__s390x_", "__riscv_", "__ia32_", "" };
+    struct btf *btf = btf__load_vmlinux_btf();
+    int err = libbpf_get_error(btf);
+    if (err)
+        return err < 0 ? err : -err;
+    int found = 0;
+    for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%ssys_getpgid", candidates[i]);
+        if (btf__find_by_name_kind(btf, name, BTF_KIND_FUNC) > 0) {
+            snprintf(prefix, size, "%s", candidates[i]);
+            found = 1;
+            break;
+        }
+    }
+    btf__free(btf);
+    return found;
+}
+
+int tp_fs_magic(const char *path, long *magic)
+{
+    struct statfs info;
+    if (statfs(path, &info) != 0)
+        return -errno;
+    *magic = (long)info.f_type;
+    return 0;
+}

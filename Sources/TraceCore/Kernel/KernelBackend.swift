@@ -1,0 +1,126 @@
+/// The narrow seam between TraceCore and the kernel: load an object, attach a program,
+/// read a map, detach. The planner, the capability prober and the probe runtime only
+/// speak to this protocol, so a fake (in `TraceCoreTestSupport`) can drive them in unit
+/// tests, while ``LibBPFBackend`` runs the same code against the real kernel.
+public protocol KernelBackend: Sendable {
+    /// Opens an embedded BPF object, applies `spec` (autoload, load-time targets,
+    /// read-only settings, map tweaks) and loads it into the kernel.
+    ///
+    /// - Throws: ``KernelError`` with stage `.load` and the kernel's errno.
+    func load(_ spec: LoadSpec) throws(KernelError) -> any LoadedObject
+
+    /// Makes the event that `trigger` names happen, from this process and this thread.
+    func fire(_ trigger: Trigger)
+
+    /// Facts about the host that the capability report includes.
+    var host: any HostEnvironment { get }
+}
+
+/// A loaded BPF object: programs and maps in the kernel. One owner; `close()` frees
+/// everything the object holds (links must be closed by their owners first) and is
+/// safe to call more than once.
+public protocol LoadedObject: AnyObject, Sendable {
+    /// Attaches the loaded program `program` at `point`.
+    ///
+    /// - Throws: ``KernelError`` with stage `.attach`.
+    func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink
+
+    /// Every entry of map `name`; per-CPU maps give one value per possible CPU.
+    ///
+    /// - Throws: ``KernelError`` with stage `.read`.
+    func readMap(_ name: String) throws(KernelError) -> [MapEntry]
+
+    /// Run-time statistics of the loaded programs (zero unless BPF stats are enabled).
+    func programStats() -> [ProgramStats]
+
+    /// Frees the object's programs and maps. Idempotent.
+    func close()
+}
+
+/// An attachment of a program to an event. `close()` detaches (and may wait for an RCU
+/// grace period in the kernel); it is idempotent.
+public protocol AttachedLink: AnyObject, Sendable {
+    func close()
+}
+
+/// What to load: an embedded object (by name, see `BPFObjects`) and how to prepare it.
+public struct LoadSpec: Sendable, Hashable {
+    /// A program to load, with the kernel function or BTF tracepoint it binds to at load
+    /// time (fentry, fexit and tp_btf need one; others attach later).
+    public struct Program: Sendable, Hashable {
+        public var name: String
+        public var loadTimeTarget: String?
+        public init(_ name: String, loadTimeTarget: String? = nil) {
+            self.name = name
+            self.loadTimeTarget = loadTimeTarget
+        }
+    }
+
+    /// A change to a map's definition before load.
+    public enum MapChange: Sendable, Hashable {
+        /// Turn a task-storage map into a hash keyed by thread id (kernels without task storage).
+        case taskStorageToHash(maxEntries: UInt32)
+        case maxEntries(UInt32)
+    }
+
+    public var object: String
+    public var programs: [Program]
+    /// Values of `const volatile` globals, by name, as raw little-endian bytes.
+    public var readOnly: [String: [UInt8]]
+    public var mapChanges: [String: MapChange]
+
+    public init(object: String, programs: [Program], readOnly: [String: [UInt8]] = [:], mapChanges: [String: MapChange] = [:]) {
+        self.object = object
+        self.programs = programs
+        self.readOnly = readOnly
+        self.mapChanges = mapChanges
+    }
+}
+
+/// Where a loaded program attaches.
+public enum AttachPoint: Sendable, Hashable {
+    /// fentry, fexit, tp_btf: the target was bound at load time.
+    case loadTimeTarget
+    case kprobe(function: String, retprobe: Bool)
+    case kprobeMulti(pattern: String, retprobe: Bool)
+    case tracepoint(category: String, name: String)
+    case rawTracepoint(name: String)
+    /// `pid` nil traces every process.
+    case uprobe(binary: String, symbol: String, pid: Int32?, retprobe: Bool)
+    /// A software cpu-clock perf event on the calling thread.
+    case cpuClock(periodNanoseconds: UInt64)
+}
+
+/// Events that the capability prober makes happen in its own process.
+public enum Trigger: Sendable, Hashable {
+    /// A `getpgid(0)` system call (fires syscall entry/exit, its tracepoints and `sys_enter`).
+    case getpgid
+    /// A call of `traceplane_uprobe_target` in this executable.
+    case uprobeTarget
+    /// Burns CPU on this thread for about `milliseconds` (fires cpu-clock perf events).
+    case spin(milliseconds: Int)
+}
+
+/// One map entry, raw: the key bytes and one value per CPU (one value for non-per-CPU maps).
+public struct MapEntry: Sendable, Hashable {
+    public var key: [UInt8]
+    public var values: [[UInt8]]
+    public init(key: [UInt8], values: [[UInt8]]) {
+        self.key = key
+        self.values = values
+    }
+}
+
+/// Run-time statistics of one loaded program, from the kernel's BPF stats.
+public struct ProgramStats: Sendable, Hashable {
+    public var name: String
+    public var id: UInt32
+    public var runTimeNanoseconds: UInt64
+    public var runCount: UInt64
+    public init(name: String, id: UInt32, runTimeNanoseconds: UInt64, runCount: UInt64) {
+        self.name = name
+        self.id = id
+        self.runTimeNanoseconds = runTimeNanoseconds
+        self.runCount = runCount
+    }
+}

@@ -1,0 +1,300 @@
+import BPFPrograms
+import CLibBPF
+import Glibc
+import Logging
+import Synchronization
+
+/// The real kernel seam: libbpf objects and links, owned by Swift objects with
+/// idempotent `close()`.
+public final class LibBPFBackend: KernelBackend {
+    public let host: any HostEnvironment
+
+    public init(host: any HostEnvironment = LinuxHost(), logger: Logger = Logger(label: "traceplane.libbpf")) {
+        self.host = host
+        LibBPFLog.install(logger)
+    }
+
+    public func load(_ spec: LoadSpec) throws(KernelError) -> any LoadedObject {
+        try LibBPFObject(spec: spec)
+    }
+
+    public func fire(_ trigger: Trigger) {
+        switch trigger {
+        case .getpgid:
+            _ = getpgid(0)
+        case .uprobeTarget:
+            _ = traceplane_uprobe_target(41)
+        case .spin(let milliseconds):
+            var now = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+            let end = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec) + Int64(milliseconds) * 1_000_000
+            var sink: UInt64 = 0
+            while true {
+                for i in 0..<10_000 { sink &+= UInt64(i) &* 31 }
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+                if Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec) >= end { break }
+            }
+            blackHole(sink)
+        }
+    }
+}
+
+@inline(never) func blackHole<T>(_ value: T) { withExtendedLifetime(value) {} }
+
+/// Routes libbpf's log lines into swift-log. libbpf warnings are expected while probing
+/// (that is how unsupported mechanisms show), so they are logged at `info`.
+enum LibBPFLog {
+    static let logger = Mutex<Logger?>(nil)
+
+    static func install(_ logger: Logger) {
+        Self.logger.withLock { $0 = logger }
+        tp_libbpf_set_logger { level, line in
+            guard let line else { return }
+            let text = String(cString: line)
+            guard let logger = LibBPFLog.logger.withLock({ $0 }) else { return }
+            switch level {
+            case 0: logger.info("\(text)")
+            case 1: logger.debug("\(text)")
+            default: logger.trace("\(text)")
+            }
+        }
+    }
+
+    /// Runs `body`, capturing libbpf's warnings on this thread; returns them with the result.
+    static func capturing<T>(_ body: () -> T) -> (T, String) {
+        tp_log_capture_begin()
+        let result = body()
+        var buffer = [CChar](repeating: 0, count: 2048)
+        tp_log_capture_end(&buffer, buffer.count)
+        let text = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        return (result, summarize(text))
+    }
+
+    /// The most telling line of a libbpf/verifier log tail: the last verifier line before
+    /// the end marker, or the last line.
+    static func summarize(_ log: String) -> String {
+        let lines = log.split(separator: "\n").map { $0.trimmingCharacters(in: " ") }.filter { !$0.isEmpty }
+        if let end = lines.lastIndex(where: { $0.contains("-- END PROG LOAD LOG --") }), end > 0 {
+            let verifier = lines[..<end].last { !$0.hasPrefix("processed ") && !$0.contains("BEGIN PROG LOAD LOG") }
+            if let verifier { return "verifier: \(verifier)" }
+        }
+        return lines.last.map(String.init) ?? ""
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: Character) -> Substring {
+        var s = self
+        while s.first == set { s.removeFirst() }
+        while s.last == set { s.removeLast() }
+        return s
+    }
+}
+
+/// Raw libbpf pointers. Sendable because they are only ever touched under the owning
+/// object's Mutex; libbpf objects are not tied to a thread.
+struct ObjectHandle: ~Copyable, @unchecked Sendable {
+    var object: OpaquePointer?
+    var bytes: UnsafeMutableRawBufferPointer?
+}
+
+final class LibBPFObject: LoadedObject {
+    private let state: Mutex<ObjectHandle>
+    private let name: String
+    private let programNames: [String]
+
+    init(spec: LoadSpec) throws(KernelError) {
+        name = spec.object
+        programNames = spec.programs.map(\.name)
+        // libbpf keeps pointers into the ELF image while the object lives.
+        let image = BPFObjects.bytes(spec.object)
+        let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: image.count, alignment: 8)
+        bytes.copyBytes(from: image)
+        guard let object = tp_object_open_mem(bytes.baseAddress, bytes.count, spec.object) else {
+            let code = errno
+            bytes.deallocate()
+            throw KernelError(stage: .open, errno: code, operation: "open BPF object \(spec.object)")
+        }
+        var handle = ObjectHandle(object: object, bytes: bytes)
+        do throws(KernelError) {
+            try Self.prepare(object, spec: spec)
+            let (rc, log) = LibBPFLog.capturing { tp_object_load(object) }
+            if rc != 0 {
+                let what = spec.programs.map(\.name).joined(separator: ", ")
+                throw KernelError(stage: .load, errno: -rc, operation: "load \(what)", detail: log)
+            }
+        } catch {
+            Self.free(&handle)
+            throw error
+        }
+        state = Mutex(handle)
+    }
+
+    private static func prepare(_ object: OpaquePointer, spec: LoadSpec) throws(KernelError) {
+        let wanted = Dictionary(spec.programs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var found = Set<String>()
+        var prog = bpf_object__next_program(object, nil)
+        while let p = prog {
+            let name = String(cString: bpf_program__name(p))
+            if let want = wanted[name] {
+                found.insert(name)
+                bpf_program__set_autoload(p, true)
+                if let target = want.loadTimeTarget {
+                    let rc = bpf_program__set_attach_target(p, 0, target)
+                    if rc != 0 {
+                        throw KernelError(stage: .load, errno: -rc, operation: "set attach target \(target) for \(name)")
+                    }
+                }
+            } else {
+                bpf_program__set_autoload(p, false)
+            }
+            prog = bpf_object__next_program(object, p)
+        }
+        if let missing = Set(wanted.keys).subtracting(found).first {
+            preconditionFailure("BPF object \(spec.object) has no program named \(missing).")
+        }
+        for (variable, value) in spec.readOnly {
+            let rc = value.withUnsafeBytes { tp_object_set_rodata(object, variable, $0.baseAddress, $0.count) }
+            precondition(rc == 0, "BPF object \(spec.object) has no read-only global \(variable) of \(value.count) bytes.")
+        }
+        for (mapName, change) in spec.mapChanges {
+            guard let map = bpf_object__find_map_by_name(object, mapName) else {
+                preconditionFailure("BPF object \(spec.object) has no map named \(mapName).")
+            }
+            switch change {
+            case .taskStorageToHash(let maxEntries):
+                bpf_map__set_type(map, bpf_map_type(rawValue: UInt32(TP_MAP_TYPE_HASH)))
+                bpf_map__set_max_entries(map, maxEntries)
+                bpf_map__set_key_size(map, 4)
+            case .maxEntries(let n):
+                bpf_map__set_max_entries(map, n)
+            }
+        }
+    }
+
+    private static func free(_ handle: inout ObjectHandle) {
+        if let object = handle.object { bpf_object__close(object) }
+        handle.object = nil
+        handle.bytes?.deallocate()
+        handle.bytes = nil
+    }
+
+    deinit {
+        state.withLock { Self.free(&$0) }
+    }
+
+    func close() {
+        state.withLock { Self.free(&$0) }
+    }
+
+    private func withProgram<T>(_ program: String, stage: KernelError.Stage, _ body: (OpaquePointer) throws(KernelError) -> T) throws(KernelError) -> T {
+        try state.withLock { (handle) throws(KernelError) -> T in
+            guard let object = handle.object else {
+                throw KernelError(stage: stage, errno: EBADF, operation: "use closed BPF object \(name)")
+            }
+            guard let prog = bpf_object__find_program_by_name(object, program) else {
+                preconditionFailure("BPF object \(name) has no program named \(program).")
+            }
+            return try body(prog)
+        }
+    }
+
+    func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink {
+        try withProgram(program, stage: .attach) { (prog) throws(KernelError) -> any AttachedLink in
+            var perfFD: Int32 = -1
+            let (link, log): (OpaquePointer?, String) = LibBPFLog.capturing {
+                switch point {
+                case .loadTimeTarget:
+                    return tp_attach_trace(prog)
+                case .kprobe(let function, let retprobe):
+                    return tp_attach_kprobe(prog, function, retprobe)
+                case .kprobeMulti(let pattern, let retprobe):
+                    return tp_attach_kprobe_multi(prog, pattern, retprobe)
+                case .tracepoint(let category, let name):
+                    return tp_attach_tracepoint(prog, category, name)
+                case .rawTracepoint(let name):
+                    return tp_attach_raw_tracepoint(prog, name)
+                case .uprobe(let binary, let symbol, let pid, let retprobe):
+                    return tp_attach_uprobe(prog, pid ?? -1, binary, symbol, retprobe)
+                case .cpuClock(let period):
+                    let fd = tp_perf_event_open_cpu_clock(period)
+                    if fd < 0 { errno = -fd; return nil }
+                    perfFD = fd
+                    return tp_attach_perf_event(prog, fd)
+                }
+            }
+            guard let link else {
+                let code = errno
+                if perfFD >= 0 { Glibc.close(perfFD) }
+                throw KernelError(stage: .attach, errno: code, operation: "attach \(program) to \(point.summary)", detail: log)
+            }
+            return LibBPFLink(link: link, perfFD: perfFD)
+        }
+    }
+
+    func readMap(_ mapName: String) throws(KernelError) -> [MapEntry] {
+        try state.withLock { (handle) throws(KernelError) -> [MapEntry] in
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapName) else {
+                throw KernelError(stage: .read, errno: EBADF, operation: "read map \(mapName) of \(name)")
+            }
+            return try MapReader.readAll(map, name: mapName)
+        }
+    }
+
+    func programStats() -> [ProgramStats] {
+        state.withLock { handle in
+            guard let object = handle.object else { return [] }
+            var stats: [ProgramStats] = []
+            for name in programNames {
+                guard let prog = bpf_object__find_program_by_name(object, name) else { continue }
+                let fd = bpf_program__fd(prog)
+                guard fd >= 0 else { continue }
+                var info = tp_prog_info()
+                if tp_prog_get_info(fd, &info) == 0 {
+                    stats.append(ProgramStats(name: name, id: info.id, runTimeNanoseconds: info.run_time_ns, runCount: info.run_cnt))
+                }
+            }
+            return stats
+        }
+    }
+}
+
+/// A libbpf link (and the perf event fd it uses, if we opened one). Sendable because it is
+/// only touched under the owning link's Mutex.
+struct LinkHandle: ~Copyable, @unchecked Sendable {
+    var link: OpaquePointer?
+    var perfFD: Int32
+}
+
+final class LibBPFLink: AttachedLink {
+    private let state: Mutex<LinkHandle>
+
+    init(link: OpaquePointer, perfFD: Int32) {
+        state = Mutex(LinkHandle(link: link, perfFD: perfFD))
+    }
+
+    func close() {
+        state.withLock { h in
+            if let link = h.link { tp_link_destroy(link) }
+            h.link = nil
+            if h.perfFD >= 0 { Glibc.close(h.perfFD) }
+            h.perfFD = -1
+        }
+    }
+
+    deinit { close() }
+}
+
+extension AttachPoint {
+    var summary: String {
+        switch self {
+        case .loadTimeTarget: "its load-time target"
+        case .kprobe(let f, let r): "\(r ? "kretprobe" : "kprobe") \(f)"
+        case .kprobeMulti(let p, let r): "\(r ? "kretprobe.multi" : "kprobe.multi") \(p)"
+        case .tracepoint(let c, let n): "tracepoint \(c):\(n)"
+        case .rawTracepoint(let n): "raw tracepoint \(n)"
+        case .uprobe(let b, let s, _, let r): "\(r ? "uretprobe" : "uprobe") \(b):\(s)"
+        case .cpuClock(let p): "cpu-clock perf event (\(p) ns)"
+        }
+    }
+}
