@@ -76,9 +76,15 @@ let package = Package(
             dependencies: ["TraceCore", "TraceCoreTestSupport"],
             swiftSettings: strict
         ),
+        // Independent oracles for the kernel tests: raw bpf() calls, no libbpf object code.
+        .target(
+            name: "CKernelOracle",
+            path: "Tests/CKernelOracle",
+            linkerSettings: [.linkedLibrary("bpf")]
+        ),
         .testTarget(
             name: "TraceCoreKernelTests",
-            dependencies: ["TraceCore", "CLibBPF"],
+            dependencies: ["TraceCore", "CLibBPF", "CKernelOracle", "TraceCoreTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
