@@ -314,3 +314,17 @@ int tp_fs_magic(const char *path, long *magic)
     *magic = (long)info.f_type;
     return 0;
 }
+
+long tp_syscall_number(const char *name)
+{
+    static const struct { const char *name; long nr; } table[] = {
+#define TP_SYSCALL(n) { #n, __NR_##n },
+#include "syscall_names.h"
+#undef TP_SYSCALL
+    };
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+        if (strcmp(table[i].name, name) == 0)
+            return table[i].nr;
+    }
+    return -1;
+}

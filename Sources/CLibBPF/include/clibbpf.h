@@ -105,3 +105,9 @@ int tp_fs_magic(const char *path, long *magic);
 /// does not load.
 int tp_vmlinux_btf_syscall_prefix(char *prefix, size_t size);
 #endif
+
+#ifndef TRACEPLANE_CLIBBPF_H_SYSCALLS
+#define TRACEPLANE_CLIBBPF_H_SYSCALLS
+/// The number of the syscall `name` on this architecture, or -1 when there is none.
+long tp_syscall_number(const char *name);
+#endif

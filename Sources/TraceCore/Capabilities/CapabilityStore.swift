@@ -1,0 +1,39 @@
+import Dispatch
+
+/// The cached capability report. Probing runs off the cooperative pool; concurrent
+/// refreshes share one probe run.
+public actor CapabilityStore {
+    private let prober: CapabilityProber
+    private var report: CapabilityReport?
+    private var running: Task<CapabilityReport, Never>?
+
+    public init(prober: CapabilityProber) {
+        self.prober = prober
+    }
+
+    /// The cached report, nil until the first probe finished.
+    public var current: CapabilityReport? { report }
+
+    /// Probes again (or joins a probe already running) and caches the result.
+    @discardableResult
+    public func refresh() async -> CapabilityReport {
+        if let running { return await running.value }
+        let prober = self.prober
+        let task = Task {
+            await withCheckedContinuation { (c: CheckedContinuation<CapabilityReport, Never>) in
+                DispatchQueue.global().async { c.resume(returning: prober.probe()) }
+            }
+        }
+        running = task
+        let fresh = await task.value
+        report = fresh
+        running = nil
+        return fresh
+    }
+
+    /// The cached report, probing first if there is none.
+    public func get() async -> CapabilityReport {
+        if let report { return report }
+        return await refresh()
+    }
+}

@@ -1,0 +1,193 @@
+import Glibc
+
+/// One mechanism tried for a probe.
+public struct AttachAttempt: Sendable, Codable, Hashable {
+    public enum Outcome: String, Sendable, Codable, Hashable {
+        case attached, unsupported, denied, error
+    }
+    public var mechanism: String
+    public var outcome: Outcome
+    /// `load` or `attach`; null when nothing was tried (disabled by configuration).
+    public var stage: String?
+    public var errno: String?
+    public var message: String
+
+    public init(mechanism: String, outcome: Outcome, stage: String?, errno: String?, message: String) {
+        self.mechanism = mechanism
+        self.outcome = outcome
+        self.stage = stage
+        self.errno = errno
+        self.message = message
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(mechanism, forKey: .mechanism)
+        try c.encode(outcome, forKey: .outcome)
+        try c.encode(stage, forKey: .stage)
+        try c.encode(errno, forKey: .errno)
+        try c.encode(message, forKey: .message)
+    }
+}
+
+/// No mechanism attached; nothing was kept.
+public struct AttachFailure: Error, Sendable {
+    public var attempts: [AttachAttempt]
+}
+
+/// Tries a probe's mechanisms in order against the real target and keeps the first that
+/// attaches. Every attempt is recorded; a half-done attach is rolled back.
+public struct Planner: Sendable {
+    public let backend: any KernelBackend
+    public let reaper: Reaper
+
+    public init(backend: any KernelBackend, reaper: Reaper = .shared) {
+        self.backend = backend
+        self.reaper = reaper
+    }
+
+    /// What one flavour loads and attaches for one target.
+    struct Recipe {
+        var load: LoadSpec
+        /// (program, attach point, mechanism it exercises), in attach order.
+        var attachments: [(program: String, point: AttachPoint, mechanism: Mechanism)]
+    }
+
+    static func recipe(_ flavour: Flavour, spec: ProbeSpec, facts: KernelFacts, taskStorage: Bool) -> Recipe {
+        var readOnly: [String: [UInt8]] = [:]
+        if let pid = spec.filter?.pid { readOnly["filter_tgid"] = bytes(UInt32(pid)) }
+        if let comm = spec.filter?.comm {
+            readOnly["filter_comm_set"] = [1]
+            var raw = Array(comm.utf8.prefix(15))
+            raw += Array(repeating: 0, count: 16 - raw.count)
+            readOnly["filter_comm"] = raw
+        }
+        readOnly["use_task_storage"] = [taskStorage ? 1 : 0]
+        let changes: [String: LoadSpec.MapChange] = taskStorage ? [:] : ["starts": .taskStorageToHash(maxEntries: 16384)]
+        let target = spec.target
+        let name = target.name ?? ""
+        let kernelFunction = target.type == .syscall ? "\(facts.syscallPrefix ?? "")sys_\(name)" : name
+        func make(_ programs: [LoadSpec.Program], _ attachments: [(String, AttachPoint, Mechanism)]) -> Recipe {
+            Recipe(load: LoadSpec(object: "latency", programs: programs, readOnly: readOnly, mapChanges: changes),
+                   attachments: attachments.map { (program: $0.0, point: $0.1, mechanism: $0.2) })
+        }
+        switch (flavour, target.type) {
+        case (.fentry, _):
+            return make([.init("lat_fentry", loadTimeTarget: kernelFunction), .init("lat_fexit", loadTimeTarget: kernelFunction)],
+                        [("lat_fentry", .loadTimeTarget, .fentry), ("lat_fexit", .loadTimeTarget, .fexit)])
+        case (.kprobe, _):
+            return make([.init("lat_kprobe"), .init("lat_kretprobe")],
+                        [("lat_kprobe", .kprobe(function: kernelFunction, retprobe: false), .kprobe),
+                         ("lat_kretprobe", .kprobe(function: kernelFunction, retprobe: true), .kretprobe)])
+        case (.tracepoint, .syscall):
+            return make([.init("lat_sys_enter"), .init("lat_sys_exit")],
+                        [("lat_sys_enter", .tracepoint(category: "syscalls", name: "sys_enter_\(name)"), .tracepoint),
+                         ("lat_sys_exit", .tracepoint(category: "syscalls", name: "sys_exit_\(name)"), .tracepoint)])
+        case (.tpBTF, .syscall):
+            readOnly["target_nr"] = bytes(Int64(SyscallTable.number(of: name) ?? -1))
+            return make([.init("lat_btf_sys_enter", loadTimeTarget: "sys_enter"), .init("lat_btf_sys_exit", loadTimeTarget: "sys_exit")],
+                        [("lat_btf_sys_enter", .loadTimeTarget, .tpBTF), ("lat_btf_sys_exit", .loadTimeTarget, .tpBTF)])
+        case (.rawTracepoint, .syscall):
+            readOnly["target_nr"] = bytes(Int64(SyscallTable.number(of: name) ?? -1))
+            return make([.init("lat_raw_sys_enter"), .init("lat_raw_sys_exit")],
+                        [("lat_raw_sys_enter", .rawTracepoint(name: "sys_enter"), .rawTracepoint),
+                         ("lat_raw_sys_exit", .rawTracepoint(name: "sys_exit"), .rawTracepoint)])
+        case (.tpBTF, _):
+            let event = String(name.split(separator: ":").last ?? "")
+            return make([.init("cnt_tp_btf", loadTimeTarget: event)], [("cnt_tp_btf", .loadTimeTarget, .tpBTF)])
+        case (.rawTracepoint, _):
+            let event = String(name.split(separator: ":").last ?? "")
+            return make([.init("cnt_raw_tp")], [("cnt_raw_tp", .rawTracepoint(name: event), .rawTracepoint)])
+        case (.tracepoint, _):
+            let parts = name.split(separator: ":").map(String.init)
+            return make([.init("cnt_tracepoint")],
+                        [("cnt_tracepoint", .tracepoint(category: parts.first ?? "", name: parts.last ?? ""), .tracepoint)])
+        case (.uprobe, _):
+            let pid = spec.filter?.pid.map(Int32.init)
+            let path = target.path ?? "", symbol = target.symbol ?? ""
+            return make([.init("lat_uprobe"), .init("lat_uretprobe")],
+                        [("lat_uprobe", .uprobe(binary: path, symbol: symbol, pid: pid, retprobe: false), .uprobe),
+                         ("lat_uretprobe", .uprobe(binary: path, symbol: symbol, pid: pid, retprobe: true), .uretprobe)])
+        }
+    }
+
+    static func bytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+        withUnsafeBytes(of: value.littleEndian, Array.init)
+    }
+
+    /// Attaches `spec` with the first flavour that works, or fails with every attempt.
+    /// `report` supplies the syscall prefix, task-storage support and disabled mechanisms.
+    public func attach(_ spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachFailure> {
+        var attempts: [AttachAttempt] = []
+        let disabled = Set(report.mechanisms.filter { $0.disabled == true }.compactMap { Mechanism(rawValue: $0.name) })
+        for flavour in spec.flavours where flavour.applies(to: spec.target.type) {
+            let needs = flavour.requires(for: spec.target.type)
+            if let off = needs.first(where: disabled.contains) {
+                attempts.append(AttachAttempt(mechanism: flavour.rawValue, outcome: .unsupported, stage: nil, errno: nil,
+                                              message: "\(off.rawValue) is disabled by configuration (--disable-mechanism)"))
+                continue
+            }
+            switch attempt(flavour, spec: spec, report: report) {
+            case .success(let probe):
+                attempts.append(AttachAttempt(mechanism: flavour.rawValue, outcome: .attached, stage: "attach", errno: nil,
+                                              message: "attached via \(flavour.via(for: spec.target.type))"))
+                probe.attempts = attempts
+                return .success(probe)
+            case .failure(let attempt):
+                attempts.append(attempt)
+            }
+        }
+        return .failure(AttachFailure(attempts: attempts))
+    }
+
+    func attempt(_ flavour: Flavour, spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachAttempt> {
+        var taskStorage = report.supports(.taskStorage)
+        var object: (any LoadedObject)?
+        var recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: taskStorage)
+        var lastError: KernelError?
+        // Task storage may be refused for this program type: retry with a thread-id hash.
+        for _ in 0..<2 where object == nil {
+            do {
+                object = try backend.load(recipe.load)
+            } catch {
+                lastError = error
+                guard taskStorage, error.errno == EINVAL else { break }
+                taskStorage = false
+                recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: false)
+            }
+        }
+        guard let object else {
+            let error = lastError ?? KernelError(stage: .load, errno: 0, operation: "load")
+            return .failure(Self.failedAttempt(flavour, recipe.attachments.first?.mechanism ?? .tracepoint, error, report.kernel))
+        }
+        var links: [any AttachedLink] = []
+        for step in recipe.attachments {
+            do {
+                links.append(try object.attach(program: step.program, to: step.point))
+            } catch {
+                reaper.dispose(links: links, objects: [object])  // roll back what this attempt made
+                return .failure(Self.failedAttempt(flavour, step.mechanism, error, report.kernel))
+            }
+        }
+        return .success(AttachedProbe(flavour: flavour, object: object, links: links, countsOnly: spec.target.type == .tracepoint,
+                                      taskStorage: taskStorage))
+    }
+
+    static func failedAttempt(_ flavour: Flavour, _ mechanism: Mechanism, _ error: KernelError, _ facts: KernelFacts) -> AttachAttempt {
+        var verdict = Classifier.classify(mechanism, error, facts: facts)
+        if error.stage == .load, [ESRCH, ENOENT].contains(error.errno), flavour == .fentry || flavour == .tpBTF {
+            verdict.message = flavour == .fentry
+                ? "the function is not in the kernel's BTF (missing, inlined or static without BTF), so fentry/fexit cannot bind to it"
+                : "the tracepoint is not in the kernel's BTF, so tp_btf cannot bind to it"
+        }
+        let outcome: AttachAttempt.Outcome = switch verdict.status {
+        case .supported: .attached
+        case .unsupported: .unsupported
+        case .denied: .denied
+        case .error: .error
+        }
+        let stage = error.stage == .attach ? "attach" : "load"
+        return AttachAttempt(mechanism: flavour.rawValue, outcome: outcome, stage: stage, errno: error.errnoName, message: verdict.message)
+    }
+}
+extension AttachAttempt: Error {}

@@ -1,0 +1,210 @@
+import Foundation
+
+/// What a probe traces.
+public struct ProbeTarget: Sendable, Codable, Hashable {
+    public var type: TargetType
+    /// Syscall name (`read`), kernel function (`vfs_read`) or tracepoint (`sched:sched_switch`).
+    public var name: String?
+    /// uprobe: the ELF file.
+    public var path: String?
+    /// uprobe: the function symbol.
+    public var symbol: String?
+
+    public init(type: TargetType, name: String? = nil, path: String? = nil, symbol: String? = nil) {
+        self.type = type
+        self.name = name
+        self.path = path
+        self.symbol = symbol
+    }
+
+    /// `syscall:read`, `function:vfs_read`, `tracepoint:sched:sched_switch`, `uprobe:/path:symbol`.
+    public var label: String {
+        switch type {
+        case .uprobe: "uprobe:\(path ?? ""):\(symbol ?? "")"
+        default: "\(type.rawValue):\(name ?? "")"
+        }
+    }
+}
+
+/// Only events from this process / command are counted. Checked in the kernel before
+/// any map operation.
+public struct ProbeFilter: Sendable, Codable, Hashable {
+    public var pid: Int?
+    public var comm: String?
+    public init(pid: Int? = nil, comm: String? = nil) {
+        self.pid = pid
+        self.comm = comm
+    }
+}
+
+/// A probe as a user asks for it.
+public struct ProbeSpec: Sendable, Codable, Hashable {
+    public var name: String?
+    public var target: ProbeTarget
+    /// Allowed mechanisms in preference order; nil means the default chain.
+    public var mechanisms: [String]?
+    public var filter: ProbeFilter?
+    public var ttlSeconds: Int?
+    public var labels: [String: String]?
+
+    public init(name: String? = nil, target: ProbeTarget, mechanisms: [String]? = nil, filter: ProbeFilter? = nil,
+                ttlSeconds: Int? = nil, labels: [String: String]? = nil) {
+        self.name = name
+        self.target = target
+        self.mechanisms = mechanisms
+        self.filter = filter
+        self.ttlSeconds = ttlSeconds
+        self.labels = labels
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, target, mechanisms, filter, labels
+        case ttlSeconds = "ttl_seconds"
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(target, forKey: .target)
+        try c.encode(mechanisms, forKey: .mechanisms)
+        try c.encode(filter, forKey: .filter)
+        try c.encode(ttlSeconds, forKey: .ttlSeconds)
+        try c.encode(labels ?? [:], forKey: .labels)
+    }
+}
+
+/// A problem with one field of a spec (for the `errors` member of a 400 problem).
+public struct FieldError: Sendable, Codable, Hashable, Error {
+    /// JSON pointer-ish path of the field, e.g. `target.name`.
+    public var field: String
+    public var message: String
+    public init(field: String, message: String) {
+        self.field = field
+        self.message = message
+    }
+}
+
+extension ProbeSpec {
+    public static let namePattern = "^[a-z0-9][a-z0-9_.-]{0,62}$"
+    public static let maxTTLSeconds = 31_536_000
+
+    static func validName(_ name: String) -> Bool {
+        guard (1...63).contains(name.utf8.count) else { return false }
+        for (i, c) in name.utf8.enumerated() {
+            let alnum = (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39)
+            if i == 0 ? !alnum : !(alnum || c == 0x5F || c == 0x2E || c == 0x2D) { return false }
+        }
+        return true
+    }
+
+    static func validIdentifier(_ s: String, extra: Set<UInt8> = []) -> Bool {
+        guard (1...128).contains(s.utf8.count) else { return false }
+        return s.utf8.allSatisfy { c in
+            (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || extra.contains(c)
+        }
+    }
+
+    /// Checks the spec's form (not whether the kernel can attach it). Returns every problem.
+    public func validate() -> [FieldError] {
+        var errors: [FieldError] = []
+        if let name, !Self.validName(name) {
+            errors.append(FieldError(field: "name", message: "must match \(Self.namePattern)"))
+        }
+        switch target.type {
+        case .syscall, .function:
+            if target.path != nil || target.symbol != nil {
+                errors.append(FieldError(field: "target", message: "\(target.type.rawValue) targets take only `name`"))
+            }
+            if let name = target.name {
+                if !Self.validIdentifier(name) {
+                    errors.append(FieldError(field: "target.name", message: "must be a C identifier (letters, digits, underscore), at most 128 bytes"))
+                } else if target.type == .syscall, SyscallTable.number(of: name) == nil {
+                    errors.append(FieldError(field: "target.name", message: "unknown syscall '\(name)' on this architecture"))
+                }
+            } else {
+                errors.append(FieldError(field: "target.name", message: "is required"))
+            }
+        case .tracepoint:
+            if target.path != nil || target.symbol != nil {
+                errors.append(FieldError(field: "target", message: "tracepoint targets take only `name`"))
+            }
+            if let name = target.name {
+                let parts = name.split(separator: ":", omittingEmptySubsequences: false)
+                if parts.count != 2 || !parts.allSatisfy({ Self.validIdentifier(String($0)) }) {
+                    errors.append(FieldError(field: "target.name", message: "must be `category:event` with identifier characters only, e.g. sched:sched_switch"))
+                }
+            } else {
+                errors.append(FieldError(field: "target.name", message: "is required"))
+            }
+        case .uprobe:
+            if target.name != nil {
+                errors.append(FieldError(field: "target.name", message: "uprobe targets take `path` and `symbol`, not `name`"))
+            }
+            if let path = target.path {
+                if !path.hasPrefix("/") || path.utf8.count > 4096 || path.utf8.contains(0) {
+                    errors.append(FieldError(field: "target.path", message: "must be an absolute path"))
+                } else if path.split(separator: "/").contains("..") {
+                    errors.append(FieldError(field: "target.path", message: "must not contain `..`"))
+                }
+            } else {
+                errors.append(FieldError(field: "target.path", message: "is required"))
+            }
+            if let symbol = target.symbol {
+                if !Self.validIdentifier(symbol, extra: [0x2E, 0x40, 0x24]) {
+                    errors.append(FieldError(field: "target.symbol", message: "must be a symbol name (letters, digits, _ . @ $), at most 128 bytes"))
+                }
+            } else {
+                errors.append(FieldError(field: "target.symbol", message: "is required"))
+            }
+        }
+        if let mechanisms {
+            if mechanisms.isEmpty {
+                errors.append(FieldError(field: "mechanisms", message: "must not be empty; omit it for the default chain"))
+            }
+            if mechanisms.count > 16 {
+                errors.append(FieldError(field: "mechanisms", message: "at most 16 entries"))
+            }
+            for (i, m) in mechanisms.prefix(16).enumerated() {
+                guard let flavour = Flavour(specName: m) else {
+                    errors.append(FieldError(field: "mechanisms[\(i)]", message: "unknown mechanism '\(m.prefix(64))'; known: fentry (kfunc), fexit (kretfunc), kprobe, kretprobe, tracepoint, tp_btf, raw_tracepoint, uprobe, uretprobe"))
+                    continue
+                }
+                if !flavour.applies(to: target.type) {
+                    errors.append(FieldError(field: "mechanisms[\(i)]", message: "\(m) cannot trace a \(target.type.rawValue) target; usable: \(Flavour.defaultChain(for: target.type).map(\.rawValue).joined(separator: ", "))"))
+                }
+            }
+        }
+        if let filter {
+            if let pid = filter.pid, pid < 1 || pid > 4_194_304 {
+                errors.append(FieldError(field: "filter.pid", message: "must be a process id from 1 to 4194304"))
+            }
+            if let comm = filter.comm, comm.isEmpty || comm.utf8.count > 15 || comm.utf8.contains(0) {
+                errors.append(FieldError(field: "filter.comm", message: "must be 1 to 15 bytes (the kernel's comm length)"))
+            }
+        }
+        if let ttl = ttlSeconds, ttl < 1 || ttl > Self.maxTTLSeconds {
+            errors.append(FieldError(field: "ttl_seconds", message: "must be from 1 to \(Self.maxTTLSeconds)"))
+        }
+        if let labels {
+            if labels.count > 32 { errors.append(FieldError(field: "labels", message: "at most 32 labels")) }
+            for (key, value) in labels.sorted(by: { $0.key < $1.key }) {
+                let validKey = key.utf8.first.map { !($0 >= 0x30 && $0 <= 0x39) } ?? false
+                    && !key.hasPrefix("__") && Self.validIdentifier(key) && key.utf8.count <= 64
+                if !validKey {
+                    errors.append(FieldError(field: "labels.\(key.prefix(64))", message: "label names must match ^[a-zA-Z_][a-zA-Z0-9_]{0,63}$ and not start with __"))
+                }
+                if value.utf8.count > 256 {
+                    errors.append(FieldError(field: "labels.\(key.prefix(64))", message: "label values are at most 256 bytes"))
+                }
+            }
+        }
+        return errors
+    }
+
+    /// The chain to try: the spec's mechanisms (aliases resolved, duplicates dropped) or the default.
+    public var flavours: [Flavour] {
+        guard let mechanisms else { return Flavour.defaultChain(for: target.type) }
+        var seen = Set<Flavour>()
+        return mechanisms.compactMap(Flavour.init(specName:)).filter { seen.insert($0).inserted }
+    }
+}
