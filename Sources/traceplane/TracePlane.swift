@@ -64,8 +64,3 @@ struct Capabilities: ParsableCommand {
         }
     }
 }
-
-struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the agent: the HTTP/JSON control plane.")
-    func run() async throws {}
-}

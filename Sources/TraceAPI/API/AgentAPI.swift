@@ -1,0 +1,109 @@
+import Foundation
+import TraceCore
+
+/// The agent's HTTP/JSON API (v1) as a router: capabilities, probes, health.
+/// Testable in-process; ``HTTPServer`` only wires it to sockets.
+public struct AgentAPI: Sendable {
+    public let capabilities: CapabilityStore
+    public let probes: ProbeManager
+    public let metrics: (@Sendable () async -> HTTPResponse)?
+
+    public init(capabilities: CapabilityStore, probes: ProbeManager, metrics: (@Sendable () async -> HTTPResponse)? = nil) {
+        self.capabilities = capabilities
+        self.probes = probes
+        self.metrics = metrics
+    }
+
+    public func router() -> Router {
+        var router = Router()
+        let capabilities = self.capabilities, probes = self.probes
+        router.get("/healthz") { _, _ in .json(["status": "ok"]) }
+        router.get("/readyz") { _, _ in
+            if await capabilities.current != nil { return .json(["status": "ready"]) }
+            return .problem(Problem.serviceUnavailable(detail: "Capabilities are still being probed."))
+        }
+        router.get("/v1/capabilities") { _, _ in .json(await capabilities.get()) }
+        router.post("/v1/capabilities/refresh", accepting: .any) { _, _ in .json(await capabilities.refresh()) }
+        router.get("/v1/probes") { _, _ in .json(ProbeList(probes: await probes.list())) }
+        router.post("/v1/probes") { request, _ in
+            do {
+                let spec = try SpecDecoder.decode(request.body)
+                let (probe, created) = try await probes.create(spec)
+                return .json(status: created ? .created : .ok, probe, headers: ["Location": "/v1/probes/\(probe.name)"])
+            } catch let problem as Problem {
+                return .problem(problem)
+            } catch let error as ProbeError {
+                return .problem(Self.problem(error))
+            } catch {
+                return .problem(Problem.internalError(detail: "\(error)"))
+            }
+        }
+        router.put("/v1/probes/{name}") { request, params in
+            let name = params["name"] ?? ""
+            do {
+                let spec = try SpecDecoder.decode(request.body)
+                let (probe, outcome) = try await probes.put(name: name, spec: spec)
+                return .json(status: outcome == .created ? .created : .ok, probe, headers: ["Location": "/v1/probes/\(probe.name)"])
+            } catch let problem as Problem {
+                return .problem(problem)
+            } catch let error as ProbeError {
+                return .problem(Self.problem(error))
+            } catch {
+                return .problem(Problem.internalError(detail: "\(error)"))
+            }
+        }
+        router.get("/v1/probes/{name}") { _, params in
+            do { return .json(try await probes.get(params["name"] ?? "")) } catch { return .problem(Self.problem(error)) }
+        }
+        router.delete("/v1/probes/{name}") { _, params in
+            do {
+                try await probes.delete(params["name"] ?? "")
+                return .empty()
+            } catch {
+                return .problem(Self.problem(error))
+            }
+        }
+        router.get("/v1/probes/{name}/metrics") { _, params in
+            do { return .json(try await probes.metrics(params["name"] ?? "")) } catch { return .problem(Self.problem(error)) }
+        }
+        if let metrics {
+            router.get("/metrics", { _, _ in await metrics() })
+        }
+        return router
+    }
+
+    static func problem(_ error: any Error) -> Problem {
+        if let error = error as? ProbeError { return problem(error) }
+        if let problem = error as? Problem { return problem }
+        return Problem.internalError(detail: "\(error)")
+    }
+
+    /// The problem+json for a probe error.
+    public static func problem(_ error: ProbeError) -> Problem {
+        switch error.kind {
+        case .invalid:
+            return SpecDecoder.invalid(error.fieldErrors.isEmpty ? [FieldError(field: "(body)", message: error.detail)] : error.fieldErrors)
+        case .notFound:
+            return Problem(slug: "probe-not-found", title: "Probe Not Found", status: .notFound, detail: error.detail)
+        case .conflict:
+            return Problem(slug: "probe-conflict", title: "Conflict", status: .conflict, detail: error.detail)
+        case .tooMany:
+            return Problem(slug: "too-many-probes", title: "Too Many Probes", status: .tooManyRequests, detail: error.detail)
+        case .attachFailed:
+            let attempts: [JSONValue] = error.attempts.map { a in
+                .object(["mechanism": .string(a.mechanism), "outcome": .string(a.outcome.rawValue),
+                         "stage": a.stage.map(JSONValue.string) ?? .null, "errno": a.errno.map(JSONValue.string) ?? .null,
+                         "message": .string(a.message)])
+            }
+            return Problem(slug: "attach-failed", title: "No Mechanism Could Attach", status: .unprocessableContent,
+                           detail: error.detail, extensions: ["attempts": .array(attempts)])
+        case .unavailable:
+            return Problem.serviceUnavailable(detail: error.detail)
+        }
+    }
+}
+
+/// `{"probes": [...]}`.
+public struct ProbeList: Sendable, Codable {
+    public var probes: [Probe]
+}

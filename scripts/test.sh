@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything, builds, and runs every test stage. Run as root (BPF needs it).
+# Stages and their usual time on 2 cores: see README.md "Tests".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+
+stage "install dependencies"
+scripts/install-deps.sh
+
+stage "generated files are current"
+scripts/gen-syscall-names.sh --check
+
+stage "build (debug, with tests)"
+swift build --build-tests
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "!!! NOT ROOT: the real-kernel tests will report themselves as skipped. CI runs as root." >&2
+fi
+
+stage "unit and HTTP tests"
+swift test --skip-build --skip TraceCoreKernelTests
+
+stage "real-kernel tests (serialized: they count the process's BPF fds)"
+swift test --skip-build --no-parallel --filter TraceCoreKernelTests
