@@ -77,6 +77,9 @@ public enum Classifier {
                 return Verdict(status: .unsupported, message: "kprobe_multi links are not supported by this kernel (they need fprobe support, CONFIG_FPROBE)\(detail)")
             }
         case .tracepoint:
+            if code == E2BIG {
+                return Verdict(status: .unsupported, message: "the tracepoint already holds the kernel's maximum of 64 BPF programs (BPF_TRACE_MAX_PROGS)")
+            }
             if code == ENOENT {
                 return Verdict(status: .unsupported, message: facts.tracefs.mounted
                     ? "the tracepoint does not exist in tracefs (kernel built without it)\(detail)"

@@ -1,10 +1,19 @@
 import Dispatch
+import Synchronization
 
 /// Detaches links and frees objects off the caller's path. Kernel detach waits for RCU
 /// grace periods (milliseconds each), so callers hand their resources here and return.
 /// Everything handed over is closed for sure, in order: links before their objects.
+///
+/// The backlog is bounded from the other side: ``waitForRoom(below:)`` lets creators
+/// wait while too much is still being detached (a perf tracepoint takes at most 64
+/// programs, counting those not yet detached).
 public final class Reaper: Sendable {
-    private let queue = DispatchQueue(label: "traceplane.reaper")
+    // Concurrent: detaches overlap, so their RCU grace periods are shared rather than
+    // waited for one after another. Each disposal stays ordered (links, then objects).
+    private let queue = DispatchQueue(label: "traceplane.reaper", attributes: .concurrent)
+    private let group = DispatchGroup()
+    private let backlog = Mutex(0)
 
     public init() {}
 
@@ -13,14 +22,26 @@ public final class Reaper: Sendable {
 
     /// Closes `links`, then `objects`, in the background.
     public func dispose(links: [any AttachedLink], objects: [any LoadedObject]) {
-        queue.async {
+        backlog.withLock { $0 += 1 }
+        queue.async(group: group) {
             for link in links { link.close() }
             for object in objects { object.close() }
+            self.backlog.withLock { $0 -= 1 }
         }
     }
 
+    /// How many disposals are not finished yet.
+    public var pending: Int { backlog.withLock { $0 } }
+
     /// Waits until everything handed over so far is closed.
     public func drain() {
-        queue.sync {}
+        group.wait()
+    }
+
+    /// Suspends while `limit` or more disposals are pending.
+    public func waitForRoom(below limit: Int) async {
+        while pending >= limit {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
     }
 }

@@ -127,6 +127,15 @@ public struct Planner: Sendable {
                                               message: "\(off.rawValue) is disabled by configuration (--disable-mechanism)"))
                 continue
             }
+            // A mechanism the capability probe found unusable on this kernel is not loaded
+            // again for every probe (each failed fentry load parses vmlinux BTF anew):
+            // its verdict is recorded instead. POST /v1/capabilities/refresh re-tests.
+            if let broken = needs.compactMap({ report.result(for: $0) }).first(where: { $0.status != .supported }) {
+                attempts.append(AttachAttempt(
+                    mechanism: flavour.rawValue, outcome: Self.outcome(broken.status), stage: broken.stage, errno: broken.errno,
+                    message: "\(broken.message) (found by the capability probe at \(ReportJSON.rfc3339(report.probedAt)); not retried)"))
+                continue
+            }
             switch attempt(flavour, spec: spec, report: report) {
             case .success(let probe):
                 attempts.append(AttachAttempt(mechanism: flavour.rawValue, outcome: .attached, stage: "attach", errno: nil,
@@ -173,6 +182,15 @@ public struct Planner: Sendable {
                                       taskStorage: taskStorage))
     }
 
+    static func outcome(_ status: CapabilityStatus) -> AttachAttempt.Outcome {
+        switch status {
+        case .supported: .attached
+        case .unsupported: .unsupported
+        case .denied: .denied
+        case .error: .error
+        }
+    }
+
     static func failedAttempt(_ flavour: Flavour, _ mechanism: Mechanism, _ error: KernelError, _ facts: KernelFacts) -> AttachAttempt {
         var verdict = Classifier.classify(mechanism, error, facts: facts)
         if error.stage == .load, [ESRCH, ENOENT].contains(error.errno), flavour == .fentry || flavour == .tpBTF {
@@ -180,12 +198,7 @@ public struct Planner: Sendable {
                 ? "the function is not in the kernel's BTF (missing, inlined or static without BTF), so fentry/fexit cannot bind to it"
                 : "the tracepoint is not in the kernel's BTF, so tp_btf cannot bind to it"
         }
-        let outcome: AttachAttempt.Outcome = switch verdict.status {
-        case .supported: .attached
-        case .unsupported: .unsupported
-        case .denied: .denied
-        case .error: .error
-        }
+        let outcome = outcome(verdict.status)
         let stage = error.stage == .attach ? "attach" : "load"
         return AttachAttempt(mechanism: flavour.rawValue, outcome: outcome, stage: stage, errno: error.errnoName, message: verdict.message)
     }

@@ -287,6 +287,8 @@ public actor ProbeManager {
         guard let report = await report() else {
             throw ProbeError(kind: .unavailable, detail: "capabilities are not probed yet; retry when /readyz answers 200")
         }
+        // Bound what is still being detached before attaching more (see Reaper).
+        await reaper.waitForRoom(below: 16)
         let planner = self.planner
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<AttachedProbe, AttachFailure>, Never>) in
             // Loading and attaching block in the kernel: keep them off the cooperative pool.

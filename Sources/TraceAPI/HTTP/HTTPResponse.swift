@@ -1,0 +1,79 @@
+import Foundation
+
+/// A complete HTTP response. The transport adds `Content-Length` and `Date`.
+public struct HTTPResponse: Sendable {
+    public var status: HTTPStatus
+    public var headers: HTTPHeaders
+    public var body: [UInt8]
+
+    public init(status: HTTPStatus, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    /// The encoder every JSON body goes through: sorted keys, unescaped slashes,
+    /// ISO 8601 (RFC 3339) dates.
+    public static func makeJSONEncoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return encoder
+    }
+
+    /// `value` as `application/json`, followed by a newline (friendlier to `curl`).
+    ///
+    /// If `value` cannot be encoded (a bug), the response is a 500 problem instead.
+    public static func json(
+        status: HTTPStatus = .ok, _ value: some Encodable, headers: HTTPHeaders = HTTPHeaders()
+    ) -> HTTPResponse {
+        encoded(status: status, value, mediaType: "application/json", headers: headers)
+    }
+
+    /// `problem` as `application/problem+json`, with the problem's status.
+    public static func problem(_ problem: Problem, headers: HTTPHeaders = HTTPHeaders()) -> HTTPResponse {
+        encoded(status: problem.status, problem, mediaType: Problem.mediaType, headers: headers)
+    }
+
+    /// A problem of type `https://traceplane.dev/problems/<slug>`.
+    public static func problem(
+        status: HTTPStatus, slug: String, title: String, detail: String,
+        extensions: [String: JSONValue] = [:], headers: HTTPHeaders = HTTPHeaders()
+    ) -> HTTPResponse {
+        problem(Problem(slug: slug, title: title, status: status, detail: detail, extensions: extensions), headers: headers)
+    }
+
+    /// Plain text (UTF-8) or any other textual media type, such as the Prometheus format.
+    public static func text(
+        status: HTTPStatus = .ok, _ text: String, contentType: String = "text/plain; charset=utf-8",
+        headers: HTTPHeaders = HTTPHeaders()
+    ) -> HTTPResponse {
+        var headers = headers
+        headers["Content-Type"] = contentType
+        return HTTPResponse(status: status, headers: headers, body: Array(text.utf8))
+    }
+
+    /// No body, e.g. 204 after a DELETE.
+    public static func empty(status: HTTPStatus = .noContent, headers: HTTPHeaders = HTTPHeaders()) -> HTTPResponse {
+        HTTPResponse(status: status, headers: headers)
+    }
+
+    private static func encoded(
+        status: HTTPStatus, _ value: some Encodable, mediaType: String, headers: HTTPHeaders
+    ) -> HTTPResponse {
+        var headers = headers
+        do {
+            var body = Array(try makeJSONEncoder().encode(value))
+            body.append(UInt8(ascii: "\n"))
+            headers["Content-Type"] = mediaType
+            return HTTPResponse(status: status, headers: headers, body: body)
+        } catch {
+            let problem = Problem.internalError(detail: "The response could not be encoded as JSON: \(error).")
+            // A Problem always encodes: plain strings and an integer.
+            var body = (try? Array(makeJSONEncoder().encode(problem))) ?? []
+            body.append(UInt8(ascii: "\n"))
+            return HTTPResponse(
+                status: .internalServerError, headers: ["Content-Type": Problem.mediaType], body: body)
+        }
+    }
+}
