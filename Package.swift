@@ -87,6 +87,12 @@ let package = Package(
             dependencies: ["TraceCore", "CLibBPF", "CKernelOracle", "TraceCoreTestSupport"],
             swiftSettings: strict
         ),
+        // The real agent wiring on the real kernel, over real HTTP (root).
+        .testTarget(
+            name: "AgentIntegrationTests",
+            dependencies: ["TraceAPI", "TraceCore", "TraceCoreTestSupport", "CLibBPF"],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "TraceAPITests",
             dependencies: ["TraceAPI", "TraceCore", "TraceCoreTestSupport"],

@@ -19,7 +19,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 stage "unit and HTTP tests"
-swift test --skip-build --skip TraceCoreKernelTests
+swift test --skip-build --skip TraceCoreKernelTests --skip AgentIntegrationTests
 
-stage "real-kernel tests (serialized: they count the process's BPF fds)"
-swift test --skip-build --no-parallel --filter TraceCoreKernelTests
+stage "real-kernel and real-server tests (serialized: they count the process's BPF fds)"
+swift test --skip-build --no-parallel --filter TraceCoreKernelTests --filter AgentIntegrationTests
