@@ -28,6 +28,8 @@ public enum FDCensus {
         public var bpfMaps = 0
         public var bpfLinks = 0
         public var perfEvents = 0
+        /// The kernel-object kinds only (other fds come and go with the test runtime).
+        public var kernelObjects: [Int] { [bpfProgs, bpfMaps, bpfLinks, perfEvents] }
         public var description: String {
             "fds \(total) (bpf-prog \(bpfProgs), bpf-map \(bpfMaps), bpf_link \(bpfLinks), perf_event \(perfEvents))"
         }

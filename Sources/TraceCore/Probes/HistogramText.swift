@@ -36,7 +36,7 @@ public enum HistogramText {
             slot += 1
         }
         let width = max(10, String(last.upper).count)
-        var out = String(repeating: " ", count: max(0, width * 2 + 3 - 8)) + "nsecs" + "   : count     distribution\n"
+        var out = "nsecs".leftPadded(width) + String(repeating: " ", count: width + 4) + " : " + "count".padded(9) + "  distribution\n"
         for (lower, upper, count) in slots {
             let stars = maxCount == 0 ? 0 : Int((Double(count) / Double(maxCount) * 40).rounded(.down))
             out += String(lower).leftPadded(width) + " -> " + String(upper).padded(width) + " : "

@@ -1,0 +1,508 @@
+import Glibc
+import Synchronization
+import TraceCore
+
+/// A scriptable in-memory ``KernelBackend`` for unit tests: no BPF, no root.
+///
+/// Script what the "kernel" does per program name (load failure, attach failure, whether
+/// its event fires, map contents, run-time stats) and per attach point (attach failure),
+/// run the code under test, then assert on what happened: the call log, which objects and
+/// links are still open, and whether a link outlived its object.
+///
+/// Semantics, mirroring the real kernel seam:
+/// - `load` fails with the first scripted load error among the spec's programs (or the
+///   object's); otherwise it returns a ``FakeObject`` that counts as open until `close()`.
+/// - `attach` fails with the scripted error of the attach point, else of the program;
+///   attaching through a closed object fails with `EBADF`.
+/// - `fire(trigger)` makes every open link whose point the trigger reaches (see
+///   ``FakeKernel/reaches(_:_:)``) count one hit, unless its program is scripted not to fire.
+/// - `readMap("hits")` returns one entry (key 0, one little-endian `UInt64` value) with the
+///   object's hit count, unless `hits` is scripted. Other unscripted maps read as empty.
+///
+/// Thread-safe: every piece of state lives behind one `Mutex`.
+public final class FakeKernel: KernelBackend, Sendable {
+    /// What the fake does for one program name.
+    public struct ProgramScript: Sendable, Hashable {
+        /// Thrown by `load` when a spec contains this program.
+        public var loadError: KernelError?
+        /// Thrown by `attach` of this program (any point, unless the point has its own script).
+        public var attachError: KernelError?
+        /// Whether an attached link of this program counts hits when its event fires.
+        public var fires: Bool = true
+        /// Contents that `readMap(name)` returns for objects holding this program.
+        public var maps: [String: [MapEntry]] = [:]
+        /// Errors that `readMap(name)` throws for objects holding this program.
+        public var mapErrors: [String: KernelError] = [:]
+        /// Run-time statistics reported by `programStats()`; nil reports the hit count as run count.
+        public var stats: ProgramStats?
+
+        public init() {}
+    }
+
+    /// One call made into the fake, in the order the fake saw them.
+    public enum Call: Sendable, Hashable {
+        case load(LoadSpec)
+        case attach(object: Int, program: String, point: AttachPoint)
+        case fire(Trigger)
+        case readMap(object: Int, map: String)
+        case programStats(object: Int)
+        case closeLink(link: Int)
+        case closeObject(object: Int)
+        case inspect
+        case check(Feature)
+    }
+
+    /// A loaded object as the fake tracks it.
+    public struct ObjectRecord: Sendable, Hashable {
+        public var id: Int
+        public var spec: LoadSpec
+        public var isOpen: Bool
+        /// The hits counted by its links.
+        public var hits: UInt64
+        /// True when its owner dropped it without calling `close()`.
+        public var droppedOpen: Bool
+        public var programs: [String] { spec.programs.map(\.name) }
+    }
+
+    /// An attached link as the fake tracks it.
+    public struct LinkRecord: Sendable, Hashable {
+        public var id: Int
+        public var object: Int
+        public var program: String
+        public var point: AttachPoint
+        public var isOpen: Bool
+        public var droppedOpen: Bool
+    }
+
+    struct State {
+        var programs: [String: ProgramScript] = [:]
+        var objectLoadErrors: [String: KernelError] = [:]
+        var pointAttachErrors: [AttachPoint: KernelError] = [:]
+        var objectMaps: [Int: [String: [MapEntry]]] = [:]
+        var objects: [Int: ObjectRecord] = [:]
+        var links: [Int: LinkRecord] = [:]
+        var calls: [Call] = []
+        var nextID = 1
+        var redundantCloses = 0
+        var objectsClosedBeforeLinks: [Int] = []
+    }
+
+    let state = Mutex(State())
+    /// The fake host: kernel facts, feature checks and the executable path.
+    public let fakeHost: FakeHost
+
+    public var host: any HostEnvironment { fakeHost }
+
+    /// A kernel where everything loads, attaches and fires, on a host described by `facts`.
+    public init(facts: KernelFacts = .canned(), executablePath: String = "/usr/local/bin/traceplane") {
+        fakeHost = FakeHost(facts: facts, executablePath: executablePath)
+        fakeHost.recorder = { [weak self] call in self?.record(call) }
+    }
+
+    // MARK: Scripting
+
+    /// Edits the script of `program`.
+    public func script(_ program: String, _ edit: (inout ProgramScript) -> Void) {
+        state.withLock { edit(&$0.programs[program, default: ProgramScript()]) }
+    }
+
+    /// Makes loading any spec that contains `program` fail with `error`.
+    public func failLoad(_ program: String, with error: KernelError) {
+        script(program) { $0.loadError = error }
+    }
+
+    /// Makes loading any spec that contains `program` fail at stage `.load` with `errno`.
+    public func failLoad(_ program: String, errno: Int32, detail: String = "") {
+        failLoad(program, with: KernelError(stage: .load, errno: errno, operation: "load \(program)", detail: detail))
+    }
+
+    /// Makes loading any spec of embedded object `object` fail with `error`.
+    public func failLoad(object: String, with error: KernelError) {
+        state.withLock { $0.objectLoadErrors[object] = error }
+    }
+
+    /// Makes attaching `program` (to any point) fail at stage `.attach` with `errno`.
+    public func failAttach(_ program: String, errno: Int32, detail: String = "") {
+        script(program) {
+            $0.attachError = KernelError(stage: .attach, errno: errno, operation: "attach \(program)", detail: detail)
+        }
+    }
+
+    /// Makes attaching any program to `point` fail with `error` (takes precedence over the
+    /// program's attach script).
+    public func failAttach(at point: AttachPoint, with error: KernelError) {
+        state.withLock { $0.pointAttachErrors[point] = error }
+    }
+
+    /// Makes attaching any program to `point` fail at stage `.attach` with `errno`.
+    public func failAttach(at point: AttachPoint, errno: Int32, detail: String = "") {
+        failAttach(at: point, with: KernelError(stage: .attach, errno: errno, operation: "attach to \(point)", detail: detail))
+    }
+
+    /// Makes `program` attach but never count a hit (the kernel swallows the event).
+    public func neverFires(_ program: String) {
+        script(program) { $0.fires = false }
+    }
+
+    /// Sets what `readMap(map)` returns for every object holding `program`, from now on.
+    public func setMap(_ map: String, of program: String, to entries: [MapEntry]) {
+        script(program) { $0.maps[map] = entries }
+    }
+
+    /// Makes `readMap(map)` throw `error` for every object holding `program`.
+    public func failMapRead(_ map: String, of program: String, with error: KernelError) {
+        script(program) { $0.mapErrors[map] = error }
+    }
+
+    /// Sets the statistics `programStats()` reports for `program`.
+    public func setStats(_ stats: ProgramStats, of program: String) {
+        script(program) { $0.stats = stats }
+    }
+
+    /// Sets what `readMap(map)` returns for the live object `object` (overrides program scripts).
+    public func setMap(_ map: String, of object: FakeObject, to entries: [MapEntry]) {
+        state.withLock { $0.objectMaps[object.id, default: [:]][map] = entries }
+    }
+
+    // MARK: Observation
+
+    /// Every call so far, in order.
+    public var calls: [Call] { state.withLock { $0.calls } }
+
+    /// The specs of every `load` call, in order (failed ones included).
+    public var loadedSpecs: [LoadSpec] {
+        calls.compactMap { if case .load(let spec) = $0 { spec } else { nil } }
+    }
+
+    /// Every object that loaded, open or closed, by id.
+    public var objects: [ObjectRecord] { state.withLock { $0.objects.values.sorted { $0.id < $1.id } } }
+
+    /// Every link that attached, open or closed, by id.
+    public var links: [LinkRecord] { state.withLock { $0.links.values.sorted { $0.id < $1.id } } }
+
+    /// Objects not closed yet (leaks, once the code under test is done).
+    public var openObjects: [ObjectRecord] { objects.filter(\.isOpen) }
+
+    /// Links not closed yet (leaks, once the code under test is done).
+    public var openLinks: [LinkRecord] { links.filter(\.isOpen) }
+
+    /// How many objects loaded successfully / were closed.
+    public var loadCount: Int { state.withLock { $0.objects.count } }
+    public var closedObjectCount: Int { state.withLock { $0.objects.values.filter { !$0.isOpen }.count } }
+
+    /// How many links attached successfully / were closed.
+    public var attachCount: Int { state.withLock { $0.links.count } }
+    public var closedLinkCount: Int { state.withLock { $0.links.values.filter { !$0.isOpen }.count } }
+
+    /// `close()` calls on something already closed (allowed: close is idempotent).
+    public var redundantCloses: Int { state.withLock { $0.redundantCloses } }
+
+    /// Objects closed while one of their links was still open (the owner closed in the
+    /// wrong order).
+    public var objectsClosedBeforeTheirLinks: [Int] { state.withLock { $0.objectsClosedBeforeLinks } }
+
+    /// True when nothing is open and nothing was closed out of order.
+    public var isClean: Bool { openObjects.isEmpty && openLinks.isEmpty && objectsClosedBeforeTheirLinks.isEmpty }
+
+    /// A sentence listing what is still open or was closed out of order; empty when clean.
+    public var leakReport: String {
+        var parts: [String] = []
+        for o in openObjects { parts.append("object #\(o.id) (\(o.spec.object): \(o.programs.joined(separator: ", "))) is open") }
+        for l in openLinks { parts.append("link #\(l.id) (\(l.program) at \(l.point)) is open") }
+        for id in objectsClosedBeforeTheirLinks { parts.append("object #\(id) was closed before its links") }
+        return parts.joined(separator: "; ")
+    }
+
+    // MARK: KernelBackend
+
+    public func load(_ spec: LoadSpec) throws(KernelError) -> any LoadedObject {
+        let outcome: Result<Int, KernelError> = state.withLock { s in
+            s.calls.append(.load(spec))
+            if let error = s.objectLoadErrors[spec.object] { return .failure(error) }
+            for program in spec.programs {
+                if let error = s.programs[program.name]?.loadError { return .failure(error) }
+            }
+            let id = s.nextID
+            s.nextID += 1
+            s.objects[id] = ObjectRecord(id: id, spec: spec, isOpen: true, hits: 0, droppedOpen: false)
+            return .success(id)
+        }
+        switch outcome {
+        case .success(let id): return FakeObject(kernel: self, id: id)
+        case .failure(let error): throw error
+        }
+    }
+
+    public func fire(_ trigger: Trigger) {
+        state.withLock { s in
+            s.calls.append(.fire(trigger))
+            for link in s.links.values where link.isOpen && Self.reaches(trigger, link.point) {
+                guard s.objects[link.object]?.isOpen == true, s.programs[link.program]?.fires ?? true else { continue }
+                s.objects[link.object]?.hits += 1
+            }
+        }
+    }
+
+    /// Whether making `trigger` happen reaches a program attached at `point`: `getpgid` fires
+    /// syscall entry functions, kernel functions and (raw) tracepoints; `uprobeTarget`
+    /// fires uprobes; `spin` fires cpu-clock events.
+    public static func reaches(_ trigger: Trigger, _ point: AttachPoint) -> Bool {
+        switch (trigger, point) {
+        case (.getpgid, .loadTimeTarget), (.getpgid, .kprobe), (.getpgid, .kprobeMulti),
+             (.getpgid, .tracepoint), (.getpgid, .rawTracepoint):
+            true
+        case (.uprobeTarget, .uprobe):
+            true
+        case (.spin, .cpuClock):
+            true
+        default:
+            false
+        }
+    }
+
+    // MARK: Used by FakeObject, FakeLink, FakeHost
+
+    func record(_ call: Call) {
+        state.withLock { $0.calls.append(call) }
+    }
+
+    func attach(object id: Int, program: String, point: AttachPoint) throws(KernelError) -> any AttachedLink {
+        let outcome: Result<Int, KernelError> = state.withLock { s in
+            s.calls.append(.attach(object: id, program: program, point: point))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .attach, errno: EBADF, operation: "attach \(program) through closed object #\(id)"))
+            }
+            precondition(object.programs.contains(program),
+                         "FakeKernel: object #\(id) (\(object.spec.object)) was not loaded with program \(program).")
+            if let error = s.pointAttachErrors[point] ?? s.programs[program]?.attachError { return .failure(error) }
+            let linkID = s.nextID
+            s.nextID += 1
+            s.links[linkID] = LinkRecord(id: linkID, object: id, program: program, point: point, isOpen: true, droppedOpen: false)
+            return .success(linkID)
+        }
+        switch outcome {
+        case .success(let linkID): return FakeLink(kernel: self, id: linkID)
+        case .failure(let error): throw error
+        }
+    }
+
+    func readMap(object id: Int, map: String) throws(KernelError) -> [MapEntry] {
+        let outcome: Result<[MapEntry], KernelError> = state.withLock { s in
+            s.calls.append(.readMap(object: id, map: map))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
+            }
+            let scripts = object.programs.compactMap { s.programs[$0] }
+            if let error = scripts.lazy.compactMap({ $0.mapErrors[map] }).first { return .failure(error) }
+            if let entries = s.objectMaps[id]?[map] { return .success(entries) }
+            if let entries = scripts.lazy.compactMap({ $0.maps[map] }).first { return .success(entries) }
+            if map == "hits" {
+                let value = withUnsafeBytes(of: object.hits.littleEndian, Array.init)
+                return .success([MapEntry(key: [0, 0, 0, 0], values: [value])])
+            }
+            return .success([])
+        }
+        return try outcome.get()
+    }
+
+    func programStats(object id: Int) -> [ProgramStats] {
+        state.withLock { s in
+            s.calls.append(.programStats(object: id))
+            guard let object = s.objects[id], object.isOpen else { return [] }
+            return object.programs.map { name in
+                s.programs[name]?.stats
+                    ?? ProgramStats(name: name, id: UInt32(id), runTimeNanoseconds: object.hits * 100, runCount: object.hits)
+            }
+        }
+    }
+
+    func closeObject(_ id: Int, dropped: Bool) {
+        state.withLock { s in
+            guard var object = s.objects[id] else { return }
+            guard object.isOpen else {
+                if !dropped { s.redundantCloses += 1 }
+                return
+            }
+            if dropped {
+                // Dropped without close(): keep it open in the books, that is the leak.
+                object.droppedOpen = true
+                s.objects[id] = object
+                return
+            }
+            if s.links.values.contains(where: { $0.object == id && $0.isOpen }) {
+                s.objectsClosedBeforeLinks.append(id)
+            }
+            object.isOpen = false
+            s.objects[id] = object
+            s.objectMaps[id] = nil
+            s.calls.append(.closeObject(object: id))
+        }
+    }
+
+    func closeLink(_ id: Int, dropped: Bool) {
+        state.withLock { s in
+            guard var link = s.links[id] else { return }
+            guard link.isOpen else {
+                if !dropped { s.redundantCloses += 1 }
+                return
+            }
+            if dropped {
+                link.droppedOpen = true
+                s.links[id] = link
+                return
+            }
+            link.isOpen = false
+            s.links[id] = link
+            s.calls.append(.closeLink(link: id))
+        }
+    }
+}
+
+/// An object loaded by ``FakeKernel``.
+public final class FakeObject: LoadedObject {
+    public let kernel: FakeKernel
+    /// The fake kernel's id of this object (see ``FakeKernel/objects``).
+    public let id: Int
+
+    init(kernel: FakeKernel, id: Int) {
+        self.kernel = kernel
+        self.id = id
+    }
+
+    public func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink {
+        try kernel.attach(object: id, program: program, point: point)
+    }
+
+    public func readMap(_ name: String) throws(KernelError) -> [MapEntry] {
+        try kernel.readMap(object: id, map: name)
+    }
+
+    public func programStats() -> [ProgramStats] {
+        kernel.programStats(object: id)
+    }
+
+    public func close() {
+        kernel.closeObject(id, dropped: false)
+    }
+
+    deinit {
+        kernel.closeObject(id, dropped: true)
+    }
+}
+
+/// A link attached through ``FakeObject``.
+public final class FakeLink: AttachedLink {
+    public let kernel: FakeKernel
+    /// The fake kernel's id of this link (see ``FakeKernel/links``).
+    public let id: Int
+
+    init(kernel: FakeKernel, id: Int) {
+        self.kernel = kernel
+        self.id = id
+    }
+
+    public func close() {
+        kernel.closeLink(id, dropped: false)
+    }
+
+    deinit {
+        kernel.closeLink(id, dropped: true)
+    }
+}
+
+/// A scriptable ``HostEnvironment``: canned kernel facts and per-feature outcomes.
+public final class FakeHost: HostEnvironment, Sendable {
+    struct State {
+        var facts: KernelFacts
+        var features: [Feature: KernelError] = [:]
+        var recorder: (@Sendable (FakeKernel.Call) -> Void)?
+    }
+
+    let state: Mutex<State>
+    public let executablePath: String
+
+    public init(facts: KernelFacts = .canned(), executablePath: String = "/usr/local/bin/traceplane") {
+        state = Mutex(State(facts: facts))
+        self.executablePath = executablePath
+    }
+
+    /// The facts `inspect()` returns.
+    public var facts: KernelFacts {
+        get { state.withLock { $0.facts } }
+        set { state.withLock { $0.facts = newValue } }
+    }
+
+    var recorder: (@Sendable (FakeKernel.Call) -> Void)? {
+        get { state.withLock { $0.recorder } }
+        set { state.withLock { $0.recorder = newValue } }
+    }
+
+    /// Makes `check(feature)` fail with `error`.
+    public func failFeature(_ feature: Feature, with error: KernelError) {
+        state.withLock { $0.features[feature] = error }
+    }
+
+    /// Makes `check(feature)` fail at `stage` with `errno`.
+    public func failFeature(_ feature: Feature, errno: Int32, stage: KernelError.Stage = .load, operation: String? = nil) {
+        failFeature(feature, with: KernelError(stage: stage, errno: errno, operation: operation ?? "check \(feature.rawValue)"))
+    }
+
+    public func inspect() -> KernelFacts {
+        let (facts, recorder) = state.withLock { ($0.facts, $0.recorder) }
+        recorder?(.inspect)
+        return facts
+    }
+
+    public func check(_ feature: Feature, facts: KernelFacts) -> Result<Void, KernelError> {
+        let (error, recorder) = state.withLock { ($0.features[feature], $0.recorder) }
+        recorder?(.check(feature))
+        return error.map { .failure($0) } ?? .success(())
+    }
+}
+
+// MARK: Canned facts and kernels
+
+extension KernelFacts {
+    /// Kernel facts for tests. Defaults describe a privileged x86-64 host with BTF, tracefs
+    /// and bpffs mounted, and kprobes built in.
+    public static func canned(
+        release: String = "6.1.0-fake-amd64",
+        machine: String = "x86_64",
+        btf: Bool = true,
+        lockdown: String? = "none",
+        jit: String? = "enabled",
+        tracefs: MountFact = MountFact(path: "/sys/kernel/tracing", mounted: true, mountedByAgent: false),
+        bpffs: MountFact = MountFact(path: "/sys/fs/bpf", mounted: true, mountedByAgent: false),
+        syscallPrefix: String? = "__x64_",
+        eventSources: [String] = ["breakpoint", "kprobe", "software", "tracepoint", "uprobe"],
+        kprobeEvents: Bool = true,
+        privileged: Bool = true
+    ) -> KernelFacts {
+        KernelFacts(release: release, machine: machine, btf: btf, lockdown: lockdown, jit: jit, tracefs: tracefs,
+                    bpffs: bpffs, syscallPrefix: syscallPrefix, eventSources: eventSources,
+                    kprobeEvents: kprobeEvents, privileged: privileged)
+    }
+
+    /// The development machines of DESIGN.md: Linux 6.18, BTF, lockdown `integrity`, no
+    /// kprobe PMU and no `kprobe_events` (CONFIG_KPROBES off).
+    public static func developmentMachine(privileged: Bool = true) -> KernelFacts {
+        canned(release: "6.18.44-fake", lockdown: "integrity",
+               eventSources: ["breakpoint", "msr", "software", "tracepoint", "uprobe"],
+               kprobeEvents: false, privileged: privileged)
+    }
+}
+
+extension FakeKernel {
+    /// A fake of the development machines of DESIGN.md: fentry/fexit fail to load with
+    /// EPERM, kprobes load but cannot attach (ENOENT, no kprobe PMU), kprobe_multi cannot
+    /// attach (EOPNOTSUPP); tracepoints, raw tracepoints, tp_btf, uprobes and perf events work.
+    public static func developmentMachine(executablePath: String = "/usr/local/bin/traceplane") -> FakeKernel {
+        let kernel = FakeKernel(facts: .developmentMachine(), executablePath: executablePath)
+        kernel.failLoad("cap_fentry", errno: EPERM)
+        kernel.failLoad("cap_fexit", errno: EPERM)
+        kernel.failAttach("cap_kprobe", errno: ENOENT)
+        kernel.failAttach("cap_kretprobe", errno: ENOENT)
+        kernel.failAttach("cap_kprobe_multi", errno: EOPNOTSUPP)
+        return kernel
+    }
+}

@@ -1,0 +1,173 @@
+import ArgumentParser
+import Foundation
+import TraceAPI
+import TraceCore
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// `traceplane probe add|list|show|rm` against a running agent.
+struct ProbeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "probe",
+        abstract: "Manage probes on a running agent.",
+        subcommands: [Add.self, List.self, Show.self, Remove.self])
+
+    struct Connection: ParsableArguments {
+        @Option(help: "The agent's base URL.")
+        var agent: String = "http://127.0.0.1:9480"
+
+        func client() throws -> AgentClient {
+            guard let url = URL(string: agent), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+                throw ValidationError("invalid --agent '\(agent)': use e.g. http://127.0.0.1:9480")
+            }
+            return AgentClient(base: url)
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create or replace a probe (PUT /v1/probes/NAME).")
+
+        @Argument(help: "Probe name (^[a-z0-9][a-z0-9_.-]{0,62}$).")
+        var name: String
+        @Argument(help: "syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT or uprobe:/PATH:SYMBOL.")
+        var target: String
+        @Option(parsing: .upToNextOption, help: "Allowed mechanisms in preference order.")
+        var mechanism: [String] = []
+        @Option(help: "Only count this process id.") var pid: Int?
+        @Option(help: "Only count this command name.") var comm: String?
+        @Option(help: "Detach after this many seconds unless renewed.") var ttl: Int?
+        @Option(parsing: .upToNextOption, help: "Labels as key=value.") var label: [String] = []
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            var labels: [String: String] = [:]
+            for pair in label {
+                guard let eq = pair.firstIndex(of: "=") else { throw ValidationError("labels are key=value, got '\(pair)'") }
+                labels[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+            }
+            let spec = ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
+                                 filter: pid == nil && comm == nil ? nil : ProbeFilter(pid: pid, comm: comm),
+                                 ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels)
+            let reply = try await connection.client().send("PUT", "/v1/probes/\(name)", body: try JSONEncoder().encode(spec))
+            let probe = try reply.decode(Probe.self)
+            print("\(reply.status == 201 ? "created" : "updated") \(probe.name): \(probe.spec.target.label) via \(probe.mechanism) (generation \(probe.generation))")
+            for attempt in probe.attempts where attempt.outcome != .attached {
+                print("  tried \(attempt.mechanism): \(attempt.outcome.rawValue)\(attempt.errno.map { " \($0)" } ?? "") — \(attempt.message)")
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List probes.")
+        @Flag(help: "Print the JSON the API returns.") var json = false
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            let reply = try await connection.client().send("GET", "/v1/probes")
+            if json { print(reply.text); return }
+            let list = try reply.decode(ProbeList.self)
+            let rows = list.probes.map { p in
+                [p.name, p.spec.target.label, p.mechanism, p.state, "\(p.generation)", p.expiresAt.map(ReportJSON.rfc3339) ?? "-"]
+            }
+            print(TextTable.render(header: ["NAME", "TARGET", "MECHANISM", "STATE", "GEN", "EXPIRES"], rows: rows))
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a probe's metrics, with a funclatency-style histogram.")
+        @Argument var name: String
+        @Flag(help: "Print the JSON the API returns.") var json = false
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            let reply = try await connection.client().send("GET", "/v1/probes/\(name)/metrics")
+            if json { print(reply.text); return }
+            print(HistogramText.render(try reply.decode(ProbeMetrics.self)), terminator: "")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Delete probes.")
+        @Argument var names: [String]
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            let client = try connection.client()
+            for name in names {
+                _ = try await client.send("DELETE", "/v1/probes/\(name)")
+                print("deleted \(name)")
+            }
+        }
+    }
+}
+
+/// A thin client of the agent's API. Problems become readable errors.
+struct AgentClient: Sendable {
+    let base: URL
+
+    struct Reply {
+        var status: Int
+        var body: Data
+        var text: String { String(decoding: body, as: UTF8.self) }
+
+        func decode<T: Decodable>(_ type: T.Type) throws -> T {
+            let decoder = JSONDecoder()
+            decoder.dateDecodingStrategy = .custom { d in
+                let s = try d.singleValueContainer().decode(String.self)
+                let f = ISO8601DateFormatter()
+                if let date = f.date(from: s) { return date }
+                f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+                guard let date = f.date(from: s) else { throw DecodingError.dataCorrupted(.init(codingPath: d.codingPath, debugDescription: "bad date \(s)")) }
+                return date
+            }
+            return try decoder.decode(T.self, from: body)
+        }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    func send(_ method: String, _ path: String, body: Data? = nil) async throws -> Reply {
+        var request = URLRequest(url: base.appendingPathComponent(String(path.dropFirst())))
+        request.httpMethod = method
+        request.timeoutInterval = 30
+        if let body {
+            request.httpBody = body
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
+        let data: Data, response: URLResponse
+        do {
+            (data, response) = try await URLSession.shared.data(for: request)
+        } catch {
+            throw Failure(description: "cannot reach the agent at \(base.absoluteString): \(error.localizedDescription)")
+        }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard (200..<300).contains(status) else {
+            var message = "\(method) \(path): HTTP \(status)"
+            if let problem = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+                if let detail = problem["detail"] as? String { message += ": \(detail)" }
+                for attempt in problem["attempts"] as? [[String: Any]] ?? [] {
+                    message += "\n  \(attempt["mechanism"] ?? "?"): \(attempt["outcome"] ?? "?") \(attempt["errno"] as? String ?? "") — \(attempt["message"] ?? "")"
+                }
+                for error in problem["errors"] as? [[String: Any]] ?? [] {
+                    message += "\n  \(error["field"] ?? "?"): \(error["message"] ?? "")"
+                }
+            }
+            throw Failure(description: message)
+        }
+        return Reply(status: status, body: data)
+    }
+}
+
+enum TextTable {
+    static func render(header: [String], rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+        func line(_ row: [String]) -> String {
+            row.enumerated().map { i, c in i == row.count - 1 ? c : c.padding(toLength: widths[i] + 2, withPad: " ", startingAt: 0) }.joined()
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n")
+    }
+}
