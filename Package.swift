@@ -51,7 +51,7 @@ let package = Package(
         ),
         .target(
             name: "TraceCoreTestSupport",
-            dependencies: ["TraceCore"],
+            dependencies: ["TraceCore", "CLibBPF"],
             swiftSettings: strict
         ),
         .target(

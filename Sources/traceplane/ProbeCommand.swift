@@ -51,7 +51,7 @@ struct ProbeCommand: AsyncParsableCommand {
                                  ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels)
             let reply = try await connection.client().send("PUT", "/v1/probes/\(name)", body: try JSONEncoder().encode(spec))
             let probe = try reply.decode(Probe.self)
-            print("\(reply.status == 201 ? "created" : "updated") \(probe.name): \(probe.spec.target.label) via \(probe.mechanism) (generation \(probe.generation))")
+            print("\(reply.status == 201 ? "created" : "updated") \(probe.name): \(probe.spec.target.label) via \(probe.mechanism ?? "nothing") (generation \(probe.generation))")
             for attempt in probe.attempts where attempt.outcome != .attached {
                 print("  tried \(attempt.mechanism): \(attempt.outcome.rawValue)\(attempt.errno.map { " \($0)" } ?? "") — \(attempt.message)")
             }
@@ -68,7 +68,7 @@ struct ProbeCommand: AsyncParsableCommand {
             if json { print(reply.text); return }
             let list = try reply.decode(ProbeList.self)
             let rows = list.probes.map { p in
-                [p.name, p.spec.target.label, p.mechanism, p.state, "\(p.generation)", p.expiresAt.map(ReportJSON.rfc3339) ?? "-"]
+                [p.name, p.spec.target.label, p.mechanism ?? "-", p.state, "\(p.generation)", p.expiresAt.map(ReportJSON.rfc3339) ?? "-"]
             }
             print(TextTable.render(header: ["NAME", "TARGET", "MECHANISM", "STATE", "GEN", "EXPIRES"], rows: rows))
         }
@@ -105,6 +105,18 @@ struct ProbeCommand: AsyncParsableCommand {
 /// A thin client of the agent's API. Problems become readable errors.
 struct AgentClient: Sendable {
     let base: URL
+    /// Sent as `Authorization: Bearer <token>` when set.
+    var token: String?
+    /// PEM file of the CA that signed the agent's certificate (https only). On Linux
+    /// URLSession cannot take a CA file, so these requests go through curl
+    /// (``CurlTransport``); everything else uses URLSession.
+    var caFile: String?
+
+    init(base: URL, token: String? = nil, caFile: String? = nil) {
+        self.base = base
+        self.token = token
+        self.caFile = caFile
+    }
 
     struct Reply {
         var status: Int
@@ -123,30 +135,66 @@ struct AgentClient: Sendable {
             }
             return try decoder.decode(T.self, from: body)
         }
+
+        /// The problem+json body, if it is one (`detail`, `attempts`, `errors`).
+        var problem: [String: Any]? { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] }
     }
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
 
-    func send(_ method: String, _ path: String, body: Data? = nil) async throws -> Reply {
-        var request = URLRequest(url: base.appendingPathComponent(String(path.dropFirst())))
+    /// No HTTP answer at all (refused, timed out, TLS failed, cancelled).
+    struct TransportError: Error, CustomStringConvertible {
+        var description: String
+        /// Worth another try: the connection failed or dropped, or timed out.
+        var retryable: Bool
+    }
+
+    /// One request; any HTTP status is a reply, only a missing answer throws.
+    func exchange(_ method: String, _ path: String, body: Data? = nil, timeout: TimeInterval = 30) async throws(TransportError) -> Reply {
+        let url = base.appendingPathComponent(String(path.dropFirst()))
+        if let caFile, url.scheme == "https" {
+            return try await CurlTransport.exchange(method, url, body: body, token: token, caFile: caFile, timeout: timeout)
+        }
+        var request = URLRequest(url: url)
         request.httpMethod = method
-        request.timeoutInterval = 30
+        request.timeoutInterval = timeout
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         if let body {
             request.httpBody = body
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         }
-        let data: Data, response: URLResponse
         do {
-            (data, response) = try await URLSession.shared.data(for: request)
+            let (data, response) = try await URLSession.shared.data(for: request)
+            return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: data)
         } catch {
-            throw Failure(description: "cannot reach the agent at \(base.absoluteString): \(error.localizedDescription)")
+            let retryable: Bool
+            if let error = error as? URLError {
+                retryable = [.timedOut, .cannotConnectToHost, .networkConnectionLost, .cannotFindHost, .dnsLookupFailed,
+                             .notConnectedToInternet, .badServerResponse, .zeroByteResource].contains(error.code)
+            } else {
+                retryable = false
+            }
+            let description = switch (error as? URLError)?.code {
+            case .timedOut?: "no answer within \(Int(timeout.rounded(.up)))s (timed out)"
+            case .cancelled?: "cancelled"
+            default: error.localizedDescription
+            }
+            throw TransportError(description: description, retryable: retryable)
         }
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        guard (200..<300).contains(status) else {
-            var message = "\(method) \(path): HTTP \(status)"
-            if let problem = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+    }
+
+    func send(_ method: String, _ path: String, body: Data? = nil) async throws -> Reply {
+        let reply: Reply
+        do {
+            reply = try await exchange(method, path, body: body)
+        } catch {
+            throw Failure(description: "cannot reach the agent at \(base.absoluteString): \(error.description)")
+        }
+        guard (200..<300).contains(reply.status) else {
+            var message = "\(method) \(path): HTTP \(reply.status)"
+            if let problem = reply.problem {
                 if let detail = problem["detail"] as? String { message += ": \(detail)" }
                 for attempt in problem["attempts"] as? [[String: Any]] ?? [] {
                     message += "\n  \(attempt["mechanism"] ?? "?"): \(attempt["outcome"] ?? "?") \(attempt["errno"] as? String ?? "") — \(attempt["message"] ?? "")"
@@ -157,7 +205,7 @@ struct AgentClient: Sendable {
             }
             throw Failure(description: message)
         }
-        return Reply(status: status, body: data)
+        return reply
     }
 }
 

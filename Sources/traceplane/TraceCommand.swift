@@ -48,7 +48,7 @@ struct Trace: AsyncParsableCommand {
             }
             throw ExitCode(error.kind == .invalid ? 2 : 1)
         }
-        FileHandle.standardError.write(Data("Tracing \(spec.target.label) via \(probe.mechanism) for \(duration)… Ctrl-C to stop early.\n".utf8))
+        FileHandle.standardError.write(Data("Tracing \(spec.target.label) via \(probe.mechanism ?? "nothing") for \(duration)… Ctrl-C to stop early.\n".utf8))
         try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
         let metrics = try await manager.metrics("trace")
         await manager.removeAll()

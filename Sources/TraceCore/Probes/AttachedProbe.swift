@@ -40,13 +40,17 @@ public final class AttachedProbe: Sendable {
     public let flavour: Flavour
     public let countsOnly: Bool
     public let taskStorage: Bool
+    /// What it is bound to (kernel function, tracepoint, binary:symbol), when known.
+    public let boundTo: String?
     private let resources: Mutex<(object: (any LoadedObject)?, links: [any AttachedLink])>
     private let recorded = Mutex<[AttachAttempt]>([])
 
-    init(flavour: Flavour, object: any LoadedObject, links: [any AttachedLink], countsOnly: Bool, taskStorage: Bool) {
+    init(flavour: Flavour, object: any LoadedObject, links: [any AttachedLink], countsOnly: Bool, taskStorage: Bool,
+         boundTo: String? = nil) {
         self.flavour = flavour
         self.countsOnly = countsOnly
         self.taskStorage = taskStorage
+        self.boundTo = boundTo
         resources = Mutex((object, links))
     }
 

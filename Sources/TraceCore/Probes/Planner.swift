@@ -53,7 +53,15 @@ public struct Planner: Sendable {
         var attachments: [(program: String, point: AttachPoint, mechanism: Mechanism)]
     }
 
-    static func recipe(_ flavour: Flavour, spec: ProbeSpec, facts: KernelFacts, taskStorage: Bool) -> Recipe {
+    /// Kernel functions that implement a syscall, in the order fentry tries them. A
+    /// zero-argument syscall's `__x64_sys_X` is an alias of `__do_sys_X` with no BTF of
+    /// its own, so fentry can only bind to the latter.
+    static func syscallFunctions(_ name: String, facts: KernelFacts) -> [String] {
+        ["\(facts.syscallPrefix ?? "")sys_\(name)", "__do_sys_\(name)"]
+    }
+
+    static func recipe(_ flavour: Flavour, spec: ProbeSpec, facts: KernelFacts, taskStorage: Bool,
+                       function: String? = nil) -> Recipe {
         var readOnly: [String: [UInt8]] = [:]
         if let pid = spec.filter?.pid { readOnly["filter_tgid"] = bytes(UInt32(pid)) }
         if let comm = spec.filter?.comm {
@@ -66,7 +74,7 @@ public struct Planner: Sendable {
         let changes: [String: LoadSpec.MapChange] = taskStorage ? [:] : ["starts": .taskStorageToHash(maxEntries: 16384)]
         let target = spec.target
         let name = target.name ?? ""
-        let kernelFunction = target.type == .syscall ? "\(facts.syscallPrefix ?? "")sys_\(name)" : name
+        let kernelFunction = function ?? (target.type == .syscall ? syscallFunctions(name, facts: facts)[0] : name)
         func make(_ programs: [LoadSpec.Program], _ attachments: [(String, AttachPoint, Mechanism)]) -> Recipe {
             Recipe(load: LoadSpec(object: "latency", programs: programs, readOnly: readOnly, mapChanges: changes),
                    attachments: attachments.map { (program: $0.0, point: $0.1, mechanism: $0.2) })
@@ -139,7 +147,7 @@ public struct Planner: Sendable {
             switch attempt(flavour, spec: spec, report: report) {
             case .success(let probe):
                 attempts.append(AttachAttempt(mechanism: flavour.rawValue, outcome: .attached, stage: "attach", errno: nil,
-                                              message: "attached via \(flavour.via(for: spec.target.type))"))
+                                              message: "attached via \(flavour.via(for: spec.target.type))\(probe.boundTo.map { " (\($0))" } ?? "")"))
                 probe.attempts = attempts
                 return .success(probe)
             case .failure(let attempt):
@@ -150,9 +158,22 @@ public struct Planner: Sendable {
     }
 
     func attempt(_ flavour: Flavour, spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachAttempt> {
+        guard flavour == .fentry, spec.target.type == .syscall, let name = spec.target.name else {
+            return attempt(flavour, spec: spec, report: report, function: nil)
+        }
+        // Try each function that implements the syscall; only "not in BTF" moves on.
+        var result: Result<AttachedProbe, AttachAttempt>!
+        for function in Self.syscallFunctions(name, facts: report.kernel) {
+            result = attempt(flavour, spec: spec, report: report, function: function)
+            guard case .failure(let failed) = result, failed.stage == "load", ["ESRCH", "ENOENT"].contains(failed.errno) else { break }
+        }
+        return result
+    }
+
+    func attempt(_ flavour: Flavour, spec: ProbeSpec, report: CapabilityReport, function: String?) -> Result<AttachedProbe, AttachAttempt> {
         var taskStorage = report.supports(.taskStorage)
         var object: (any LoadedObject)?
-        var recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: taskStorage)
+        var recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: taskStorage, function: function)
         var lastError: KernelError?
         // Task storage may be refused for this program type: retry with a thread-id hash.
         for _ in 0..<2 where object == nil {
@@ -162,7 +183,7 @@ public struct Planner: Sendable {
                 lastError = error
                 guard taskStorage, error.errno == EINVAL else { break }
                 taskStorage = false
-                recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: false)
+                recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: false, function: function)
             }
         }
         guard let object else {
@@ -179,7 +200,19 @@ public struct Planner: Sendable {
             }
         }
         return .success(AttachedProbe(flavour: flavour, object: object, links: links, countsOnly: spec.target.type == .tracepoint,
-                                      taskStorage: taskStorage))
+                                      taskStorage: taskStorage, boundTo: Self.boundTo(recipe)))
+    }
+
+    /// The kernel function or event a recipe binds to, for the attempt message.
+    static func boundTo(_ recipe: Recipe) -> String? {
+        if let target = recipe.load.programs.first?.loadTimeTarget { return target }
+        switch recipe.attachments.first?.point {
+        case .kprobe(let function, _): return function
+        case .tracepoint(let category, let name): return "\(category):\(name)"
+        case .rawTracepoint(let name): return name
+        case .uprobe(let binary, let symbol, _, _): return "\(binary):\(symbol)"
+        default: return nil
+        }
     }
 
     static func outcome(_ status: CapabilityStatus) -> AttachAttempt.Outcome {

@@ -5,8 +5,11 @@ import Foundation
 public struct Probe: Sendable, Codable, Hashable {
     public var name: String
     public var spec: ProbeSpec
+    /// `active`, or `failed` for a restored probe that no longer attaches (kept, so the
+    /// desired state is not lost; a PUT retries it).
     public var state: String
-    public var mechanism: String
+    /// The mechanism attached; null when the probe is not attached.
+    public var mechanism: String?
     public var attempts: [AttachAttempt]
     public var createdAt: Date
     public var updatedAt: Date
@@ -112,22 +115,45 @@ public enum PutOutcome: Sendable, Hashable {
 public actor ProbeManager {
     struct Entry {
         var spec: ProbeSpec
-        var probe: AttachedProbe
+        /// Nil for a restored probe that no longer attaches.
+        var probe: AttachedProbe?
+        var failedAttempts: [AttachAttempt] = []
         var createdAt: Date
         var updatedAt: Date
         var expiresAt: Date?
         var generation: Int
 
+        init(spec: ProbeSpec, probe: AttachedProbe?, failedAttempts: [AttachAttempt] = [], createdAt: Date, updatedAt: Date,
+             expiresAt: Date?, generation: Int) {
+            self.spec = spec
+            self.probe = probe
+            self.failedAttempts = failedAttempts
+            self.createdAt = createdAt
+            self.updatedAt = updatedAt
+            self.expiresAt = expiresAt
+            self.generation = generation
+        }
+
         func view(name: String) -> Probe {
-            Probe(name: name, spec: spec, state: "active", mechanism: probe.flavour.rawValue, attempts: probe.attempts,
+            Probe(name: name, spec: spec, state: probe == nil ? "failed" : "active", mechanism: probe?.flavour.rawValue,
+                  attempts: probe?.attempts ?? failedAttempts,
                   createdAt: createdAt, updatedAt: updatedAt, expiresAt: expiresAt, generation: generation)
         }
+    }
+
+    /// How restoring one saved probe ended.
+    public struct RestoreOutcome: Sendable {
+        public var name: String
+        public var probe: Probe?
+        /// Why it was not restored as active (expired while the agent was down, or no mechanism attached).
+        public var problem: String?
     }
 
     public nonisolated let maxProbes: Int
     private let planner: Planner
     private let reaper: Reaper
     private let report: @Sendable () async -> CapabilityReport?
+    private let state: StateStore?
     private var entries: [String: Entry] = [:]
     private var pending: Set<String> = []
     private var expiryTask: Task<Void, Never>?
@@ -136,12 +162,61 @@ public actor ProbeManager {
 
     /// - Parameter report: the current capability report (syscall prefix, task storage,
     ///   disabled mechanisms); nil while capabilities are not probed yet.
-    public init(planner: Planner, reaper: Reaper = .shared, maxProbes: Int = 256,
+    /// - Parameter state: where desired probes are saved after every change (nil: nowhere).
+    public init(planner: Planner, reaper: Reaper = .shared, maxProbes: Int = 256, state: StateStore? = nil,
                 report: @escaping @Sendable () async -> CapabilityReport?) {
         self.planner = planner
         self.reaper = reaper
         self.maxProbes = maxProbes
+        self.state = state
         self.report = report
+    }
+
+    /// Saves the desired probes (active and failed) if a state store is configured.
+    private func persist() {
+        guard let state else { return }
+        let probes = entries.sorted { $0.key < $1.key }.map { name, entry in
+            var spec = entry.spec
+            spec.name = name
+            return PersistedState.Probe(spec: spec, createdAt: entry.createdAt, expiresAt: entry.expiresAt, generation: entry.generation)
+        }
+        state.save(PersistedState(savedAt: Date(), probes: probes))
+    }
+
+    /// Re-plans saved probes on the current kernel, keeping their names, labels, generation
+    /// and remaining TTL. A probe that no longer attaches is kept as `failed` with its attempts.
+    public func restore(_ saved: PersistedState) async -> [RestoreOutcome] {
+        var outcomes: [RestoreOutcome] = []
+        let now = Date()
+        for item in saved.probes {
+            guard let name = item.spec.name else { continue }
+            if let expiry = item.expiresAt, expiry <= now {
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "its TTL expired while the agent was down"))
+                continue
+            }
+            if entries[name] != nil || entries.count >= maxProbes {
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: entries[name] != nil ? "a probe with this name already exists" : "the probe limit (\(maxProbes)) is reached"))
+                continue
+            }
+            let spec: ProbeSpec
+            do { spec = try Self.normalize(item.spec) } catch {
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "the saved spec is no longer valid: \(error.detail)"))
+                continue
+            }
+            var entry = Entry(spec: spec, probe: nil, createdAt: item.createdAt, updatedAt: now, expiresAt: item.expiresAt,
+                              generation: item.generation)
+            var problem: String?
+            do {
+                entry.probe = try await plan(spec)
+            } catch {
+                entry.failedAttempts = error.attempts
+                problem = error.detail
+            }
+            entries[name] = entry
+            outcomes.append(RestoreOutcome(name: name, probe: entry.view(name: name), problem: problem))
+        }
+        persist()
+        return outcomes
     }
 
     /// Starts detaching expired probes (checked every 200 ms, so within a second of expiry).
@@ -156,12 +231,15 @@ public actor ProbeManager {
     }
 
     func expire(now: Date) {
+        var changed = false
         for (name, entry) in entries {
             if let expiry = entry.expiresAt, expiry <= now {
                 entries[name] = nil
-                entry.probe.detach(reaper: reaper)
+                entry.probe?.detach(reaper: reaper)
+                changed = true
             }
         }
+        if changed { persist() }
     }
 
     public func list() -> [Probe] {
@@ -203,36 +281,40 @@ public actor ProbeManager {
             return (try await attachNew(name: name, spec: spec), .created)
         }
         let now = Date()
-        if existing.spec == spec {
+        if existing.spec == spec, existing.probe != nil {
             existing.expiresAt = spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }
             entries[name] = existing
+            persist()
             return (existing.view(name: name), .unchanged)
         }
-        if Self.sameAttachment(existing.spec, spec) {
+        if Self.sameAttachment(existing.spec, spec), existing.probe != nil {
             // Only the lease or labels changed: keep the kernel attachment.
             existing.spec = spec
             existing.generation += 1
             existing.updatedAt = now
             existing.expiresAt = spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }
             entries[name] = existing
+            persist()
             return (existing.view(name: name), .replaced)
         }
         guard pending.insert(name).inserted else { throw Self.busy(name) }
         defer { pending.remove(name) }
         let attached = try await plan(spec)
         // The old attachment goes only once the new one works: a failed replace keeps it.
-        if let old = entries[name] { old.probe.detach(reaper: reaper) }
+        if let old = entries[name] { old.probe?.detach(reaper: reaper) }
         let entry = Entry(spec: spec, probe: attached, createdAt: existing.createdAt, updatedAt: now,
                           expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) },
                           generation: existing.generation + 1)
         entries[name] = entry
+        persist()
         return (entry.view(name: name), .replaced)
     }
 
     /// DELETE: forgets the probe now; the kernel detach happens in the background.
     public func delete(_ name: String) throws(ProbeError) {
         guard let entry = entries.removeValue(forKey: name) else { throw Self.notFound(name) }
-        entry.probe.detach(reaper: reaper)
+        entry.probe?.detach(reaper: reaper)
+        persist()
     }
 
     /// Reads a probe's aggregates.
@@ -249,9 +331,10 @@ public actor ProbeManager {
         }
     }
 
-    /// Detaches everything (shutdown).
+    /// Detaches everything (shutdown). The saved desired state is left as it is, so a
+    /// restart with the same state directory brings the probes back.
     public func removeAll() {
-        for (_, entry) in entries { entry.probe.detach(reaper: reaper) }
+        for (_, entry) in entries { entry.probe?.detach(reaper: reaper) }
         entries.removeAll()
         expiryTask?.cancel()
         expiryTask = nil
@@ -260,10 +343,13 @@ public actor ProbeManager {
     // MARK: - Internals
 
     static func metrics(name: String, entry: Entry) throws(ProbeError) -> ProbeMetrics {
+        guard let probe = entry.probe else {
+            throw ProbeError(kind: .conflict, detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry")
+        }
         do {
-            let counters = try entry.probe.read()
-            return ProbeMetrics(name: name, mechanism: entry.probe.flavour.rawValue, target: entry.spec.target.label,
-                                since: entry.updatedAt, counters: counters, countsOnly: entry.probe.countsOnly)
+            let counters = try probe.read()
+            return ProbeMetrics(name: name, mechanism: probe.flavour.rawValue, target: entry.spec.target.label,
+                                since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
         } catch {
             throw ProbeError(kind: .unavailable, detail: "reading the probe's maps failed: \(error)")
         }
@@ -280,6 +366,7 @@ public actor ProbeManager {
         let entry = Entry(spec: spec, probe: attached, createdAt: now, updatedAt: now,
                           expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }, generation: 1)
         entries[name] = entry
+        persist()
         return entry.view(name: name)
     }
 

@@ -1,0 +1,41 @@
+import CLibBPF
+import Foundation
+import Glibc
+
+/// What the kernel holds, seen through BPF_PROG_GET_NEXT_ID (not through our objects).
+public enum KernelCensus {
+    /// Our programs (lat_*/cnt_*) loaded now but not in `before`, after giving the kernel up
+    /// to 120 s to free closed programs: the kernel tears perf-event links down lazily
+    /// (RCU grace periods), which under churn was seen to take about 40 s here.
+    public static func settledPrograms(excluding before: Set<UInt32> = []) async -> Set<UInt32> {
+        var leaked: Set<UInt32> = []
+        let started = ContinuousClock.now
+        defer { print("kernel released our programs after \(ContinuousClock.now - started) (left: \(leaked.count))") }
+        for _ in 0..<1_200 {
+            leaked = programIDs().subtracting(before).filter {
+                let name = programName($0)
+                return name.hasPrefix("lat_") || name.hasPrefix("cnt_")
+            }
+            if leaked.isEmpty { break }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return leaked
+    }
+
+    public static func programIDs() -> Set<UInt32> {
+        var ids = Set<UInt32>()
+        var id: UInt32 = 0
+        while bpf_prog_get_next_id(id, &id) == 0 { ids.insert(id) }
+        return ids
+    }
+
+    public static func programName(_ id: UInt32) -> String {
+        let fd = bpf_prog_get_fd_by_id(id)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var info = bpf_prog_info()
+        var len = UInt32(MemoryLayout<bpf_prog_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { return "" }
+        return withUnsafeBytes(of: &info.name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+    }
+}
