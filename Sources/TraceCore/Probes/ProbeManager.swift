@@ -172,7 +172,14 @@ public actor ProbeManager {
         self.report = report
     }
 
-    /// Saves the desired probes (active and failed) if a state store is configured.
+    /// Saves the desired probes and waits until they are on disk, so that an acknowledged
+    /// change survives a crash (saves from concurrent changes share one write).
+    private func persistDurably() async {
+        persist()
+        await state?.flushed()
+    }
+
+    /// Requests a save of the desired probes (active and failed) if a state store is configured.
     private func persist() {
         guard let state else { return }
         let probes = entries.sorted { $0.key < $1.key }.map { name, entry in
@@ -215,7 +222,7 @@ public actor ProbeManager {
             entries[name] = entry
             outcomes.append(RestoreOutcome(name: name, probe: entry.view(name: name), problem: problem))
         }
-        persist()
+        await persistDurably()
         return outcomes
     }
 
@@ -284,7 +291,7 @@ public actor ProbeManager {
         if existing.spec == spec, existing.probe != nil {
             existing.expiresAt = spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }
             entries[name] = existing
-            persist()
+            await persistDurably()
             return (existing.view(name: name), .unchanged)
         }
         if Self.sameAttachment(existing.spec, spec), existing.probe != nil {
@@ -294,7 +301,7 @@ public actor ProbeManager {
             existing.updatedAt = now
             existing.expiresAt = spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }
             entries[name] = existing
-            persist()
+            await persistDurably()
             return (existing.view(name: name), .replaced)
         }
         guard pending.insert(name).inserted else { throw Self.busy(name) }
@@ -306,15 +313,15 @@ public actor ProbeManager {
                           expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) },
                           generation: existing.generation + 1)
         entries[name] = entry
-        persist()
+        await persistDurably()
         return (entry.view(name: name), .replaced)
     }
 
     /// DELETE: forgets the probe now; the kernel detach happens in the background.
-    public func delete(_ name: String) throws(ProbeError) {
+    public func delete(_ name: String) async throws(ProbeError) {
         guard let entry = entries.removeValue(forKey: name) else { throw Self.notFound(name) }
         entry.probe?.detach(reaper: reaper)
-        persist()
+        await persistDurably()
     }
 
     /// Reads a probe's aggregates.
@@ -366,7 +373,7 @@ public actor ProbeManager {
         let entry = Entry(spec: spec, probe: attached, createdAt: now, updatedAt: now,
                           expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }, generation: 1)
         entries[name] = entry
-        persist()
+        await persistDurably()
         return entry.view(name: name)
     }
 

@@ -134,6 +134,13 @@ public final class StateStore: Sendable {
         queue.sync {}
     }
 
+    /// Suspends until every save requested so far has reached the disk (or failed).
+    public func flushed() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async { continuation.resume() }
+        }
+    }
+
     /// The last save failure, if the last save failed.
     public var failure: String? { lastError.withLock { $0 } }
 
