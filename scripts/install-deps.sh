@@ -6,7 +6,7 @@
 #   curl, python3-venv                  tests: a real HTTP client, schemathesis and friends
 # The Swift 6 toolchain (with its clang that targets bpf) must already be on PATH.
 set -euo pipefail
-packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl pkg-config "$@")
+packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

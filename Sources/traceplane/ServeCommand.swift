@@ -11,11 +11,29 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the agent: the HTTP/JSON control plane on 127.0.0.1:9480.")
 
-    @Option(help: "Address to listen on, HOST:PORT ([::1]:PORT for IPv6). Only loopback is allowed until tokens are configured.")
+    @Option(help: "Address to listen on, HOST:PORT ([::1]:PORT for IPv6). Anything but loopback needs --token-file or --read-token-file.")
     var listen: String = "127.0.0.1:9480"
 
     @Option(help: "Most probes the agent holds at once (429 past it).")
     var maxProbes: Int = 256
+
+    @Option(help: "File holding the admin bearer token (all endpoints). Tokens are never taken from arguments or the environment.")
+    var tokenFile: String?
+
+    @Option(help: "File holding the read-only bearer token (GET endpoints and /metrics).")
+    var readTokenFile: String?
+
+    @Option(help: "PEM certificate (chain) for HTTPS; needs --tls-key.")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key for HTTPS; needs --tls-cert.")
+    var tlsKey: String?
+
+    @Option(help: "Directory where desired probes are saved atomically and restored from at start-up.")
+    var stateDir: String?
+
+    @Option(help: "YAML file of probe specs to apply at start-up (after restoring saved probes).")
+    var probes: String?
 
     @OptionGroup var kernel: KernelOptions
 
@@ -23,10 +41,16 @@ struct Serve: AsyncParsableCommand {
         try kernel.bootstrapLogging()
         let logger = Logger(label: "traceplane")
         let (host, port) = try ListenAddress.parse(listen)
-        guard ListenAddress.isLoopback(host) else {
-            throw ValidationError("refusing to listen on \(host): a non-loopback address needs an admin token, and token authentication is not available in this build. Listen on 127.0.0.1 or ::1.")
-        }
         guard (1...4096).contains(maxProbes) else { throw ValidationError("--max-probes must be from 1 to 4096") }
+        let tokens = try loadTokens(logger: logger)
+        guard ListenAddress.isLoopback(host) || tokens.enabled else {
+            throw ValidationError("refusing to listen on \(host): anyone who can reach it could load BPF programs. Give an admin token with --token-file (and optionally --read-token-file), or listen on 127.0.0.1 or ::1.")
+        }
+        let tls = try loadTLS()
+        let state: StateStore?
+        do { state = try stateDir.map { try StateStore(directory: $0) } } catch { throw ValidationError("\(error)") }
+        let probeFile: [ProbeSpec]
+        do { probeFile = try probes.map { try ProbeFile.load($0) } ?? [] } catch { throw ValidationError("\(error)") }
 
         // Per-probe BPF run time needs kernel BPF stats: on for the agent's lifetime only
         // (through an fd, never the global sysctl).
@@ -38,27 +62,101 @@ struct Serve: AsyncParsableCommand {
 
         let backend = LibBPFBackend(logger: Logger(label: "traceplane.libbpf"))
         let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: try kernel.disabled()))
-        let manager = ProbeManager(planner: Planner(backend: backend), maxProbes: maxProbes, report: { await store.current })
+        let manager = ProbeManager(planner: Planner(backend: backend), maxProbes: maxProbes, state: state,
+                                   report: { await store.current })
         await manager.startExpiry()
-        let api = AgentAPI(capabilities: store, probes: manager)
-        let server = HTTPServer(configuration: .init(host: host, port: port), responder: api.router(),
-                                logger: Logger(label: "traceplane.http"))
+        let requestCounter = HTTPRequestCounter()
+        let exporter = PrometheusExporter(probes: manager, capabilities: store, requests: requestCounter,
+                                          build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"))
+        let api = AgentAPI(capabilities: store, probes: manager, metrics: { await exporter.scrape() })
+        let responder: any HTTPResponder = tokens.enabled ? BearerAuth(tokens: tokens, next: api.router()) : api.router()
+        let server = HTTPServer(configuration: .init(host: host, port: port, tls: tls), responder: responder,
+                                requestCounter: requestCounter, logger: Logger(label: "traceplane.http"))
         do {
             try server.start()
         } catch {
             throw ValidationError("cannot listen on \(listen): \(error)")
         }
-        logger.notice("listening on \(listen.contains("]") ? "[\(host)]" : host):\(server.port)")
+        logger.notice("listening on \(listen.contains("]") ? "[\(host)]" : host):\(server.port)\(tls == nil ? "" : " (HTTPS)")\(tokens.enabled ? " with bearer tokens" : "")")
         Task {
             let report = await store.refresh()
             logger.notice("capabilities probed in \(Int(report.durationMilliseconds)) ms: \(report.mechanisms.filter { $0.status == .supported }.map(\.name).joined(separator: ", ")) supported")
+            if let state { await Self.restore(from: state, into: manager, logger: logger) }
+            for spec in probeFile { await Self.apply(spec, to: manager, logger: logger) }
         }
 
         let signal = await SignalWaiter.wait(for: [SIGTERM, SIGINT])
         logger.notice("received signal \(signal): detaching every probe and exiting")
         server.stop()
         await manager.removeAll()
+        state?.flush()
         Reaper.shared.drain()
+    }
+
+    func loadTokens(logger: Logger) throws -> AccessTokens {
+        func read(_ path: String?, _ flag: String) throws -> [UInt8]? {
+            guard let path else { return nil }
+            do {
+                let token = try AccessTokens.read(file: path)
+                if AccessTokens.isExposed(file: path) {
+                    logger.warning("\(flag) \(path) is readable by group or others; chmod 600 it")
+                }
+                return token
+            } catch {
+                throw ValidationError("\(flag): \(error)")
+            }
+        }
+        let tokens = AccessTokens(admin: try read(tokenFile, "--token-file"), readOnly: try read(readTokenFile, "--read-token-file"))
+        if let admin = tokens.admin, let reader = tokens.readOnly, admin == reader {
+            throw ValidationError("--token-file and --read-token-file hold the same token; the read-only token must differ")
+        }
+        return tokens
+    }
+
+    func loadTLS() throws -> HTTPServer.Configuration.TLS? {
+        switch (tlsCert, tlsKey) {
+        case (nil, nil): return nil
+        case (let cert?, let key?):
+            guard let certificate = try? String(contentsOfFile: cert, encoding: .utf8), certificate.contains("-----BEGIN") else {
+                throw ValidationError("--tls-cert \(cert) cannot be read as a PEM certificate")
+            }
+            guard let privateKey = try? String(contentsOfFile: key, encoding: .utf8), privateKey.contains("PRIVATE KEY-----") else {
+                throw ValidationError("--tls-key \(key) cannot be read as a PEM private key")
+            }
+            return .init(certificatePEM: certificate, privateKeyPEM: privateKey)
+        default:
+            throw ValidationError("--tls-cert and --tls-key go together")
+        }
+    }
+
+    /// Re-plans saved probes and reports each one.
+    static func restore(from state: StateStore, into manager: ProbeManager, logger: Logger) async {
+        switch state.load() {
+        case .none:
+            logger.info("no saved probes in \(state.directory)")
+        case .corrupt(let reason, let keptAt):
+            logger.error("the state file \(state.path) is corrupt or unreadable (\(reason)); \(keptAt.map { "kept aside as \($0)" } ?? "left in place"); starting with no saved probes")
+        case .loaded(let saved):
+            for outcome in await manager.restore(saved) {
+                if let probe = outcome.probe, probe.state == "active" {
+                    logger.notice("restored probe \(outcome.name) via \(probe.mechanism ?? "?")")
+                } else {
+                    let attempts = outcome.probe?.attempts.map { "\($0.mechanism) \($0.outcome.rawValue)\($0.errno.map { " \($0)" } ?? "")" } ?? []
+                    logger.error("could not restore probe \(outcome.name): \(outcome.problem ?? "unknown reason")\(attempts.isEmpty ? "" : " [\(attempts.joined(separator: ", "))]")")
+                }
+            }
+        }
+    }
+
+    /// Applies one spec of the --probes file, like a PUT.
+    static func apply(_ spec: ProbeSpec, to manager: ProbeManager, logger: Logger) async {
+        guard let name = spec.name else { return }
+        do {
+            let (probe, outcome) = try await manager.put(name: name, spec: spec)
+            logger.notice("probe file: \(name) \(outcome == .created ? "created" : outcome == .unchanged ? "unchanged" : "replaced") via \(probe.mechanism ?? "?")")
+        } catch {
+            logger.error("probe file: \(name) not applied: \(error.detail)")
+        }
     }
 }
 

@@ -14,19 +14,23 @@ final class AgentHarness: Sendable {
     let server: HTTPServer
     let base: String
 
-    init(maxProbes: Int = 256, metrics: (@Sendable () async -> HTTPResponse)? = nil) async throws {
+    /// With `tokens`, requests need a bearer token (``BearerAuth``); with `tls`, it serves
+    /// HTTPS; `disabled` switches mechanisms off as `--disable-mechanism` does.
+    init(maxProbes: Int = 256, metrics: (@Sendable () async -> HTTPResponse)? = nil,
+         tokens: AccessTokens? = nil, tls: HTTPServer.Configuration.TLS? = nil, disabled: Set<Mechanism> = []) async throws {
         let backend = LibBPFBackend()
-        let store = CapabilityStore(prober: CapabilityProber(backend: backend))
+        let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: disabled))
         _ = await store.refresh()
         let manager = ProbeManager(planner: Planner(backend: backend), maxProbes: maxProbes, report: { await store.current })
         await manager.startExpiry()
         let api = AgentAPI(capabilities: store, probes: manager, metrics: metrics)
-        let server = HTTPServer(configuration: .init(host: "127.0.0.1", port: 0), responder: api.router())
+        let responder: any HTTPResponder = if let tokens { BearerAuth(tokens: tokens, next: api.router()) } else { api.router() }
+        let server = HTTPServer(configuration: .init(host: "127.0.0.1", port: 0, tls: tls), responder: responder)
         try server.start()
         self.store = store
         self.manager = manager
         self.server = server
-        base = "http://127.0.0.1:\(server.port)"
+        base = "\(tls == nil ? "http" : "https")://127.0.0.1:\(server.port)"
     }
 
     func stop() async {

@@ -1,0 +1,218 @@
+import TraceCore
+
+/// Everything one scrape exposes, collected from the agent, and its rendering as the
+/// Prometheus text format (see ``render(into:scrapeStarted:)`` for the families).
+public struct MetricsSnapshot: Sendable {
+    /// One probe: its identity, user labels and aggregates.
+    public struct ProbeSeries: Sendable {
+        public var metrics: ProbeMetrics
+        /// The probe spec's user labels; exposed only on `traceplane_probe_info`.
+        public var userLabels: [String: String]
+
+        public init(metrics: ProbeMetrics, userLabels: [String: String] = [:]) {
+            self.metrics = metrics
+            self.userLabels = userLabels
+        }
+    }
+
+    /// Probes, sorted by name.
+    public var probes: [ProbeSeries]
+    /// Probe counts by state (`active`, `failed`: kept but not attached), sorted by state.
+    public var probesByState: [(state: String, count: Int)]
+    /// Every mechanism and feature of the capability report; empty before the first probe run.
+    public var capabilities: [(name: String, supported: Bool)]
+    /// Attach attempts since start, by mechanism and outcome, sorted.
+    public var attachAttempts: [(mechanism: String, outcome: String, count: Int)]
+    public var httpRequests: HTTPRequestCounts
+    public var process: ProcessStats
+    public var build: BuildInfo
+
+    public init(probes: [ProbeSeries] = [], probesByState: [(state: String, count: Int)] = [],
+                capabilities: [(name: String, supported: Bool)] = [],
+                attachAttempts: [(mechanism: String, outcome: String, count: Int)] = [],
+                httpRequests: HTTPRequestCounts = HTTPRequestCounts(), process: ProcessStats = ProcessStats(),
+                build: BuildInfo) {
+        self.probes = probes
+        self.probesByState = probesByState
+        self.capabilities = capabilities
+        self.attachAttempts = attachAttempts
+        self.httpRequests = httpRequests
+        self.process = process
+        self.build = build
+    }
+
+    /// Latency histogram buckets exposed per probe: log2 slots 0 through 35, so `le` runs
+    /// from 1 ns to 2^36 − 1 ns (68.719476735 s). The set is fixed, the same on every scrape;
+    /// slower calls count only in `+Inf`.
+    public static let latencyBucketSlots = 36
+
+    /// Label set `le="<upper bound of slot i in seconds>"` for each exposed slot.
+    static let bucketBounds: [LabelSet] = (0..<latencyBucketSlots).map { slot in
+        var text: [UInt8] = []
+        ExpositionWriter.appendSeconds(nanoseconds: ProbeCounters.bounds(slot: slot).upper, to: &text)
+        return LabelSet(["le": String(decoding: text, as: UTF8.self)])
+    }
+    static let infinityBound = LabelSet(["le": "+Inf"])
+
+    /// Renders every family, each with HELP and TYPE, in a fixed order:
+    ///
+    /// - `traceplane_probe_info` (gauge 1): `probe`, `target`, `mechanism` and the user labels
+    ///   as `label_<key>` (so they never collide); the only series with user labels.
+    /// - `traceplane_probe_calls_total`, `traceplane_probe_errors_total` (the latter only for
+    ///   targets that return: not tracepoints), `traceplane_probe_latency_seconds` (histogram,
+    ///   not for tracepoints), `traceplane_probe_bpf_run_seconds_total` and
+    ///   `traceplane_probe_bpf_runs_total`: `probe`, `target`, `mechanism`.
+    /// - `traceplane_probes{state}`, `traceplane_capability_supported{capability}`,
+    ///   `traceplane_attach_attempts_total{mechanism,outcome}`,
+    ///   `traceplane_http_requests_total{method,code}`,
+    ///   `traceplane_process_resident_memory_bytes`, `traceplane_process_open_fds`,
+    ///   `traceplane_build_info{version,libbpf_version,swift_version}`.
+    /// - Last, `traceplane_scrape_duration_seconds` (gauge): the time from `scrapeStarted`
+    ///   to that line, i.e. this scrape's map reads and rendering.
+    public func render(into writer: inout ExpositionWriter, scrapeStarted: ContinuousClock.Instant) {
+        let identities = probes.map { p in
+            LabelSet(["probe": p.metrics.name, "target": p.metrics.target, "mechanism": p.metrics.mechanism])
+        }
+
+        writer.family("traceplane_probe_info", type: .gauge,
+                      help: "Always 1 for each probe; carries the probe's user labels as label_<key>.")
+        for probe in probes {
+            var pairs: [(name: String, value: String)] = [
+                ("probe", probe.metrics.name), ("target", probe.metrics.target), ("mechanism", probe.metrics.mechanism),
+            ]
+            for (key, value) in probe.userLabels.sorted(by: { $0.key < $1.key }) { pairs.append(("label_" + key, value)) }
+            writer.sample()
+            writer.labels(LabelSet(pairs))
+            writer.value(1)
+        }
+
+        writer.family("traceplane_probe_calls_total", type: .counter,
+                      help: "Calls traced by the probe (events, for tracepoints).")
+        for (probe, identity) in zip(probes, identities) {
+            writer.sample()
+            writer.labels(identity)
+            writer.value(probe.metrics.calls)
+        }
+
+        writer.family("traceplane_probe_errors_total", type: .counter,
+                      help: "Traced calls that returned a negative value (probes on targets that return: not tracepoints).")
+        for (probe, identity) in zip(probes, identities) where probe.metrics.latencyNanoseconds != nil {
+            writer.sample()
+            writer.labels(identity)
+            writer.value(probe.metrics.errors)
+        }
+
+        writer.family("traceplane_probe_latency_seconds", type: .histogram,
+                      help: "Latency of traced calls, from the in-kernel log2 histogram: le is the inclusive upper bound of log2 slot i (2^(i+1)-1 ns) in seconds, up to 2^36-1 ns. Tracepoint probes have none.")
+        for (probe, identity) in zip(probes, identities) {
+            guard let latency = probe.metrics.latencyNanoseconds else { continue }
+            Self.renderHistogram(latency, identity: identity, into: &writer)
+        }
+
+        writer.family("traceplane_probe_bpf_run_seconds_total", type: .counter,
+                      help: "Time the kernel spent running the probe's BPF programs (kernel BPF stats, on while the agent runs).")
+        for (probe, identity) in zip(probes, identities) {
+            writer.sample()
+            writer.labels(identity)
+            writer.value(secondsFromNanoseconds: probe.metrics.overhead.runTimeNanoseconds)
+        }
+
+        writer.family("traceplane_probe_bpf_runs_total", type: .counter,
+                      help: "Runs of the probe's BPF programs (kernel BPF stats); run seconds over runs is the cost per run.")
+        for (probe, identity) in zip(probes, identities) {
+            writer.sample()
+            writer.labels(identity)
+            writer.value(probe.metrics.overhead.runCount)
+        }
+
+        writer.family("traceplane_probes", type: .gauge, help: "Probes held by the agent, by state.")
+        for (state, count) in probesByState {
+            writer.sample()
+            writer.label("state", state)
+            writer.value(count)
+        }
+
+        writer.family("traceplane_capability_supported", type: .gauge,
+                      help: "1 when the mechanism or feature loaded, attached and fired on this kernel, else 0.")
+        for (name, supported) in capabilities {
+            writer.sample()
+            writer.label("capability", name)
+            writer.value(supported ? 1 : 0)
+        }
+
+        writer.family("traceplane_attach_attempts_total", type: .counter,
+                      help: "Attempts to attach a probe with a mechanism, by outcome (attached, unsupported, denied, error).")
+        for attempt in attachAttempts {
+            writer.sample()
+            writer.label("mechanism", attempt.mechanism)
+            writer.label("outcome", attempt.outcome)
+            writer.value(attempt.count)
+        }
+
+        writer.family("traceplane_http_requests_total", type: .counter, help: "HTTP requests answered, by method and status code.")
+        for (key, count) in httpRequests.sorted {
+            writer.sample()
+            writer.label("method", key.method)
+            writer.label("code", String(key.status))
+            writer.value(count)
+        }
+
+        writer.family("traceplane_process_resident_memory_bytes", type: .gauge, help: "Resident memory of the agent process in bytes.")
+        if let rss = process.residentMemoryBytes {
+            writer.sample()
+            writer.value(rss)
+        }
+
+        writer.family("traceplane_process_open_fds", type: .gauge,
+                      help: "Open file descriptors of the agent process (BPF programs, maps and links included).")
+        if let fds = process.openFileDescriptors {
+            writer.sample()
+            writer.value(fds)
+        }
+
+        writer.family("traceplane_build_info", type: .gauge, help: "Always 1; the agent, libbpf and Swift versions.")
+        writer.sample()
+        writer.label("version", build.version)
+        writer.label("libbpf_version", build.libbpfVersion)
+        writer.label("swift_version", build.swiftVersion)
+        writer.value(1)
+
+        writer.family("traceplane_scrape_duration_seconds", type: .gauge,
+                      help: "Time this scrape took, from its start to this line: reading every probe's maps and rendering.")
+        writer.sample()
+        writer.value(seconds: ContinuousClock.now - scrapeStarted)
+    }
+
+    /// Cumulative buckets over the fixed slot set, `+Inf`, `_sum` and `_count`. `+Inf` and
+    /// `_count` are both the total of the kernel's buckets, so they always agree.
+    static func renderHistogram(_ latency: ProbeMetrics.Latency, identity: LabelSet, into writer: inout ExpositionWriter) {
+        var cumulative: UInt64 = 0
+        var next = latency.buckets.startIndex
+        for slot in 0..<latencyBucketSlots {
+            while next < latency.buckets.endIndex, Self.slot(of: latency.buckets[next]) <= slot {
+                cumulative &+= latency.buckets[next].count
+                next += 1
+            }
+            writer.sample(.bucket)
+            writer.labels(identity)
+            writer.labels(bucketBounds[slot])
+            writer.value(cumulative)
+        }
+        let total = latency.buckets.reduce(UInt64(0)) { $0 &+ $1.count }
+        writer.sample(.bucket)
+        writer.labels(identity)
+        writer.labels(infinityBound)
+        writer.value(total)
+        writer.sample(.sum)
+        writer.labels(identity)
+        writer.value(secondsFromNanoseconds: latency.sum)
+        writer.sample(.count)
+        writer.labels(identity)
+        writer.value(total)
+    }
+
+    /// The log2 slot of a kernel bucket: 0 for [0, 1], else log2 of its lower bound.
+    static func slot(of bucket: ProbeCounters.Bucket) -> Int {
+        bucket.lower <= 1 ? 0 : UInt64.bitWidth - 1 - bucket.lower.leadingZeroBitCount
+    }
+}

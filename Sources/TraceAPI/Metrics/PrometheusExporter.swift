@@ -1,0 +1,65 @@
+import TraceCore
+
+/// Serves `GET /metrics`: collects a ``MetricsSnapshot`` from the agent and renders it in
+/// the Prometheus text format 0.0.4, straight into one byte buffer.
+///
+/// A scrape reads each probe's maps once (batched where the kernel allows it), so its cost
+/// grows with the number of probes, not with the event rate.
+public struct PrometheusExporter: Sendable {
+    /// The media type of the text format 0.0.4.
+    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+
+    public let probes: ProbeManager
+    public let capabilities: CapabilityStore
+    public let requests: HTTPRequestCounter?
+    public let build: BuildInfo
+
+    /// - Parameters:
+    ///   - requests: the counter the ``HTTPServer`` records into; nil exposes no HTTP series.
+    ///   - build: the versions `traceplane_build_info` reports.
+    public init(probes: ProbeManager, capabilities: CapabilityStore, requests: HTTPRequestCounter?, build: BuildInfo) {
+        self.probes = probes
+        self.capabilities = capabilities
+        self.requests = requests
+        self.build = build
+    }
+
+    /// One scrape: a 200 response with the exposition.
+    public func scrape() async -> HTTPResponse {
+        let started = ContinuousClock.now
+        let snapshot = await collect()
+        // About 4 KiB per probe (a latency histogram is ~40 lines) plus the agent's own series.
+        var writer = ExpositionWriter(capacity: 8_192 + snapshot.probes.count * 4_096)
+        snapshot.render(into: &writer, scrapeStarted: started)
+        return HTTPResponse(status: .ok, headers: ["Content-Type": Self.contentType], body: writer.bytes)
+    }
+
+    /// Reads everything a scrape exposes.
+    public func collect() async -> MetricsSnapshot {
+        let measured = await probes.allMetrics()
+        let listed = await probes.list()
+        let attempts = await probes.attemptCounts
+        let report = await capabilities.current
+
+        // The states a probe can be in today are always exposed, so their series never vanish.
+        var states: [String: Int] = ["active": 0, "failed": 0]
+        for probe in listed { states[probe.state, default: 0] += 1 }
+        var capabilityValues: [(name: String, supported: Bool)] = []
+        if let report {
+            for result in report.mechanisms + report.features {
+                capabilityValues.append((result.name, result.status == .supported))
+            }
+        }
+        return MetricsSnapshot(
+            probes: measured.map { probe, metrics in .init(metrics: metrics, userLabels: probe.spec.labels ?? [:]) },
+            probesByState: states.sorted { $0.key < $1.key }.map { (state: $0.key, count: $0.value) },
+            capabilities: capabilityValues,
+            attachAttempts: attempts.sorted { $0.key < $1.key }.map { key, count in
+                let parts = key.split(separator: "|", maxSplits: 1, omittingEmptySubsequences: false)
+                return (mechanism: String(parts[0]), outcome: parts.count > 1 ? String(parts[1]) : "", count: count)
+            },
+            httpRequests: requests?.snapshot() ?? HTTPRequestCounts(),
+            process: ProcessStats.current(),
+            build: build)
+    }
+}
