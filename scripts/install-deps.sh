@@ -3,7 +3,8 @@
 #   libbpf-dev, libelf-dev, zlib1g-dev  the BPF loader (libbpf) and what it links against
 #   libmicrohttpd-dev                   the embedded HTTP server
 #   bpftool                             tests cross-check loaded programs, maps and links
-#   curl, python3-venv                  tests: a real HTTP client, schemathesis and friends
+#   curl, openssl                       tests: a real HTTP client; a throwaway CA for the TLS tests
+#   prometheus                          tests: promtool check metrics, and a real Prometheus scraping the agent
 # The Swift 6 toolchain (with its clang that targets bpf) must already be on PATH.
 set -euo pipefail
 packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus "$@")
