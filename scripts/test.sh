@@ -18,6 +18,9 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "!!! NOT ROOT: the real-kernel tests will report themselves as skipped. CI runs as root." >&2
 fi
 
+stage "deploy files validate offline (systemd-analyze, kubernetes-validate, promtool)"
+tests/deploy/validate.sh .build/debug/traceplane
+
 stage "unit and HTTP tests"
 swift test --skip-build --skip TraceCoreKernelTests --skip AgentIntegrationTests
 
