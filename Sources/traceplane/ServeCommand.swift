@@ -44,13 +44,13 @@ struct Serve: AsyncParsableCommand {
         guard (1...4096).contains(maxProbes) else { throw ValidationError("--max-probes must be from 1 to 4096") }
         let tokens = try loadTokens(logger: logger)
         guard ListenAddress.isLoopback(host) || tokens.enabled else {
-            throw ValidationError("refusing to listen on \(host): anyone who can reach it could load BPF programs. Give an admin token with --token-file (and optionally --read-token-file), or listen on 127.0.0.1 or ::1.")
+            throw StartupError("refusing to listen on \(host): anyone who can reach it could load BPF programs. Give an admin token with --token-file (and optionally --read-token-file), or listen on 127.0.0.1 or ::1.")
         }
         let tls = try loadTLS()
         let state: StateStore?
-        do { state = try stateDir.map { try StateStore(directory: $0) } } catch { throw ValidationError("\(error)") }
+        do { state = try stateDir.map { try StateStore(directory: $0) } } catch { throw StartupError("\(error)") }
         let probeFile: [ProbeSpec]
-        do { probeFile = try probes.map { try ProbeFile.load($0) } ?? [] } catch { throw ValidationError("\(error)") }
+        do { probeFile = try probes.map { try ProbeFile.load($0) } ?? [] } catch { throw StartupError("\(error)") }
 
         // Per-probe BPF run time needs kernel BPF stats: on for the agent's lifetime only
         // (through an fd, never the global sysctl).
@@ -75,7 +75,7 @@ struct Serve: AsyncParsableCommand {
         do {
             try server.start()
         } catch {
-            throw ValidationError("cannot listen on \(listen): \(error)")
+            throw StartupError("cannot listen on \(listen): \(error)")
         }
         logger.notice("listening on \(listen.contains("]") ? "[\(host)]" : host):\(server.port)\(tls == nil ? "" : " (HTTPS)")\(tokens.enabled ? " with bearer tokens" : "")")
         Task {
@@ -103,12 +103,12 @@ struct Serve: AsyncParsableCommand {
                 }
                 return token
             } catch {
-                throw ValidationError("\(flag): \(error)")
+                throw StartupError("\(flag): \(error)")
             }
         }
         let tokens = AccessTokens(admin: try read(tokenFile, "--token-file"), readOnly: try read(readTokenFile, "--read-token-file"))
         if let admin = tokens.admin, let reader = tokens.readOnly, admin == reader {
-            throw ValidationError("--token-file and --read-token-file hold the same token; the read-only token must differ")
+            throw StartupError("--token-file and --read-token-file hold the same token; the read-only token must differ")
         }
         return tokens
     }
@@ -118,10 +118,10 @@ struct Serve: AsyncParsableCommand {
         case (nil, nil): return nil
         case (let cert?, let key?):
             guard let certificate = try? String(contentsOfFile: cert, encoding: .utf8), certificate.contains("-----BEGIN") else {
-                throw ValidationError("--tls-cert \(cert) cannot be read as a PEM certificate")
+                throw StartupError("--tls-cert \(cert) cannot be read as a PEM certificate")
             }
             guard let privateKey = try? String(contentsOfFile: key, encoding: .utf8), privateKey.contains("PRIVATE KEY-----") else {
-                throw ValidationError("--tls-key \(key) cannot be read as a PEM private key")
+                throw StartupError("--tls-key \(key) cannot be read as a PEM private key")
             }
             return .init(certificatePEM: certificate, privateKeyPEM: privateKey)
         default:
@@ -212,4 +212,10 @@ final class SourceBox: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
     init(_ sources: [any DispatchSourceSignal]) { self.sources = sources }
     func cancel() { for s in sources { s.cancel() } }
+}
+
+/// A start-up failure that is not about the command line's shape (no usage text).
+struct StartupError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }
