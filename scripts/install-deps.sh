@@ -5,9 +5,10 @@
 #   bpftool                             tests cross-check loaded programs, maps and links
 #   curl, openssl                       tests: a real HTTP client; a throwaway CA for the TLS tests
 #   prometheus                          tests: promtool check metrics, and a real Prometheus scraping the agent
+#   python3-venv                        tests: venvs for schemathesis, openapi-spec-validator, kubernetes-validate
 # The Swift 6 toolchain (with its clang that targets bpf) must already be on PATH.
 set -euo pipefail
-packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus "$@")
+packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

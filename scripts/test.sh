@@ -27,5 +27,8 @@ swift test --skip-build --skip TraceCoreKernelTests --skip AgentIntegrationTests
 stage "real-kernel and real-server tests (serialized: they count the process's BPF fds)"
 swift test --skip-build --no-parallel --filter TraceCoreKernelTests --filter AgentIntegrationTests
 
+stage "API conformance: schemathesis against the real agent (all checks, stateful)"
+tests/api/run-schemathesis.sh
+
 stage "kernel matrix under QEMU: Debian 6.1 + 6.12 and this host (regenerates docs/kernel-matrix.md)"
 tests/qemu/run-matrix.sh

@@ -26,30 +26,15 @@ public struct AgentAPI: Sendable {
         router.post("/v1/capabilities/refresh", accepting: .any) { _, _ in .json(await capabilities.refresh()) }
         router.get("/v1/probes") { _, _ in .json(ProbeList(probes: await probes.list())) }
         router.post("/v1/probes") { request, _ in
-            do {
-                let spec = try SpecDecoder.decode(request.body)
+            await Self.write(request) { spec in
                 let (probe, created) = try await probes.create(spec)
-                return .json(status: created ? .created : .ok, probe, headers: ["Location": "/v1/probes/\(probe.name)"])
-            } catch let problem as Problem {
-                return .problem(problem)
-            } catch let error as ProbeError {
-                return .problem(Self.problem(error))
-            } catch {
-                return .problem(Problem.internalError(detail: "\(error)"))
+                return (probe, created ? .created : .ok)
             }
         }
         router.put("/v1/probes/{name}") { request, params in
-            let name = params["name"] ?? ""
-            do {
-                let spec = try SpecDecoder.decode(request.body)
-                let (probe, outcome) = try await probes.put(name: name, spec: spec)
-                return .json(status: outcome == .created ? .created : .ok, probe, headers: ["Location": "/v1/probes/\(probe.name)"])
-            } catch let problem as Problem {
-                return .problem(problem)
-            } catch let error as ProbeError {
-                return .problem(Self.problem(error))
-            } catch {
-                return .problem(Problem.internalError(detail: "\(error)"))
+            await Self.write(request) { spec in
+                let (probe, outcome) = try await probes.put(name: params["name"] ?? "", spec: spec)
+                return (probe, outcome == .created ? .created : .ok)
             }
         }
         router.get("/v1/probes/{name}") { _, params in
@@ -90,15 +75,33 @@ public struct AgentAPI: Sendable {
         case .tooMany:
             return Problem(slug: "too-many-probes", title: "Too Many Probes", status: .tooManyRequests, detail: error.detail)
         case .attachFailed:
-            let attempts: [JSONValue] = error.attempts.map { a in
-                .object(["mechanism": .string(a.mechanism), "outcome": .string(a.outcome.rawValue),
-                         "stage": a.stage.map(JSONValue.string) ?? .null, "errno": a.errno.map(JSONValue.string) ?? .null,
-                         "message": .string(a.message)])
-            }
-            return Problem(slug: "attach-failed", title: "No Mechanism Could Attach", status: .unprocessableContent,
-                           detail: error.detail, extensions: ["attempts": .array(attempts)])
+            return attachFailed(detail: error.detail, attempts: error.attempts)
         case .unavailable:
             return Problem.serviceUnavailable(detail: error.detail)
+        }
+    }
+}
+
+extension AgentAPI {
+    /// The 422 problem when no mechanism attached: `attempts` lists every one tried.
+    static func attachFailed(detail: String, attempts: [AttachAttempt]) -> Problem {
+        let attempts: [JSONValue] = attempts.map { a in
+            .object(["mechanism": .string(a.mechanism), "outcome": .string(a.outcome.rawValue),
+                     "stage": a.stage.map(JSONValue.string) ?? .null, "errno": a.errno.map(JSONValue.string) ?? .null,
+                     "message": .string(a.message)])
+        }
+        return Problem(slug: "attach-failed", title: "No Mechanism Could Attach", status: .unprocessableContent,
+                       detail: detail, extensions: ["attempts": .array(attempts)])
+    }
+
+    /// Decodes a probe spec from `request`, applies it, and answers with the probe and a
+    /// `Location` header, or the problem.
+    static func write(_ request: HTTPRequest, _ apply: (ProbeSpec) async throws -> (Probe, HTTPStatus)) async -> HTTPResponse {
+        do {
+            let (probe, status) = try await apply(try SpecDecoder.decode(request.body))
+            return .json(status: status, probe, headers: ["Location": "/v1/probes/\(probe.name)"])
+        } catch {
+            return .problem(problem(error))
         }
     }
 }

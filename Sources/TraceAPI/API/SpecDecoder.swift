@@ -6,37 +6,48 @@ public enum SpecDecoder {
     /// Deepest JSON nesting accepted in a request body.
     public static let maxDepth = 16
 
-    static let allowed: [String: Set<String>] = [
-        "": ["name", "target", "mechanisms", "filter", "ttl_seconds", "labels"],
-        "target": ["type", "name", "path", "symbol"],
-        "filter": ["pid", "comm"],
-    ]
-
-    /// - Throws: a 400 ``Problem`` describing every problem found.
+    /// - Throws: a 400 ``Problem`` describing every problem found. Every 400 carries
+    ///   `errors` (`field`, `message`); `(body)` names the body as a whole.
     public static func decode(_ body: [UInt8]) throws(Problem) -> ProbeSpec {
-        if body.isEmpty { throw Problem.badRequest(detail: "The request body is empty; send a probe spec as JSON.") }
-        if let depth = nestingBeyond(body, limit: maxDepth) {
-            throw Problem.badRequest(detail: "The JSON is nested deeper than \(maxDepth) levels (\(depth)+).")
+        if body.isEmpty { throw badRequest("The request body is empty; send a probe spec as JSON.") }
+        switch scan(body, depthLimit: maxDepth) {
+        case .tooDeep(let depth)?:
+            throw badRequest("The JSON is nested deeper than \(maxDepth) levels (\(depth)+).")
+        case .trailingComma(let offset)?:
+            throw badRequest("The body is not valid JSON: a comma before a closing bracket (byte \(offset)).")
+        case nil:
+            break
         }
         let value: JSONValue
         do {
             value = try JSONDecoder().decode(JSONValue.self, from: Data(body))
+        } catch DecodingError.typeMismatch(_, let context) where !context.codingPath.isEmpty {
+            // The structure parsed, yet this value fits none of JSONValue's cases: a number
+            // beyond Double's range (1e400), or a string that cannot be read (a raw control
+            // character, an invalid escape, invalid UTF-8, an unpaired surrogate).
+            throw invalid([FieldError(field: path(context.codingPath),
+                                      message: "cannot be read: a number out of range, or a string with a raw control character, an invalid escape or invalid UTF-8")])
         } catch {
-            throw Problem.badRequest(detail: "The body is not valid JSON: \(describe(error))")
+            throw badRequest("The body is not valid JSON: \(describe(error))")
         }
         guard case .object = value else {
-            throw Problem.badRequest(detail: "The body must be a JSON object (a probe spec).")
+            throw badRequest("The body must be a JSON object (a probe spec).")
         }
         var errors: [FieldError] = []
-        unknownFields(value, path: "", into: &errors)
+        check(value, path: "", into: &errors)
         if !errors.isEmpty { throw invalid(errors) }
         do {
             return try JSONDecoder().decode(ProbeSpec.self, from: Data(body))
         } catch let error as DecodingError {
             throw invalid([fieldError(error)])
         } catch {
-            throw Problem.badRequest(detail: "The probe spec could not be read: \(error)")
+            throw badRequest("The probe spec could not be read: \(error)")
         }
+    }
+
+    /// A 400 about the body as a whole, with the same `errors` member as field problems.
+    static func badRequest(_ detail: String) -> Problem {
+        Problem.badRequest(detail: detail, errors: [.object(["field": "(body)", "message": .string(detail)])])
     }
 
     static func invalid(_ errors: [FieldError]) -> Problem {
@@ -45,16 +56,97 @@ public enum SpecDecoder {
                 extensions: ["errors": .array(errors.map { .object(["field": .string($0.field), "message": .string($0.message)]) })])
     }
 
-    static func unknownFields(_ value: JSONValue, path: String, into errors: inout [FieldError]) {
-        guard case .object(let members) = value, let known = allowed[path] else { return }
-        for (key, child) in members.sorted(by: { $0.key < $1.key }) {
-            let childPath = path.isEmpty ? key : "\(path).\(key)"
-            if !known.contains(key) {
-                errors.append(FieldError(field: String(childPath.prefix(128)), message: "is not a known field (known: \(known.sorted().joined(separator: ", ")))"))
-            } else {
-                unknownFields(child, path: childPath, into: &errors)
+    /// The members of each object (by path) and their JSON types; `required` members must
+    /// be present and not null, the others may be null (the same as absent).
+    enum Kind { case string, integer, object, strings, stringMap }
+    static let kinds: [String: [String: Kind]] = [
+        "": ["name": .string, "target": .object, "mechanisms": .strings, "filter": .object,
+             "ttl_seconds": .integer, "labels": .stringMap],
+        "target": ["type": .string, "name": .string, "path": .string, "symbol": .string],
+        "filter": ["pid": .integer, "comm": .string],
+    ]
+    static let required: [String: [String]] = ["": ["target"], "target": ["type"]]
+
+    /// Collects unknown members, missing required ones and wrong JSON types, in one pass,
+    /// so that the ``ProbeSpec`` decoding after it cannot fail.
+    static func check(_ value: JSONValue, path: String, into errors: inout [FieldError]) {
+        guard case .object(let members) = value, let kinds = kinds[path] else { return }
+        func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+        for key in required[path] ?? [] where members[key] == nil {
+            errors.append(FieldError(field: child(key), message: "is required"))
+        }
+        for (key, member) in members.sorted(by: { $0.key < $1.key }) {
+            let field = child(key)
+            guard let kind = kinds[key] else {
+                errors.append(FieldError(field: String(field.prefix(128)), message: "is not a known field (known: \(kinds.keys.sorted().joined(separator: ", ")))"))
+                continue
+            }
+            if member == .null {
+                if required[path]?.contains(key) == true { errors.append(FieldError(field: field, message: "must not be null")) }
+                continue
+            }
+            switch kind {
+            case .string:
+                if case .string = member { continue }
+                errors.append(FieldError(field: field, message: "must be a string, not \(typeName(member))"))
+            case .integer:
+                if let problem = integerProblem(member) { errors.append(FieldError(field: field, message: problem)) }
+            case .object:
+                guard case .object = member else {
+                    errors.append(FieldError(field: field, message: "must be an object, not \(typeName(member))"))
+                    continue
+                }
+                check(member, path: field, into: &errors)
+            case .strings:
+                guard case .array(let items) = member else {
+                    errors.append(FieldError(field: field, message: "must be an array of strings, not \(typeName(member))"))
+                    continue
+                }
+                for (i, item) in items.enumerated().prefix(32) {
+                    if case .string = item { continue }
+                    errors.append(FieldError(field: "\(field)[\(i)]", message: "must be a string, not \(typeName(item))"))
+                }
+            case .stringMap:
+                guard case .object(let entries) = member else {
+                    errors.append(FieldError(field: field, message: "must be an object of strings, not \(typeName(member))"))
+                    continue
+                }
+                for (name, item) in entries.sorted(by: { $0.key < $1.key }).prefix(64) {
+                    if case .string = item { continue }
+                    errors.append(FieldError(field: "\(field).\(name.prefix(64))", message: "must be a string, not \(typeName(item))"))
+                }
             }
         }
+    }
+
+    /// Why `value` is not an integer the spec can hold, or nil. JSONValue keeps integral
+    /// numbers that fit 64 bits as `.integer`, so a `.number` is fractional or too large.
+    static func integerProblem(_ value: JSONValue) -> String? {
+        switch value {
+        case .integer: return nil
+        case .number(let number):
+            return number.rounded(.towardZero) == number ? "is out of range (\(number))" : "must be an integer, not \(number)"
+        default: return "must be an integer, not \(typeName(value))"
+        }
+    }
+
+    static func typeName(_ value: JSONValue) -> String {
+        switch value {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .integer, .number: "a number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+
+    static func path(_ codingPath: [any CodingKey]) -> String {
+        let joined = codingPath.reduce("") { acc, key in
+            if let index = key.intValue { return acc + "[\(index)]" }
+            return acc.isEmpty ? key.stringValue : acc + "." + key.stringValue
+        }
+        return joined.isEmpty ? "(body)" : String(joined.prefix(128))
     }
 
     static func fieldError(_ error: DecodingError) -> FieldError {
@@ -101,22 +193,36 @@ public enum SpecDecoder {
         return "\(error)"
     }
 
-    /// The depth reached when nesting goes beyond `limit`, else nil. Skips strings.
-    static func nestingBeyond(_ bytes: [UInt8], limit: Int) -> Int? {
+    enum ScanProblem: Equatable {
+        /// Nesting went beyond the limit (the depth reached).
+        case tooDeep(Int)
+        /// `,]` or `,}`, which Foundation's parser accepts but RFC 8259 does not
+        /// (a parser in front of the agent could read the body differently).
+        case trailingComma(offset: Int)
+    }
+
+    /// One pass over the bytes before any parsing, outside strings: nesting depth and
+    /// trailing commas.
+    static func scan(_ bytes: [UInt8], depthLimit: Int) -> ScanProblem? {
         var depth = 0, inString = false, escaped = false
-        for b in bytes {
+        var last: UInt8 = 0  // the last byte outside strings that is not whitespace
+        for (offset, b) in bytes.enumerated() {
             if inString {
                 if escaped { escaped = false } else if b == 0x5C { escaped = true } else if b == 0x22 { inString = false }
                 continue
             }
             switch b {
+            case 0x20, 0x09, 0x0A, 0x0D: continue
             case 0x22: inString = true
             case 0x5B, 0x7B:
                 depth += 1
-                if depth > limit { return depth }
-            case 0x5D, 0x7D: depth -= 1
+                if depth > depthLimit { return .tooDeep(depth) }
+            case 0x5D, 0x7D:
+                if last == 0x2C { return .trailingComma(offset: offset) }
+                depth -= 1
             default: break
             }
+            last = b
         }
         return nil
     }

@@ -32,7 +32,8 @@ public final class HTTPServer: Sendable {
         /// 413 problem (at once when `Content-Length` says so; a chunked body is read
         /// and dropped up to 1 MiB past the limit, then the connection is closed).
         public var maxBodySize: Int
-        /// Most simultaneous connections (libmicrohttpd refuses more). Default 512.
+        /// Most simultaneous connections; libmicrohttpd stops accepting at the limit, so
+        /// further ones wait in the kernel's listen queue until one closes. Default 512.
         public var connectionLimit: Int
         /// libmicrohttpd's memory pool per connection, which holds the request head
         /// and I/O buffers; it also bounds the size of request headers. Default 32 KiB.

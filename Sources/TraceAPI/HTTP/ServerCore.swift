@@ -287,6 +287,15 @@ final class ServerCore: Sendable {
             state.phase = .body
         }
 
+        // Conflicting lengths make the body's end ambiguous (request smuggling through a
+        // proxy); RFC 9112 §6.3 says to refuse. libmicrohttpd would use the first one.
+        let lengths = Set(headers.values(for: "Content-Length").map { String(Substring($0).trimmingSpaces()) })
+        if lengths.count > 1 {
+            let detail = "The request has conflicting Content-Length headers (\(lengths.sorted().joined(separator: ", ")))."
+            return queue(
+                .problem(.badRequest(detail: detail, errors: [.object(["field": "Content-Length", "message": .string(detail)])])),
+                for: request, on: connection)
+        }
         // Refuse a declared oversize body before reading it; libmicrohttpd then
         // skips the body and closes the connection after the response.
         if let declared = headers["Content-Length"].flatMap({ Int(Substring($0).trimmingSpaces()) }),

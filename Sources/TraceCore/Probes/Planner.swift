@@ -126,6 +126,11 @@ public struct Planner: Sendable {
     /// Attaches `spec` with the first flavour that works, or fails with every attempt.
     /// `report` supplies the syscall prefix, task-storage support and disabled mechanisms.
     public func attach(_ spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachFailure> {
+        // A uprobe path that cannot hold uprobes (missing, not a regular file, not ELF) is
+        // refused before libbpf opens it: its open would block forever on a FIFO.
+        if spec.target.type == .uprobe, let refused = spec.target.uprobeBinaryProblem() {
+            return .failure(AttachFailure(attempts: [refused]))
+        }
         var attempts: [AttachAttempt] = []
         let disabled = Set(report.mechanisms.filter { $0.disabled == true }.compactMap { Mechanism(rawValue: $0.name) })
         for flavour in spec.flavours where flavour.applies(to: spec.target.type) {

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a probe traces.
 public struct ProbeTarget: Sendable, Codable, Hashable {
@@ -206,5 +209,64 @@ extension ProbeSpec {
         guard let mechanisms else { return Flavour.defaultChain(for: target.type) }
         var seen = Set<Flavour>()
         return mechanisms.compactMap(Flavour.init(specName:)).filter { seen.insert($0).inserted }
+    }
+}
+
+extension ProbeTarget {
+    /// For a uprobe target whose form is valid: why its `path` cannot hold uprobes on this
+    /// host (missing, unreadable, not a regular file, not an ELF executable or shared
+    /// object), as the failed `uprobe` attempt to report; nil when it looks usable.
+    ///
+    /// Only a regular file is ever opened (a device such as /dev/watchdog acts on open),
+    /// with `O_NONBLOCK`, and only its ELF header is read, so a FIFO or a blocking
+    /// pseudo-file never stalls the caller (libbpf's own open would block on a FIFO).
+    /// The stage is null: the kernel was not asked.
+    public func uprobeBinaryProblem() -> AttachAttempt? {
+        guard type == .uprobe, let path else { return nil }
+        func problem(_ errno: String, _ message: String) -> AttachAttempt {
+            AttachAttempt(mechanism: Flavour.uprobe.rawValue, outcome: .unsupported, stage: nil, errno: errno,
+                          message: "\(path) \(message); uprobes attach to ELF executables and shared libraries")
+        }
+        func failure(_ code: Int32) -> AttachAttempt {
+            let reason: String = switch code {
+            case ENOENT: "does not exist"
+            case ENOTDIR: "does not exist (a parent is not a directory)"
+            case EACCES, EPERM: "cannot be read by the agent"
+            case ELOOP: "is a symbolic link loop"
+            case ENAMETOOLONG: "is too long a path"
+            default: "cannot be opened (\(String(cString: strerror(code))))"
+            }
+            return problem(errnoName(code), reason)
+        }
+        func kind(_ mode: mode_t) -> AttachAttempt? {
+            switch mode & S_IFMT {
+            case S_IFREG: nil
+            case S_IFDIR: problem("EISDIR", "is a directory")
+            case S_IFIFO: problem("ENOEXEC", "is a FIFO, not a regular file")
+            case S_IFCHR, S_IFBLK: problem("ENOEXEC", "is a device, not a regular file")
+            case S_IFSOCK: problem("ENOEXEC", "is a socket, not a regular file")
+            default: problem("ENOEXEC", "is not a regular file")
+            }
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else { return failure(errno) }
+        if let problem = kind(info.st_mode) { return problem }
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else { return failure(errno) }
+        defer { close(fd) }
+        // Replaced since the stat() above?
+        guard fstat(fd, &info) == 0 else { return failure(errno) }
+        if let problem = kind(info.st_mode) { return problem }
+        // e_ident (16 bytes) then e_type (2 bytes, in the file's byte order).
+        var header = [UInt8](repeating: 0, count: 18)
+        let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard count == 18, header[0..<4] == [0x7F, 0x45, 0x4C, 0x46] else {
+            return problem("ENOEXEC", "is not an ELF file (it does not start with \\x7fELF)")
+        }
+        let elfType = header[5] == 2 ? UInt16(header[16]) << 8 | UInt16(header[17]) : UInt16(header[17]) << 8 | UInt16(header[16])
+        guard elfType == 2 || elfType == 3 else {  // ET_EXEC, ET_DYN
+            return problem("ENOEXEC", "is an ELF file but not an executable or shared object (e_type \(elfType))")
+        }
+        return nil
     }
 }
