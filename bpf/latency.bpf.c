@@ -8,7 +8,6 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
 #include "latency.h"
 
 /* Settings filled in before load. */
@@ -81,9 +80,8 @@ static __always_inline u32 log2_slot(u64 v)
 	return r;
 }
 
-static __always_inline void count_process(void)
+static __always_inline void count_process(u32 tgid)
 {
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct tp_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 	if (p) {
 		__sync_fetch_and_add(&p->calls, 1);
@@ -122,13 +120,13 @@ static __always_inline int on_entry(void)
 	return 0;
 }
 
+/* No filter here: only calls that passed it at entry have a timestamp, so the lookup
+ * filters (and a helper call less on every traced call). */
 static __always_inline int on_exit(s64 ret)
 {
-	if (!pass_filter())
-		return 0;
 	u64 *ts = start_slot(false);
 	if (!ts || *ts == 0)
-		return 0; /* entry not seen (probe attached mid-call) */
+		return 0; /* filtered out at entry, or entry not seen (probe attached mid-call) */
 	u64 delta = bpf_ktime_get_ns() - *ts;
 	*ts = 0;
 	u32 key = 0;
@@ -146,7 +144,7 @@ static __always_inline int on_exit(s64 ret)
 	u64 *bucket = bpf_map_lookup_elem(&hist, &slot);
 	if (bucket)
 		(*bucket)++;
-	count_process();
+	count_process(bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -158,7 +156,7 @@ static __always_inline int on_event(void)
 	struct tp_stats *s = bpf_map_lookup_elem(&stats, &key);
 	if (s)
 		s->calls++;
-	count_process();
+	count_process(bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -199,7 +197,20 @@ int lat_sys_exit(struct syscall_exit_args *ctx) { return on_exit(ctx->ret); }
 static __always_inline s64 syscall_nr(struct pt_regs *regs)
 {
 #if defined(__TARGET_ARCH_x86)
-	return (s64)BPF_CORE_READ(regs, orig_ax);
+	u64 nr = -1;
+	bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+	return (s64)nr;
+#else
+	return -1;
+#endif
+}
+
+/* The same from a BTF-typed `regs` (tp_btf): a direct load the verifier checks against
+ * the kernel's BTF, no bpf_probe_read_kernel call on every syscall exit of the host. */
+static __always_inline s64 syscall_nr_btf(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+	return (s64)regs->orig_ax;
 #else
 	return -1;
 #endif
@@ -216,7 +227,7 @@ int lat_btf_sys_enter(u64 *ctx)
 SEC("tp_btf")
 int lat_btf_sys_exit(u64 *ctx)
 {
-	if (syscall_nr((struct pt_regs *)ctx[0]) != target_nr)
+	if (syscall_nr_btf((struct pt_regs *)ctx[0]) != target_nr)
 		return 0;
 	return on_exit((s64)ctx[1]);
 }

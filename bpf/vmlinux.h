@@ -2,7 +2,10 @@
 /*
  * A small hand-written CO-RE header: only the kernel types TracePlane's BPF programs use.
  * Kernel-internal structs carry preserve_access_index, so field offsets are relocated
- * against the running kernel's BTF at load time.
+ * against the running kernel's BTF at load time. struct pt_regs does not: its layout is
+ * the user-space ABI's (uapi asm/ptrace.h), fixed per architecture. A CO-RE relocation
+ * anywhere in an object makes libbpf read the kernel's BTF (about 5 MB) on every load of
+ * it, which the tracepoint, raw_tracepoint, kprobe and uprobe flavours otherwise never need.
  */
 #ifndef __VMLINUX_H__
 #define __VMLINUX_H__
@@ -75,7 +78,7 @@ struct pt_regs {
 	long unsigned int flags;
 	long unsigned int sp;
 	long unsigned int ss;
-} __attribute__((preserve_access_index));
+};
 #elif defined(__TARGET_ARCH_arm64)
 struct user_pt_regs {
 	__u64 regs[31];
@@ -94,7 +97,7 @@ struct pt_regs {
 		};
 	};
 	u64 orig_x0;
-} __attribute__((preserve_access_index));
+};
 #endif
 
 struct task_struct {

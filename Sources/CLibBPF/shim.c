@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <linux/perf_event.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -149,6 +150,13 @@ struct bpf_link *tp_attach_kprobe(const struct bpf_program *prog, const char *fu
 
 struct bpf_link *tp_attach_kprobe_multi(const struct bpf_program *prog, const char *pattern, bool retprobe)
 {
+    /* libbpf resolves a pattern by reading all of /proc/kallsyms (about 60 ms); one exact
+     * name goes to the kernel as is. */
+    if (!strpbrk(pattern, "*?")) {
+        const char *syms[] = { pattern };
+        LIBBPF_OPTS(bpf_kprobe_multi_opts, exact, .retprobe = retprobe, .syms = syms, .cnt = 1);
+        return fix_errno(bpf_program__attach_kprobe_multi_opts(prog, NULL, &exact));
+    }
     LIBBPF_OPTS(bpf_kprobe_multi_opts, opts, .retprobe = retprobe);
     return fix_errno(bpf_program__attach_kprobe_multi_opts(prog, pattern, &opts));
 }
@@ -238,6 +246,13 @@ int tp_enable_runtime_stats(void)
     return fd < 0 ? -errno : fd;
 }
 
+int tp_malloc_bound_retention(int mmap_threshold, int arena_max)
+{
+    int ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+    ok &= mallopt(M_ARENA_MAX, arena_max);
+    return ok ? 0 : -1;
+}
+
 int tp_probe_map_type(int map_type)
 {
     return libbpf_probe_bpf_map_type((enum bpf_map_type)map_type, NULL);
@@ -261,18 +276,18 @@ int traceplane_uprobe_target(int value)
     return value + 1;
 }
 
-int tp_probe_perf_link(uint64_t tracepoint_id, int *stage)
+int tp_probe_perf_link(int *stage)
 {
     struct bpf_insn insns[] = {
         { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 },
         { .code = BPF_JMP | BPF_EXIT },
     };
     *stage = 0;
-    int prog = bpf_prog_load(BPF_PROG_TYPE_TRACEPOINT, "tp_link_probe", "GPL", insns, 2, NULL);
+    int prog = bpf_prog_load(BPF_PROG_TYPE_PERF_EVENT, "tp_link_probe", "GPL", insns, 2, NULL);
     if (prog < 0)
         return -errno;
     *stage = 1;
-    int pfd = tp_perf_event_open_tracepoint(tracepoint_id);
+    int pfd = tp_perf_event_open_cpu_clock(1000000000ULL);
     if (pfd < 0) {
         close(prog);
         return pfd;

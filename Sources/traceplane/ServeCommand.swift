@@ -6,6 +6,7 @@ import Glibc
 import Logging
 import TraceAPI
 import TraceCore
+import Synchronization
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -35,9 +36,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "YAML file of probe specs to apply at start-up (after restoring saved probes).")
     var probes: String?
 
+    @Flag(inversion: .prefixedNo,
+          help: "Turn kernel BPF run-time stats on while the agent runs, for each probe's `overhead` (else it reads 0). They are host-wide: every run of every BPF program on the host then pays two clock reads (+70 ns per run on the development machines).")
+    var bpfStats = false
+
     @OptionGroup var kernel: KernelOptions
 
     func run() async throws {
+        Self.boundMallocRetention()
         try kernel.bootstrapLogging()
         let logger = Logger(label: "traceplane")
         let (host, port) = try ListenAddress.parse(listen)
@@ -52,23 +58,29 @@ struct Serve: AsyncParsableCommand {
         let probeFile: [ProbeSpec]
         do { probeFile = try probes.map { try ProbeFile.load($0) } ?? [] } catch { throw StartupError("\(error)") }
 
-        // Per-probe BPF run time needs kernel BPF stats: on for the agent's lifetime only
-        // (through an fd, never the global sysctl).
-        let statsFD = tp_enable_runtime_stats()
-        if statsFD < 0 {
+        // Per-probe BPF run time needs kernel BPF stats: with --bpf-stats, on for the agent's
+        // lifetime only (through an fd, never the global sysctl). Off by default: they are
+        // host-wide and cost every BPF program run two clock reads (BENCHMARKS.md).
+        let statsFD = bpfStats ? tp_enable_runtime_stats() : -1
+        if bpfStats, statsFD < 0 {
             logger.warning("BPF run-time stats unavailable (\(errnoName(-statsFD))): probe overhead will read 0")
         }
         defer { if statsFD >= 0 { close(statsFD) } }
 
         let backend = LibBPFBackend(logger: Logger(label: "traceplane.libbpf"))
-        let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: try kernel.disabled()))
+        // The prober has a reaper of its own: a refresh then waits for its own programs to be
+        // detached (see CapabilityStore.refresh), not for probes deleted meanwhile.
+        let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: try kernel.disabled(), reaper: Reaper()))
         let manager = ProbeManager(planner: Planner(backend: backend), maxProbes: maxProbes, state: state,
                                    report: { await store.current })
         await manager.startExpiry()
         let requestCounter = HTTPRequestCounter()
         let exporter = PrometheusExporter(probes: manager, capabilities: store, requests: requestCounter,
                                           build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"))
-        let api = AgentAPI(capabilities: store, probes: manager, metrics: { await exporter.scrape() })
+        // Ready once capabilities are probed and saved probes and the probe file are applied.
+        let startupDone = Atomic<Bool>(false)
+        let api = AgentAPI(capabilities: store, probes: manager, metrics: { await exporter.scrape() },
+                           startupDone: { startupDone.load(ordering: .acquiring) })
         let responder: any HTTPResponder = tokens.enabled ? BearerAuth(tokens: tokens, next: api.router()) : api.router()
         let server = HTTPServer(configuration: .init(host: host, port: port, tls: tls), responder: responder,
                                 requestCounter: requestCounter, logger: Logger(label: "traceplane.http"))
@@ -83,6 +95,7 @@ struct Serve: AsyncParsableCommand {
             logger.notice("capabilities probed in \(Int(report.durationMilliseconds)) ms: \(report.mechanisms.filter { $0.status == .supported }.map(\.name).joined(separator: ", ")) supported")
             if let state { await Self.restore(from: state, into: manager, logger: logger) }
             for spec in probeFile { await Self.apply(spec, to: manager, logger: logger) }
+            startupDone.store(true, ordering: .releasing)
         }
 
         let signal = await SignalWaiter.wait(for: [SIGTERM, SIGINT])
@@ -91,6 +104,16 @@ struct Serve: AsyncParsableCommand {
         await manager.removeAll()
         state?.flush()
         Reaper.shared.drain()
+    }
+
+    /// libbpf reads the kernel's BTF (about 5 MB here) in one block for every load that
+    /// needs it. glibc then raises its mmap threshold to that size, so later blocks that big
+    /// come from the heap and stay there after free: an idle agent kept ~25 MB it no longer
+    /// used after probing capabilities. A fixed threshold keeps big blocks in their own
+    /// mappings (returned on free); two arenas bound what the threads that load objects
+    /// and serve requests can each keep.
+    static func boundMallocRetention() {
+        _ = tp_malloc_bound_retention(256 * 1024, 2)
     }
 
     func loadTokens(logger: Logger) throws -> AccessTokens {

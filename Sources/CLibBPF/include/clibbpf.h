@@ -61,6 +61,11 @@ int tp_prog_get_info(int prog_fd, tp_prog_info *info);
 /// Enables BPF run-time stats for as long as the returned fd is open. Negative errno on failure.
 int tp_enable_runtime_stats(void);
 
+/// Bounds what glibc keeps after libbpf frees the kernel BTF it parsed: a fixed mmap
+/// threshold (bytes; blocks from that size up are mmapped and unmapped on free) and at most
+/// `arena_max` malloc arenas. Returns 0, or -1 if glibc refused a setting.
+int tp_malloc_bound_retention(int mmap_threshold, int arena_max);
+
 /// Ring buffer / task storage / helper availability, probed by libbpf loading real bytecode.
 /// Return 1 supported, 0 not, negative errno on error.
 int tp_probe_map_type(int map_type);
@@ -90,11 +95,14 @@ int traceplane_uprobe_target(int value);
 
 #ifndef TRACEPLANE_CLIBBPF_H_EXTRA
 #define TRACEPLANE_CLIBBPF_H_EXTRA
-/// Loads a trivial tracepoint program through bpf_prog_load, opens a perf event for the
-/// tracepoint `tracepoint_id`, and links them with BPF_LINK_CREATE. Everything is closed
-/// again. Returns 0 when BPF links work for perf events, or a negative errno; *stage is
-/// set to 0 for a load failure and 1 for a link failure.
-int tp_probe_perf_link(uint64_t tracepoint_id, int *stage);
+/// Loads a trivial perf_event program through bpf_prog_load, opens a software cpu-clock
+/// perf event on this thread, and links them with BPF_LINK_CREATE (the kernel's perf link,
+/// the same for tracepoint, kprobe and uprobe events). Everything is closed again. Returns 0
+/// when BPF links work for perf events, or a negative errno; *stage is set to 0 for a load
+/// failure and 1 for a link failure. A software event, not a tracepoint: closing a
+/// tracepoint's last perf event waits for it to be unregistered under a global mutex
+/// (30–200 ms here), which was most of capability detection.
+int tp_probe_perf_link(int *stage);
 
 /// The file system magic number of `path` (statfs f_type). Returns 0 or -errno.
 int tp_fs_magic(const char *path, long *magic);

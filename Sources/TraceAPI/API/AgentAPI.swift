@@ -7,20 +7,29 @@ public struct AgentAPI: Sendable {
     public let capabilities: CapabilityStore
     public let probes: ProbeManager
     public let metrics: (@Sendable () async -> HTTPResponse)?
+    /// Extra readiness beyond probed capabilities (e.g. saved probes restored); nil: none.
+    public let startupDone: (@Sendable () -> Bool)?
 
-    public init(capabilities: CapabilityStore, probes: ProbeManager, metrics: (@Sendable () async -> HTTPResponse)? = nil) {
+    public init(capabilities: CapabilityStore, probes: ProbeManager, metrics: (@Sendable () async -> HTTPResponse)? = nil,
+                startupDone: (@Sendable () -> Bool)? = nil) {
         self.capabilities = capabilities
         self.probes = probes
         self.metrics = metrics
+        self.startupDone = startupDone
     }
 
     public func router() -> Router {
         var router = Router()
-        let capabilities = self.capabilities, probes = self.probes
+        let capabilities = self.capabilities, probes = self.probes, startupDone = self.startupDone
         router.get("/healthz") { _, _ in .json(["status": "ok"]) }
         router.get("/readyz") { _, _ in
-            if await capabilities.current != nil { return .json(["status": "ready"]) }
-            return .problem(Problem.serviceUnavailable(detail: "Capabilities are still being probed."))
+            guard await capabilities.current != nil else {
+                return .problem(Problem.serviceUnavailable(detail: "Capabilities are still being probed."))
+            }
+            if let startupDone, !startupDone() {
+                return .problem(Problem.serviceUnavailable(detail: "Saved probes and the probe file are still being applied."))
+            }
+            return .json(["status": "ready"])
         }
         router.get("/v1/capabilities") { _, _ in .json(await capabilities.get()) }
         router.post("/v1/capabilities/refresh", accepting: .any) { _, _ in .json(await capabilities.refresh()) }

@@ -1,4 +1,5 @@
 import Foundation
+import TraceCore
 
 /// A complete HTTP response. The transport adds `Content-Length` and `Date`.
 public struct HTTPResponse: Sendable {
@@ -13,11 +14,15 @@ public struct HTTPResponse: Sendable {
     }
 
     /// The encoder every JSON body goes through: sorted keys, unescaped slashes,
-    /// ISO 8601 (RFC 3339) dates.
+    /// ISO 8601 (RFC 3339) dates in whole seconds, UTC (the text of `.iso8601`, formatted
+    /// without ICU: see ``ReportJSON/rfc3339Seconds(_:)``).
     public static func makeJSONEncoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(ReportJSON.rfc3339Seconds(date))
+        }
         return encoder
     }
 

@@ -15,13 +15,21 @@ public actor CapabilityStore {
     public var current: CapabilityReport? { report }
 
     /// Probes again (or joins a probe already running) and caches the result.
+    ///
+    /// The report is cached (and the agent ready) once the prober's reaper has detached the
+    /// probe's programs too (give the prober a reaper of its own so that this waits for
+    /// nothing else): perf events detach one at a time under a kernel-wide mutex, so probes
+    /// attached right after, such as restored ones, would otherwise queue behind that
+    /// cleanup. `duration_ms` does not include it.
     @discardableResult
     public func refresh() async -> CapabilityReport {
         if let running { return await running.value }
         let prober = self.prober
         let task = Task {
-            await withCheckedContinuation { (c: CheckedContinuation<CapabilityReport, Never>) in
-                DispatchQueue.global().async { c.resume(returning: prober.probe()) }
+            await BlockingWork.attach.run {
+                let report = prober.probe()
+                prober.reaper.drain()
+                return report
             }
         }
         running = task

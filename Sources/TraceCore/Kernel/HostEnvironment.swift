@@ -134,11 +134,8 @@ public struct LinuxHost: HostEnvironment {
         case .bpfCookie:
             return probe(tp_probe_helper(Int32(TP_PROG_TYPE_TRACEPOINT), Int32(TP_FUNC_GET_ATTACH_COOKIE)), "load a program calling bpf_get_attach_cookie")
         case .bpfLink:
-            guard let id = tracepointID(facts: facts, category: "syscalls", name: "sys_enter_getpgid") else {
-                return .failure(KernelError(stage: .attach, errno: ENOENT, operation: "find tracepoint syscalls:sys_enter_getpgid for a link"))
-            }
             var stage: Int32 = 0
-            let rc = tp_probe_perf_link(id, &stage)
+            let rc = tp_probe_perf_link(&stage)
             if rc == 0 { return .success(()) }
             return .failure(KernelError(stage: stage == 0 ? .load : .attach, errno: -rc, operation: "create a BPF link (BPF_LINK_CREATE) for a perf event"))
         case .bpfStats:
@@ -151,12 +148,5 @@ public struct LinuxHost: HostEnvironment {
         case .bpfKfuncCalls:
             preconditionFailure("bpf_kfunc_calls is checked by the prober with a real program, not by the host.")
         }
-    }
-
-    func tracepointID(facts: KernelFacts, category: String, name: String) -> UInt64? {
-        guard facts.tracefs.mounted,
-              let text = try? String(contentsOfFile: "\(facts.tracefs.path)/events/\(category)/\(name)/id", encoding: .utf8)
-        else { return nil }
-        return UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 }

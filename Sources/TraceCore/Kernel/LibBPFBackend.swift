@@ -95,7 +95,6 @@ extension Substring {
 /// object's Mutex; libbpf objects are not tied to a thread.
 struct ObjectHandle: ~Copyable, @unchecked Sendable {
     var object: OpaquePointer?
-    var bytes: UnsafeMutableRawBufferPointer?
 }
 
 final class LibBPFObject: LoadedObject {
@@ -106,16 +105,13 @@ final class LibBPFObject: LoadedObject {
     init(spec: LoadSpec) throws(KernelError) {
         name = spec.object
         programNames = spec.programs.map(\.name)
-        // libbpf keeps pointers into the ELF image while the object lives.
-        let image = BPFObjects.bytes(spec.object)
-        let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: image.count, alignment: 8)
-        bytes.copyBytes(from: image)
-        guard let object = tp_object_open_mem(bytes.baseAddress, bytes.count, spec.object) else {
-            let code = errno
-            bytes.deallocate()
-            throw KernelError(stage: .open, errno: code, operation: "open BPF object \(spec.object)")
+        // libbpf may keep pointers into the ELF image while the object lives: the embedded
+        // image is immortal, shared by every load of the object.
+        let image = BPFObjects.image(spec.object)
+        guard let object = tp_object_open_mem(image.base, image.count, spec.object) else {
+            throw KernelError(stage: .open, errno: errno, operation: "open BPF object \(spec.object)")
         }
-        var handle = ObjectHandle(object: object, bytes: bytes)
+        var handle = ObjectHandle(object: object)
         do throws(KernelError) {
             try Self.prepare(object, spec: spec)
             let (rc, log) = LibBPFLog.capturing { tp_object_load(object) }
@@ -175,8 +171,6 @@ final class LibBPFObject: LoadedObject {
     private static func free(_ handle: inout ObjectHandle) {
         if let object = handle.object { bpf_object__close(object) }
         handle.object = nil
-        handle.bytes?.deallocate()
-        handle.bytes = nil
     }
 
     deinit {

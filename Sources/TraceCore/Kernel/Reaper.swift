@@ -9,9 +9,10 @@ import Synchronization
 /// wait while too much is still being detached (a perf tracepoint takes at most 64
 /// programs, counting those not yet detached).
 public final class Reaper: Sendable {
-    // Concurrent: detaches overlap, so their RCU grace periods are shared rather than
-    // waited for one after another. Each disposal stays ordered (links, then objects).
-    private let queue = DispatchQueue(label: "traceplane.reaper", attributes: .concurrent)
+    // Several queues: detaches overlap, so their RCU grace periods are shared rather than
+    // waited for one after another, and they block no thread that runs Swift tasks (see
+    // BlockingWork). Each disposal stays ordered (links, then objects).
+    private let queues = BlockingWork(label: "traceplane.reaper", width: 8)
     private let group = DispatchGroup()
     private let backlog = Mutex(0)
 
@@ -23,7 +24,7 @@ public final class Reaper: Sendable {
     /// Closes `links`, then `objects`, in the background.
     public func dispose(links: [any AttachedLink], objects: [any LoadedObject]) {
         backlog.withLock { $0 += 1 }
-        queue.async(group: group) {
+        queues.async(group: group) {
             for link in links { link.close() }
             for object in objects { object.close() }
             self.backlog.withLock { $0 -= 1 }

@@ -384,12 +384,8 @@ public actor ProbeManager {
         // Bound what is still being detached before attaching more (see Reaper).
         await reaper.waitForRoom(below: 16)
         let planner = self.planner
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<AttachedProbe, AttachFailure>, Never>) in
-            // Loading and attaching block in the kernel: keep them off the cooperative pool.
-            DispatchQueue.global().async {
-                continuation.resume(returning: planner.attach(spec, report: report))
-            }
-        }
+        // Loading and attaching block in the kernel: keep them off the threads of Swift tasks.
+        let result = await BlockingWork.attach.run { planner.attach(spec, report: report) }
         let attempts: [AttachAttempt]
         switch result {
         case .success(let probe): attempts = probe.attempts

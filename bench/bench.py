@@ -1,0 +1,883 @@
+#!/usr/bin/env python3
+"""TracePlane benchmarks, side by side in one run; writes BENCHMARKS.md.
+
+Run it through bench/run.sh (installs the tools, builds, then calls this). Sections:
+
+1. overhead per traced call (getppid, 1-byte read of /dev/zero): no tracing, empty BPF
+   programs on the same hooks (the floor), TracePlane (the mechanism it picks, and each
+   forced mechanism), bpftrace, libbpf-tools;
+2. collateral: what an untraced getpid pays meanwhile;
+3. scaling: 1, 16 and 64 syscall probes, per-syscall tracepoints vs raw_syscalls;
+4. control plane: create/delete latency, capability detection, /metrics, RSS and fds.
+
+The machine is shared and noisy, so every comparison is made inside one run: rounds are
+interleaved (each round visits every configuration, in a rotated order), every sample is
+paired with the no-tracing sample of the same round, and medians are reported with the
+min and max over rounds. Every tracer filters on the pid of one long-lived loop process
+(bench/syscall_loop serve), and each tracer's own count is checked after each sample.
+"""
+import argparse
+import atexit
+import http.client
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+# ----------------------------------------------------------------------------- helpers
+
+CHILDREN = []  # every process started here; stopped at exit, so no tracer outlives the run
+
+
+def spawn(args, **kwargs):
+    proc = subprocess.Popen(args, **kwargs)
+    CHILDREN.append(proc)
+    return proc
+
+
+@atexit.register
+def stop_children():
+    for proc in CHILDREN:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in CHILDREN:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, int(round(p / 100 * (len(xs) - 1)))))
+    return xs[k]
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def foreign_bpf_links():
+    """BPF links on the kernel right now (other users of this machine included)."""
+    try:
+        out = subprocess.run(["bpftool", "-j", "link", "list"], capture_output=True, text=True, timeout=20).stdout
+        return len(json.loads(out or "[]"))
+    except Exception:
+        return -1
+
+
+class Loop:
+    """One long-lived bench/syscall_loop process; tracers filter on its pid."""
+
+    def __init__(self, binary):
+        self.proc = spawn([binary, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.pid = self.proc.pid
+
+    def measure(self, what, iterations, reps):
+        self.proc.stdin.write(f"{what} {iterations} {reps}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().split()
+        if len(line) != 3:
+            raise SystemExit(f"syscall_loop failed on {what}: {line}")
+        return float(line[0])
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+class Agent:
+    """A `traceplane serve` on a free loopback port, driven over one keep-alive connection."""
+
+    def __init__(self, binary, extra=()):
+        self.extra = tuple(extra)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = spawn([binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--log-level", "error", *extra],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.conn = None
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if self.call("GET", "/readyz")[0] == 200:
+                    return
+            except OSError:
+                self.conn = None
+            time.sleep(0.05)
+        raise SystemExit("the agent did not become ready in 30 s")
+
+    def call(self, method, path, body=None):
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            try:
+                data = json.dumps(body).encode() if body is not None else None
+                self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+
+    def put_probe(self, name, syscall, mechanism=None, pid=None):
+        spec = {"target": {"type": "syscall", "name": syscall}}
+        if mechanism:
+            spec["mechanisms"] = [mechanism]
+        if pid:
+            spec["filter"] = {"pid": pid}
+        status, body = self.call("PUT", f"/v1/probes/{name}", spec)
+        if status != 201:
+            raise SystemExit(f"PUT {name} ({syscall} via {mechanism or 'default'}): HTTP {status} {body[:400]!r}")
+        probe = json.loads(body)
+        if probe.get("state") != "active":
+            raise SystemExit(f"PUT {name}: state {probe.get('state')}")
+        return probe
+
+    def delete_probe(self, name):
+        status, body = self.call("DELETE", f"/v1/probes/{name}")
+        if status != 204:
+            raise SystemExit(f"DELETE {name}: HTTP {status} {body[:200]!r}")
+
+    def calls(self, name):
+        status, body = self.call("GET", f"/v1/probes/{name}/metrics")
+        return json.loads(body)["calls"] if status == 200 else -1
+
+    def memory(self):
+        """(VmRSS, VmHWM, RssAnon, RssFile) in MB, open fds, threads."""
+        kb = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    kb[key] = int(value.split()[0]) / 1024
+        threads = len(os.listdir(f"/proc/{self.pid}/task"))
+        return (kb["VmRSS"], kb["VmHWM"], kb["RssAnon"], kb["RssFile"], len(os.listdir(f"/proc/{self.pid}/fd")), threads)
+
+    def stop(self):
+        if self.conn:
+            self.conn.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class AgentPool:
+    """At most one agent at a time, running only while a TracePlane configuration is
+    measured: the agent turns kernel BPF stats on for its lifetime, which would otherwise
+    slow every other tracer's programs too."""
+
+    def __init__(self, binary):
+        self.binary, self.agent = binary, None
+
+    def get(self, extra=()):
+        if self.agent and self.agent.extra != tuple(extra):
+            self.stop()
+        if not self.agent:
+            self.agent = Agent(self.binary, extra)
+        return self.agent
+
+    def stop(self):
+        if self.agent:
+            self.agent.stop()
+            self.agent = None
+
+
+def wait_for_line(proc, needle, timeout, what):
+    """Reads proc's stdout until a line contains needle (the tracer is attached)."""
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line.rstrip())
+        if needle in line:
+            return
+    proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
+    raise RuntimeError(f"{what} did not attach: {' | '.join(seen[-3:])} {err.strip()[-400:]}")
+
+
+# ------------------------------------------------------------------- tracer configurations
+#
+# A configuration attaches to one traced syscall (`syscall` is the kernel name: getppid or
+# read) and returns a handle; `stop(handle)` detaches and returns the tracer's own count of
+# traced calls (None when it has none), so that a tracer that silently traced nothing is
+# caught.
+
+
+class NoTracing:
+    label = "no tracing"
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def start(self, syscall):
+        self.pool.stop()
+        return None
+
+    def stop(self, handle):
+        return None
+
+
+class Floor:
+    """Empty BPF programs on the hooks of one mechanism (traceplane bench-hook)."""
+
+    def __init__(self, binary, hook, pool, stats=False):
+        self.binary, self.hook, self.pool, self.stats = binary, hook, pool, stats
+        self.label = f"floor: empty programs, {hook}" + (" + BPF stats" if stats else "")
+
+    def start(self, syscall, extra=()):
+        self.pool.stop()
+        args = [self.binary, "bench-hook", "--hook", self.hook, "--syscall", syscall] + (["--bpf-stats"] if self.stats else [])
+        for name in extra:
+            args += ["--syscall", name]
+        proc = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_line(proc, "attached", 120, f"bench-hook {self.hook}")
+        return proc
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        return None
+
+
+class TracePlaneProbe:
+    def __init__(self, pool, mechanism, pid, agent_args=()):
+        self.pool, self.mechanism, self.pid, self.agent_args = pool, mechanism, pid, tuple(agent_args)
+        self.label = (f"TracePlane, {mechanism}" if mechanism else "TracePlane, default") + \
+            "".join(f" {a}" for a in agent_args)
+        self.picked = None
+
+    def start(self, syscall, extra=()):
+        self.agent = self.pool.get(self.agent_args)
+        names = []
+        for i, target in enumerate((syscall,) + tuple(extra)):
+            name = f"bench-{i}"
+            probe = self.agent.put_probe(name, target, self.mechanism, self.pid)
+            if i == 0:
+                self.picked = probe["mechanism"]
+            names.append(name)
+        return names
+
+    def stop(self, names):
+        count = self.agent.calls(names[0])
+        for name in names:
+            self.agent.delete_probe(name)
+        return count
+
+
+class Bpftrace:
+    label = "bpftrace"
+
+    def __init__(self, pid, pool):
+        self.pid, self.pool = pid, pool
+
+    def script(self, syscall):
+        return (f"BEGIN {{ printf(\"ready\\n\"); }} "
+                f"tracepoint:syscalls:sys_enter_{syscall} /pid == {self.pid}/ {{ @start[tid] = nsecs; }} "
+                f"tracepoint:syscalls:sys_exit_{syscall} /@start[tid]/ "
+                f"{{ @calls = count(); @h = hist(nsecs - @start[tid]); delete(@start[tid]); }}")
+
+    def start(self, syscall):
+        self.pool.stop()
+        proc = spawn(["bpftrace", "-B", "line", "-e", self.script(syscall)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_line(proc, "ready", 120, "bpftrace")
+        return proc
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        m = re.search(r"@calls:\s*(\d+)", out)
+        return int(m.group(1)) if m else 0
+
+
+class Syscount:
+    """libbpf-tools syscount -L -p PID: raw_syscalls tracepoints, count + latency of every
+    syscall of the process (it cannot select one syscall)."""
+
+    label = "libbpf-tools syscount -L -p"
+
+    def __init__(self, pid, pool):
+        self.pid, self.pool = pid, pool
+
+    def start(self, syscall):
+        self.pool.stop()
+        proc = spawn(["stdbuf", "-oL", "syscount", "-L", "-p", str(self.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_line(proc, "Tracing syscalls", 60, "syscount")
+        time.sleep(0.2)  # it prints the line just after attaching
+        return proc
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        counts = [int(m.group(1)) for m in re.finditer(r"^\s*\w+\s+(\d+)\s", out, re.M)]
+        return max(counts) if counts else 0
+
+
+def try_libbpf_tool(args, timeout=15):
+    """Runs a libbpf-tools command briefly; returns (works, what it said)."""
+    try:
+        proc = spawn(["stdbuf", "-oL"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(3)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=timeout)
+        lines = [l for l in out.splitlines() if l.strip()]
+        ok = proc.returncode == 0 and not any("fail" in l.lower() for l in lines)
+        return ok, " / ".join(lines[-3:])[:300]
+    except Exception as e:  # noqa: BLE001
+        return False, str(e)
+
+
+# ----------------------------------------------------------------------------- sections
+
+def overhead(args, loop, configs):
+    """Sections 1 and 2: rounds × configurations × {getppid (+ getpid), read}, with the loop
+    pinned to each CPU in turn (some tracers cost more on one CPU than on another)."""
+    samples = {}  # (config label, measurement) -> [ns per call, mean over CPUs] per round
+    by_cpu = {}   # (config label, measurement, cpu) -> [ns per call] per round
+    counts = {}   # (config label, syscall) -> [tracer counts]
+    n = args.iterations
+    cpus = sorted(os.sched_getaffinity(0))[:args.cpus]
+    for r in range(args.rounds):
+        order = configs[r % len(configs):] + configs[:r % len(configs)]
+        for cfg in order:
+            for syscall, measurements in (("getppid", ("getppid", "getpid")), ("read", ("read1",))):
+                handle = cfg.start(syscall)
+                per_cpu = {}
+                for cpu in (cpus if r % 2 == 0 else cpus[::-1]):
+                    os.sched_setaffinity(loop.pid, {cpu})
+                    for what in measurements:
+                        value = loop.measure(what, n, args.reps)
+                        per_cpu.setdefault(what, []).append(value)
+                        by_cpu.setdefault((cfg.label, what, str(cpu)), []).append(value)
+                os.sched_setaffinity(loop.pid, set(cpus))
+                for what, values in per_cpu.items():
+                    samples.setdefault((cfg.label, what), []).append(sum(values) / len(values))
+                count = cfg.stop(handle)
+                if count is not None:
+                    counts.setdefault((cfg.label, syscall), []).append(count)
+        log(f"overhead round {r + 1}/{args.rounds} done (load {loadavg()})")
+    return samples, counts, by_cpu
+
+
+def scaling(args, loop, pool, binary, fillers):
+    """Section 3: traced getppid and untraced getpid with 1, 16, 64 probes per design."""
+    designs = []
+    for hook in ("tracepoint", "tp_btf", "raw_tracepoint"):
+        designs.append(("TracePlane", hook, TracePlaneProbe(pool, hook, loop.pid)))
+        designs.append(("floor", hook, Floor(binary, hook, pool)))
+    counts = [int(c) for c in args.probes.split(",")]
+    samples = {}
+    n = args.scaling_iterations
+    for r in range(args.scaling_rounds):
+        pool.stop()
+        base = (loop.measure("getppid", n, args.reps), loop.measure("getpid", n, args.reps))
+        samples.setdefault(("none", "-", 0), []).append(base)
+        order = designs[r % len(designs):] + designs[:r % len(designs)]
+        for kind, hook, cfg in order:
+            for count in counts:
+                handle = cfg.start("getppid", tuple(fillers[:count - 1]))
+                t = loop.measure("getppid", n, args.reps)
+                u = loop.measure("getpid", n, args.reps)
+                cfg.stop(handle)
+                samples.setdefault((kind, hook, count), []).append((t - base[0], u - base[1]))
+        log(f"scaling round {r + 1}/{args.scaling_rounds} done (load {loadavg()})")
+    return samples
+
+
+def control_plane(args, binary, fillers):
+    """Section 4 on a fresh agent: memory idle/with 100 probes, create/delete latency,
+    /metrics latency and throughput, capability detection."""
+    out = {}
+    agent = Agent(binary)
+    time.sleep(1.0)
+    out["idle"] = agent.memory()
+    creates, deletes, scrape_ms, scrape_bytes, with100, teardown = [], [], [], 0, [], []
+    wrk_runs = []
+    names = [f"cp-{i}" for i in range(args.cp_probes)]
+    targets = (fillers * 4)[:args.cp_probes]
+    for cycle in range(args.cp_cycles):
+        for name, target in zip(names, targets):
+            t0 = time.perf_counter()
+            agent.put_probe(name, target)
+            creates.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.5)
+        with100.append(agent.memory())
+        for _ in range(args.scrapes):
+            t0 = time.perf_counter()
+            status, body = agent.call("GET", "/metrics")
+            scrape_ms.append((time.perf_counter() - t0) * 1000)
+            scrape_bytes = len(body)
+            assert status == 200
+        wrk_runs.append(run_wrk(agent.port, args.wrk_seconds))
+        with100.append(agent.memory())
+        t_deleted = time.perf_counter()
+        for name in names:
+            t0 = time.perf_counter()
+            agent.delete_probe(name)
+            deletes.append((time.perf_counter() - t0) * 1000)
+        # DELETE answers at once; the kernel detaches in the background. Wait until the
+        # agent's fds are back to idle before the next cycle, and record how long it took.
+        while agent.memory()[4] > out["idle"][4] and time.perf_counter() - t_deleted < 120:
+            time.sleep(0.02)
+        teardown.append(time.perf_counter() - t_deleted)
+        log(f"control-plane cycle {cycle + 1}/{args.cp_cycles} done (load {loadavg()})")
+    out["after"] = agent.memory()
+    out["creates"], out["deletes"], out["scrape_ms"], out["scrape_bytes"] = creates, deletes, scrape_ms, scrape_bytes
+    out["with100"], out["wrk"], out["teardown"] = with100, wrk_runs, teardown
+    refresh_wall, refresh_report = [], []
+    for _ in range(args.cap_runs):
+        t0 = time.perf_counter()
+        status, body = agent.call("POST", "/v1/capabilities/refresh")
+        refresh_wall.append((time.perf_counter() - t0) * 1000)
+        refresh_report.append(json.loads(body)["duration_ms"])
+    cli_wall, cli_report = [], []
+    for _ in range(args.cap_runs):
+        t0 = time.perf_counter()
+        res = subprocess.run([binary, "capabilities", "--json"], capture_output=True, text=True, check=True)
+        cli_wall.append((time.perf_counter() - t0) * 1000)
+        cli_report.append(json.loads(res.stdout)["duration_ms"])
+    out["refresh_wall"], out["refresh_report"], out["cli_wall"], out["cli_report"] = refresh_wall, refresh_report, cli_wall, cli_report
+    agent.stop()
+    return out
+
+
+def run_wrk(port, seconds):
+    res = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/metrics"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    text = res.stdout
+
+    def ms(label):
+        m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
+    return {"p50": ms("50%"), "p99": ms("99%"), "rps": float(rps.group(1)) if rps else float("nan"),
+            "errors": errors.group(0) if errors else ""}
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt(x, digits=0):
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return model, os.cpu_count(), platform.release()
+
+
+def write_report(path, args, meta, over, scal, cp, tools):
+    samples, counts, by_cpu = over
+    lines = []
+    w = lines.append
+    model, cores, kernel = machine()
+    w("# TracePlane benchmarks\n")
+    w(f"Generated by `bench/run.sh` on {meta['date']} in {meta['elapsed']:.0f} s. One run on a shared, noisy VM: "
+      "compare numbers within this file, not across runs.\n")
+    w("## Machine\n")
+    w(f"- CPU: {model}, {cores} cores; kernel {kernel}")
+    w(f"- load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}")
+    w(f"- BPF links on the kernel before the run: {meta['links_start']}, after: {meta['links_end']} "
+      "(non-zero: someone else had programs attached, which slows every configuration alike)")
+    w(f"- tools: {tools['bpftrace']}; libbpf-tools {tools['libbpf-tools']}; {tools['wrk']}\n")
+    w("## Method\n")
+    w(f"- `bench/syscall_loop serve` (C) times tight loops of `syscall(SYS_getppid)`, `syscall(SYS_getpid)` and "
+      f"1-byte `read`s of /dev/zero: {args.iterations} calls × {args.reps} repetitions per sample, median of the repetitions.")
+    w("- Every tracer filters on the loop's pid (TracePlane `filter.pid`, bpftrace `/pid == X/`, `syscount -p X`) and is "
+      "attached to one traced syscall at a time (getppid, then read). The floor is `traceplane bench-hook`: empty programs "
+      "(`bpf/bench.bpf.c`) on the same hooks, one object per probe as the agent loads them.")
+    w("- The agent runs only while a TracePlane configuration is measured. With `--bpf-stats` it turns kernel BPF "
+      "run-time stats on for its lifetime (for each probe's `overhead`): that slows every BPF program on the host, "
+      "other tracers' too. The `+ BPF stats` floor and the `--bpf-stats` row show that cost.")
+    w(f"- {args.rounds} rounds; each round visits every configuration, in an order rotated by one per round. While a "
+      f"tracer is attached the loop is pinned to each of CPUs {', '.join(map(str, sorted(os.sched_getaffinity(0))[:args.cpus]))} "
+      "in turn (bpftrace costs a different amount on each CPU here; nothing else does), and a sample is the mean over "
+      "the CPUs. Each sample is paired with the no-tracing sample of the same round: *added ns* = traced − untraced, "
+      "median over rounds [min … max]. Ratios divide medians of added ns; ÷ floor uses the floor of the same hook "
+      "without BPF stats.")
+    w("- After each sample the tracer's own count is read back (a tracer that traced nothing would look free).\n")
+
+    results, bt, floors = {}, {}, {}
+    if samples:
+        base = {m: samples[("no tracing", m)] for m in ("getppid", "getpid", "read1")}
+
+        def added(label, m):
+            xs = [a - b for a, b in zip(samples[(label, m)], base[m])]
+            return median(xs), min(xs), max(xs)
+
+        labels = []
+        for (label, _m) in samples:
+            if label not in labels:
+                labels.append(label)
+        w("## 1–2. Overhead per call, and collateral on an untraced syscall\n")
+        w("Base (no tracing), ns per call, median [min … max]: " + ", ".join(
+            f"{m} {fmt(median(base[m]))} [{fmt(min(base[m]))} … {fmt(max(base[m]))}]" for m in ("getppid", "getpid", "read1")) + "\n")
+        w("| configuration | hook | traced getppid: added ns | ÷ bpftrace | ÷ floor | traced read(1): added ns | ÷ bpftrace | ÷ floor | collateral: untraced getpid, added ns | calls counted per sample (getppid / read) |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        if ("bpftrace", "getppid") in samples:
+            bt = {m: added("bpftrace", m)[0] for m in ("getppid", "read1")}
+        for hook in ("tracepoint", "tp_btf", "raw_tracepoint"):
+            if (f"floor: empty programs, {hook}", "getppid") in samples:
+                floors[hook] = {m: added(f"floor: empty programs, {hook}", m)[0] for m in ("getppid", "read1", "getpid")}
+        for label in labels:
+            if label == "no tracing":
+                continue
+            mech = meta["mechanisms"].get(label, "")
+            row = [label, mech]
+            for m in ("getppid", "read1"):
+                a = added(label, m)
+                results[(label, m)] = a[0]
+                row.append(f"{fmt(a[0])} [{fmt(a[1])} … {fmt(a[2])}]")
+                row.append(f"{a[0] / bt[m]:.2f}×" if bt and label != "bpftrace" else "—")
+                fl = floors.get(mech, {}).get(m)
+                row.append(f"{a[0] / fl:.2f}×" if fl and not label.startswith("floor") else "—")
+            c = added(label, "getpid")
+            results[(label, "getpid")] = c[0]
+            row.append(f"{fmt(c[0])} [{fmt(c[1])} … {fmt(c[2])}]")
+            got = [counts.get((label, s)) for s in ("getppid", "read")]
+            row.append(" / ".join("—" if g is None else (str(g[0]) if min(g) == max(g) else f"{min(g)}–{max(g)}") for g in got))
+            w("| " + " | ".join(row) + " |")
+        cpu_ids = sorted({k[2] for k in by_cpu}, key=int)
+        if cpu_ids:
+            def cpu_added(label, what, cpu):
+                xs = [a - b for a, b in zip(by_cpu[(label, what, cpu)], by_cpu[("no tracing", what, cpu)])]
+                return median(xs)
+            w("\nBy CPU (loop pinned), added ns, median over rounds:\n")
+            w("| configuration | " + " | ".join(f"CPU {c}: getppid | ÷ bpftrace | read(1) | ÷ bpftrace | getpid (collateral)"
+                                             for c in cpu_ids) + " |")
+            w("|---|" + "---|---|---|---|---|" * len(cpu_ids))
+            for label in labels:
+                if label == "no tracing" or (label, "getppid", cpu_ids[0]) not in by_cpu:
+                    continue
+                cells = []
+                for c in cpu_ids:
+                    g, rd, u = (cpu_added(label, m, c) for m in ("getppid", "read1", "getpid"))
+                    bg, br = (cpu_added("bpftrace", m, c) for m in ("getppid", "read1")) if bt else (float("nan"),) * 2
+                    by_cpu_ratio = label != "bpftrace" and bool(bt)
+                    cells += [fmt(g), f"{g / bg:.2f}×" if by_cpu_ratio else "—", fmt(rd),
+                              f"{rd / br:.2f}×" if by_cpu_ratio else "—", fmt(u)]
+                    results[(label, "getppid", c)], results[(label, "read1", c)] = g, rd
+                    if label == "bpftrace":
+                        results[("bpftrace", "getppid", c)], results[("bpftrace", "read1", c)] = g, rd
+                w(f"| {label} | " + " | ".join(cells) + " |")
+        w(f"\nEach sample makes {args.iterations * args.reps} traced calls per CPU (a read count is one higher: the "
+          "loop reads its next command). syscount cannot select one syscall: it traces "
+          "every syscall of the process (so its collateral is a traced call too), and its count is that of the busiest one.\n")
+        w("libbpf-tools here:\n")
+        for name, (ok, said) in meta["libbpf_tools"].items():
+            w(f"- `{name}`: {'works' if ok else 'fails'} — {said}")
+        w("")
+
+    probe_counts = [int(c) for c in args.probes.split(",")]
+    if scal:
+        w("## 3. Scaling: 1, 16 and 64 syscall probes\n")
+        w(f"One probe on getppid plus probes on syscalls the loop never makes; {args.scaling_rounds} interleaved rounds of "
+          f"{args.scaling_iterations} calls × {args.reps}, added ns paired with the round's no-tracing sample, "
+          "median [min … max].\n")
+        w("| design | hook | " + " | ".join(f"{c} probes: traced getppid" for c in probe_counts) + " | "
+          + " | ".join(f"{c} probes: untraced getpid" for c in probe_counts) + " |")
+        w("|---|---|" + "---|" * (2 * len(probe_counts)))
+        for kind in ("TracePlane", "floor"):
+            for hook in ("tracepoint", "tp_btf", "raw_tracepoint"):
+                cells = []
+                for idx in (0, 1):
+                    for c in probe_counts:
+                        xs = [v[idx] for v in scal.get((kind, hook, c), [])]
+                        cells.append(f"{fmt(median(xs))} [{fmt(min(xs))} … {fmt(max(xs))}]" if xs else "n/a")
+                w(f"| {kind} | {hook} | " + " | ".join(cells) + " |")
+        w("")
+
+    if cp:
+        w("## 4. Control plane\n")
+        cr, de, sm = cp["creates"], cp["deletes"], cp["scrape_ms"]
+        w(f"A fresh agent (default options); {args.cp_cycles} cycles of {args.cp_probes} `PUT /v1/probes/{{name}}` (syscall "
+          f"probes on {args.cp_probes} syscalls nobody makes, default mechanism; timed until the 201 whose probe is `active`), "
+          f"then the scrapes, then {args.cp_probes} `DELETE`s; one keep-alive loopback connection (Python http.client).\n")
+        w("| measurement | median | p99 | min | max | n |")
+        w("|---|---|---|---|---|---|")
+        w(f"| create → active (ms) | {fmt(median(cr), 1)} | {fmt(pct(cr, 99), 1)} | {fmt(min(cr), 1)} | {fmt(max(cr), 1)} | {len(cr)} |")
+        w(f"| delete → 204 (ms) | {fmt(median(de), 2)} | {fmt(pct(de, 99), 2)} | {fmt(min(de), 2)} | {fmt(max(de), 2)} | {len(de)} |")
+        td = cp.get("teardown", [])
+        if td:
+            w(f"| kernel teardown of {args.cp_probes} deleted probes, until the agent's fds are back to idle (s) | "
+              f"{fmt(median(td), 2)} | — | {fmt(min(td), 2)} | {fmt(max(td), 2)} | {len(td)} |")
+        w(f"| `GET /metrics` with {args.cp_probes} probes, one at a time (ms; {cp['scrape_bytes']} bytes) | {fmt(median(sm), 2)} | {fmt(pct(sm, 99), 2)} | {fmt(min(sm), 2)} | {fmt(max(sm), 2)} | {len(sm)} |")
+        for key, label in (("refresh_report", "capability detection: `POST /v1/capabilities/refresh`, its `duration_ms`"),
+                           ("refresh_wall", "… the same request, round trip (ms)"),
+                           ("cli_report", "capability detection: `traceplane capabilities --json`, its `duration_ms`"),
+                           ("cli_wall", "… the same command, whole process (ms)")):
+            xs = cp[key]
+            w(f"| {label} | {fmt(median(xs), 1)} | — | {fmt(min(xs), 1)} | {fmt(max(xs), 1)} | {len(xs)} |")
+        w("")
+        w(f"`GET /metrics` with {args.cp_probes} probes under `wrk -t1 -c4 -d{args.wrk_seconds}s --latency` (one run per cycle): "
+          + "; ".join(f"{fmt(x['rps'])} requests/s, p50 {fmt(x['p50'], 2)} ms, p99 {fmt(x['p99'], 2)} ms"
+                      f"{(' (' + x['errors'] + ')') if x['errors'] else ''}" for x in cp["wrk"]) + "\n")
+        w("| agent process | VmRSS (MB) | VmHWM (MB) | RssAnon (MB) | RssFile (MB) | open fds | threads |")
+        w("|---|---|---|---|---|---|---|")
+
+        def mem(m):
+            return " | ".join(fmt(v, 1) if i < 4 else str(v) for i, v in enumerate(m))
+        w(f"| idle (capabilities probed, no probes) | {mem(cp['idle'])} |")
+        for i, m in enumerate(cp["with100"]):
+            when = "after creating them" if i % 2 == 0 else "after the scrapes and wrk"
+            w(f"| {args.cp_probes} probes, cycle {i // 2 + 1}, {when} | {mem(m)} |")
+        w(f"| after deleting them all | {mem(cp['after'])} |")
+        w("")
+
+    # targets
+    w("## 5. Targets\n")
+    picked = meta["mechanisms"].get("TracePlane, default", "?")
+
+    def verdict(ok):
+        return "**met**" if ok else "**missed**"
+    rows = []
+    if ("TracePlane, default", "getppid") in results:
+        tp, tpr = results[("TracePlane, default", "getppid")], results[("TracePlane, default", "read1")]
+        fl = floors.get(picked, {})
+        if bt:
+            text = f"{tp / bt['getppid']:.2f}× / {tpr / bt['read1']:.2f}× (CPU mean)"
+            ok = tp <= 0.35 * bt["getppid"] and tpr <= 0.35 * bt["read1"]
+            for c in sorted({k[2] for k in by_cpu}, key=int):
+                g, rd = results.get(("TracePlane, default", "getppid", c)), results.get(("TracePlane, default", "read1", c))
+                bg, br = results.get(("bpftrace", "getppid", c)), results.get(("bpftrace", "read1", c))
+                if None in (g, rd, bg, br):
+                    continue
+                text += f"; CPU {c}: {g / bg:.2f}× / {rd / br:.2f}×"
+                ok = ok and g <= 0.35 * bg and rd <= 0.35 * br
+            rows.append(("traced overhead ≤ 0.35× bpftrace's (getppid / read)", text, verdict(ok)))
+        if fl:
+            rows.append((f"traced overhead ≤ 2× the floor ({picked}; getppid / read)",
+                         f"{tp / fl['getppid']:.2f}× / {tpr / fl['read1']:.2f}×",
+                         verdict(tp <= 2 * fl["getppid"] and tpr <= 2 * fl["read1"])))
+            col = results[("TracePlane, default", "getpid")]
+            rows.append((f"collateral ≤ the floor's ({picked})", f"{fmt(col)} ns vs {fmt(fl['getpid'])} ns",
+                         verdict(col <= fl["getpid"] + meta["noise"])))
+    if scal:
+        sc = [median([v[1] for v in scal.get(("TracePlane", picked, c), [])]) for c in probe_counts]
+        scf = [median([v[1] for v in scal.get(("floor", picked, c), [])]) for c in probe_counts]
+        rows.append((f"collateral flat in the number of probes ({picked}; {', '.join(map(str, probe_counts))} probes)",
+                     " → ".join(fmt(x) for x in sc) + " ns (floor " + " → ".join(fmt(x) for x in scf) + ")",
+                     verdict(max(sc) - min(sc) <= meta["noise"])))
+    if cp:
+        cr, sm = cp["creates"], cp["scrape_ms"]
+        rows.append(("create → active: median ≤ 20 ms", f"{fmt(median(cr), 1)} ms (p99 {fmt(pct(cr, 99), 1)} ms)", verdict(median(cr) <= 20)))
+        capm = median(cp["refresh_report"])
+        rows.append(("capability detection ≤ 300 ms", f"{fmt(capm)} ms (CLI: {fmt(median(cp['cli_report']))} ms)", verdict(capm <= 300)))
+        rows.append((f"`/metrics` with {args.cp_probes} probes: median ≤ 10 ms", f"{fmt(median(sm), 2)} ms", verdict(median(sm) <= 10)))
+        maxrss = max(m[0] for m in cp["with100"])
+        rows.append((f"RSS ≤ 40 MB with {args.cp_probes} probes", f"{fmt(maxrss, 1)} MB (largest sample)", verdict(maxrss <= 40)))
+    w("| target | measured | |")
+    w("|---|---|---|")
+    for r_ in rows:
+        w(f"| {r_[0]} | {r_[1]} | {r_[2]} |")
+    w(f"\n\"≤ the floor's\" and \"flat\" allow {meta['noise']:.0f} ns of noise.\n")
+    program_ratios = []
+    for c in sorted({k[2] for k in by_cpu}, key=int):
+        try:
+            tpc, btc = results[("TracePlane, default", "getppid", c)], results[("bpftrace", "getppid", c)]
+            flc = median([a - b for a, b in zip(by_cpu[(f"floor: empty programs, {picked}", "getppid", c)],
+                                                 by_cpu[("no tracing", "getppid", c)])])
+        except KeyError:
+            continue
+        program_ratios.append(f"CPU {c}: {fmt(tpc - flc)} ns vs {fmt(btc - flc)} ns, {(tpc - flc) / (btc - flc):.2f}×; "
+                              f"the floor alone is {flc / btc:.2f}× bpftrace's total")
+    if program_ratios:
+        w("Above the empty-program floor (the programs' own cost), TracePlane vs bpftrace on getppid: "
+          + "; ".join(program_ratios) + ".")
+    w("")
+    if args.notes and os.path.exists(args.notes):
+        with open(args.notes) as f:
+            w(f.read())
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- main
+
+FILLERS = ["mknod", "chroot", "sethostname", "setdomainname", "acct", "swapon", "swapoff", "reboot",
+           "init_module", "delete_module", "quotactl", "remap_file_pages", "kexec_load", "add_key", "request_key",
+           "keyctl", "ioprio_set", "ioprio_get", "inotify_init", "migrate_pages", "mbind", "set_mempolicy",
+           "get_mempolicy", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+           "kexec_file_load", "userfaultfd", "membarrier", "mlock2", "copy_file_range", "preadv2",
+           "pwritev2", "pkey_mprotect", "pkey_alloc", "pkey_free", "io_pgetevents", "pidfd_send_signal",
+           "io_uring_setup", "io_uring_register", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount",
+           "fspick", "pidfd_open", "clone3", "close_range", "openat2", "pidfd_getfd", "faccessat2",
+           "process_madvise", "epoll_pwait2", "mount_setattr", "landlock_create_ruleset", "landlock_add_rule",
+           "landlock_restrict_self", "memfd_secret", "process_mrelease", "futex_waitv", "set_mempolicy_home_node",
+           "cachestat", "fchmodat2", "map_shadow_stack", "futex_wake", "futex_wait", "futex_requeue",
+           "statmount", "listmount", "lsm_get_self_attr", "lsm_set_self_attr", "lsm_list_modules", "mseal",
+           "setxattrat", "getxattrat", "listxattrat", "removexattrat", "vhangup", "pivot_root", "syslog",
+           "setfsuid", "setfsgid", "personality", "ustat", "sysfs", "iopl", "ioperm", "modify_ldt", "getcpu",
+           "timer_create", "timer_delete", "timerfd_create", "mlockall", "munlockall", "sched_getattr", "sched_setattr",
+           "getrandom", "semget", "semctl", "msgget", "msgctl", "shmget", "shmctl"]
+
+
+def usable_fillers():
+    """Filler syscalls this kernel has tracepoints for and the agent knows by name (its
+    table comes from the build machine's uapi headers, which may be older than the kernel)."""
+    known = set()
+    for header in ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm-generic/unistd.h",
+                   "/usr/include/aarch64-linux-gnu/asm/unistd.h"):
+        if os.path.exists(header):
+            with open(header) as f:
+                known |= set(re.findall(r"#define __NR3?2?_?(\w+)\s", f.read()))
+    return [f for f in FILLERS if os.path.exists(f"/sys/kernel/tracing/events/syscalls/sys_enter_{f}")
+            and (not known or f in known)]
+
+
+def save_raw(args, meta, over, scal, cp, tools):
+    os.makedirs(os.path.dirname(os.path.abspath(args.raw)), exist_ok=True)
+    with open(args.raw, "w") as f:
+        json.dump({"args": vars(args), "meta": meta, "tools": tools, "control": cp,
+                   "samples": {"|".join(k): v for k, v in over[0].items()},
+                   "counts": {"|".join(k): v for k, v in over[1].items()},
+                   "by_cpu": {"|".join(k): v for k, v in over[2].items()},
+                   "scaling": {"|".join(map(str, k)): v for k, v in scal.items()}}, f, indent=1)
+
+
+def tool_version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--traceplane", default=".build/release/traceplane")
+    ap.add_argument("--loop", default=".build/bench/syscall_loop")
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--notes", default="bench/NOTES.md", help="appended to the report (analysis, code changes)")
+    ap.add_argument("--iterations", type=int, default=150000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cpus", type=int, default=2, help="pin the loop to each of the first N CPUs in turn")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--scaling-rounds", type=int, default=3)
+    ap.add_argument("--scaling-iterations", type=int, default=50000,
+                    help="fewer: 64 raw_syscalls probes slow every syscall on the host by microseconds")
+    ap.add_argument("--probes", default="1,16,64")
+    ap.add_argument("--cp-probes", type=int, default=100)
+    ap.add_argument("--cp-cycles", type=int, default=2)
+    ap.add_argument("--scrapes", type=int, default=100)
+    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--cap-runs", type=int, default=5)
+    ap.add_argument("--noise", type=float, default=15, help="ns tolerated by the ≤-floor and flatness checks")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: overhead,scaling,control")
+    ap.add_argument("--only", default="", help="regex: measure only the overhead configurations it matches")
+    ap.add_argument("--raw", default=".build/bench/results.json", help="where the raw samples are saved")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from --raw without measuring")
+    args = ap.parse_args()
+    if args.report_only:
+        with open(args.raw) as f:
+            raw = json.load(f)
+        for k, v in raw["args"].items():
+            if k not in ("out", "notes", "raw", "report_only"):
+                setattr(args, k, v)
+        over = ({tuple(k.split("|")): v for k, v in raw["samples"].items()},
+                {tuple(k.split("|")): v for k, v in raw["counts"].items()},
+                {tuple(k.split("|")): v for k, v in raw.get("by_cpu", {}).items()})
+        scal = {(k.split("|")[0], k.split("|")[1], int(k.split("|")[2])): v for k, v in raw["scaling"].items()}
+        write_report(args.out, args, raw["meta"], over, scal, raw["control"], raw["tools"])
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("bench.py needs root (it loads BPF programs)")
+    skip = set(filter(None, args.skip.split(",")))
+    started = time.time()
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_start": loadavg(), "links_start": foreign_bpf_links(),
+            "noise": args.noise, "mechanisms": {}}
+    tools = {"bpftrace": tool_version(["bpftrace", "--version"]),
+             "libbpf-tools": tool_version(["dpkg-query", "-W", "-f", "${Version}", "libbpf-tools"]),
+             "wrk": tool_version(["sh", "-c", "wrk --version 2>&1 | head -1"])}
+    fillers = usable_fillers()
+    need = max(int(c) for c in args.probes.split(",")) - 1
+    if len(fillers) < need:
+        raise SystemExit(f"only {len(fillers)} filler syscalls have tracepoints here; need {need}")
+    log(f"start: load {meta['load_start']}, {meta['links_start']} BPF links already on the kernel")
+
+    cp = {}
+    if "control" not in skip:
+        cp = control_plane(args, args.traceplane, fillers)
+    pool = AgentPool(args.traceplane)
+    loop = Loop(args.loop)
+    try:
+        # libbpf-tools: funclatency needs fentry or kprobes; syscount uses raw_syscalls tracepoints.
+        meta["libbpf_tools"] = {
+            f"funclatency -p {loop.pid} __x64_sys_getppid": try_libbpf_tool(["funclatency", "-p", str(loop.pid), "__x64_sys_getppid"]),
+            f"syscount -L -p {loop.pid}": try_libbpf_tool(["syscount", "-L", "-p", str(loop.pid)]),
+        }
+        configs = [NoTracing(pool)]
+        configs += [Floor(args.traceplane, h, pool) for h in ("tracepoint", "tp_btf", "raw_tracepoint")]
+        configs.append(Floor(args.traceplane, "tracepoint", pool, stats=True))
+        tps = [TracePlaneProbe(pool, m, loop.pid) for m in (None, "tracepoint", "tp_btf", "raw_tracepoint")]
+        tps.append(TracePlaneProbe(pool, None, loop.pid, agent_args=["--bpf-stats"]))
+        configs += tps
+        configs.append(Bpftrace(loop.pid, pool))
+        if meta["libbpf_tools"][f"syscount -L -p {loop.pid}"][0]:
+            configs.append(Syscount(loop.pid, pool))
+        if args.only:
+            configs = [c for c in configs if c.label == "no tracing" or re.search(args.only, c.label)]
+        over = ({}, {}, {})
+        if "overhead" not in skip:
+            over = overhead(args, loop, configs)
+        for cfg in tps:
+            meta["mechanisms"][cfg.label] = cfg.picked or cfg.mechanism
+        for h in ("tracepoint", "tp_btf", "raw_tracepoint"):
+            meta["mechanisms"][f"floor: empty programs, {h}"] = h
+            meta["mechanisms"][f"floor: empty programs, {h} + BPF stats"] = h
+        meta["mechanisms"]["bpftrace"] = "tracepoint"
+        meta["mechanisms"]["libbpf-tools syscount -L -p"] = "tracepoint (raw_syscalls)"
+        scal = {}
+        if "scaling" not in skip:
+            scal = scaling(args, loop, pool, args.traceplane, fillers)
+    finally:
+        loop.close()
+        pool.stop()
+    meta["load_end"] = loadavg()
+    meta["links_end"] = foreign_bpf_links()
+    meta["elapsed"] = time.time() - started
+    save_raw(args, meta, over, scal, cp, tools)
+    write_report(args.out, args, meta, over, scal, cp, tools)
+    log(f"wrote {args.out} in {meta['elapsed']:.0f} s (load at end {meta['load_end']})")
+
+
+if __name__ == "__main__":
+    main()
