@@ -702,6 +702,39 @@ __attribute__((noinline, used)) int oracle_uprobe_target(int x)
     return x + 1;
 }
 
+/* A trial through a dynamic PMU (kprobe or uprobe): config1 is the function name or the
+ * binary's path, config2 the offset; the retprobe bit comes from the PMU's format. */
+static oracle_outcome oracle_try_pmu_probe(const char *pmu, int retprobe, uint64_t config1, uint64_t config2,
+                                           pid_t pid, int cpu, void (*fire)(void))
+{
+    int type = oracle_pmu_type(pmu);
+    if (type < 0)
+        return oracle_outcome_make(ORACLE_STAGE_SETUP, type);
+    int bit = 0;
+    if (retprobe && (bit = oracle_retprobe_bit(pmu)) < 0)
+        return oracle_outcome_make(ORACLE_STAGE_SETUP, bit);
+    oracle_trial t;
+    int err = 0;
+    int stage = oracle_trial_load(&t, BPF_PROG_TYPE_KPROBE, 0, 0, &err);
+    if (stage != ORACLE_STAGE_NONE)
+        return oracle_outcome_make(stage, err);
+    struct perf_event_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.type = (uint32_t)type;
+    attr.size = sizeof(attr);
+    attr.config = retprobe ? (1ULL << bit) : 0;
+    attr.config1 = config1;
+    attr.config2 = config2;
+    attr.sample_period = 1;
+    attr.wakeup_events = 1;
+    int rc = oracle_trial_perf_attach(&t, &attr, pid, cpu);
+    if (rc < 0) {
+        oracle_trial_close(&t);
+        return oracle_outcome_make(ORACLE_STAGE_ATTACH, rc);
+    }
+    return oracle_trial_finish(&t, fire);
+}
+
 static void oracle_fire_uprobe(void)
 {
     int (*volatile target)(int) = oracle_uprobe_target;
@@ -742,66 +775,16 @@ static int oracle_file_offset(uintptr_t address, char *path, size_t size, uint64
 
 oracle_outcome oracle_try_uprobe(int retprobe)
 {
-    int type = oracle_pmu_type("uprobe");
-    if (type < 0)
-        return oracle_outcome_make(ORACLE_STAGE_SETUP, type);
-    int bit = 0;
-    if (retprobe && (bit = oracle_retprobe_bit("uprobe")) < 0)
-        return oracle_outcome_make(ORACLE_STAGE_SETUP, bit);
     char path[512];
     uint64_t offset = 0;
     int rc = oracle_file_offset((uintptr_t)&oracle_uprobe_target, path, sizeof(path), &offset);
     if (rc < 0)
         return oracle_outcome_make(ORACLE_STAGE_SETUP, rc);
-    oracle_trial t;
-    int err = 0;
-    int stage = oracle_trial_load(&t, BPF_PROG_TYPE_KPROBE, 0, 0, &err);
-    if (stage != ORACLE_STAGE_NONE)
-        return oracle_outcome_make(stage, err);
-    struct perf_event_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.type = (uint32_t)type;
-    attr.size = sizeof(attr);
-    attr.config = retprobe ? (1ULL << bit) : 0;
-    attr.config1 = (uint64_t)(uintptr_t)path; // uprobe_path
-    attr.config2 = offset;                    // probe_offset
-    attr.sample_period = 1;
-    attr.wakeup_events = 1;
     // A process-wide uprobe: the filter is by address space, so any thread of ours fires it.
-    rc = oracle_trial_perf_attach(&t, &attr, getpid(), -1);
-    if (rc < 0) {
-        oracle_trial_close(&t);
-        return oracle_outcome_make(ORACLE_STAGE_ATTACH, rc);
-    }
-    return oracle_trial_finish(&t, oracle_fire_uprobe);
+    return oracle_try_pmu_probe("uprobe", retprobe, (uint64_t)(uintptr_t)path, offset, getpid(), -1, oracle_fire_uprobe);
 }
 
 oracle_outcome oracle_try_kprobe(const char *func, int retprobe)
 {
-    int type = oracle_pmu_type("kprobe");
-    if (type < 0)
-        return oracle_outcome_make(ORACLE_STAGE_SETUP, type);
-    int bit = 0;
-    if (retprobe && (bit = oracle_retprobe_bit("kprobe")) < 0)
-        return oracle_outcome_make(ORACLE_STAGE_SETUP, bit);
-    oracle_trial t;
-    int err = 0;
-    int stage = oracle_trial_load(&t, BPF_PROG_TYPE_KPROBE, 0, 0, &err);
-    if (stage != ORACLE_STAGE_NONE)
-        return oracle_outcome_make(stage, err);
-    struct perf_event_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.type = (uint32_t)type;
-    attr.size = sizeof(attr);
-    attr.config = retprobe ? (1ULL << bit) : 0;
-    attr.config1 = (uint64_t)(uintptr_t)func; // kprobe_func
-    attr.config2 = 0;                         // probe_offset
-    attr.sample_period = 1;
-    attr.wakeup_events = 1;
-    int rc = oracle_trial_perf_attach(&t, &attr, -1, 0);
-    if (rc < 0) {
-        oracle_trial_close(&t);
-        return oracle_outcome_make(ORACLE_STAGE_ATTACH, rc);
-    }
-    return oracle_trial_finish(&t, oracle_fire_getpgid);
+    return oracle_try_pmu_probe("kprobe", retprobe, (uint64_t)(uintptr_t)func, 0, -1, 0, oracle_fire_getpgid);
 }
