@@ -124,16 +124,7 @@ struct AgentClient: Sendable {
         var text: String { String(decoding: body, as: UTF8.self) }
 
         func decode<T: Decodable>(_ type: T.Type) throws -> T {
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .custom { d in
-                let s = try d.singleValueContainer().decode(String.self)
-                let f = ISO8601DateFormatter()
-                if let date = f.date(from: s) { return date }
-                f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-                guard let date = f.date(from: s) else { throw DecodingError.dataCorrupted(.init(codingPath: d.codingPath, debugDescription: "bad date \(s)")) }
-                return date
-            }
-            return try decoder.decode(T.self, from: body)
+            return try ReportJSON.decoder().decode(T.self, from: body)
         }
 
         /// The problem+json body, if it is one (`detail`, `attempts`, `errors`).

@@ -13,6 +13,23 @@ public enum ReportJSON {
         return encoder
     }
 
+    /// A decoder for what TracePlane writes: RFC 3339 dates with or without fractional seconds.
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { d in
+            let text = try d.singleValueContainer().decode(String.self)
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            if let date = formatter.date(from: text) { return date }
+            formatter.formatOptions = [.withInternetDateTime]
+            guard let date = formatter.date(from: text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: d.codingPath, debugDescription: "not an RFC 3339 date: \(text)"))
+            }
+            return date
+        }
+        return decoder
+    }
+
     public static func encode<T: Encodable>(_ value: T, pretty: Bool = true) throws -> Data {
         try encoder(pretty: pretty).encode(value)
     }

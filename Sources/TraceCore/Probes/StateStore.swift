@@ -66,34 +66,13 @@ public final class StateStore: Sendable {
         }
     }
 
-    static func encoder() -> JSONEncoder {
-        let encoder = ReportJSON.encoder(pretty: true)
-        return encoder
-    }
-
-    static func decoder() -> JSONDecoder {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .custom { d in
-            let text = try d.singleValueContainer().decode(String.self)
-            let f = ISO8601DateFormatter()
-            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-            if let date = f.date(from: text) { return date }
-            f.formatOptions = [.withInternetDateTime]
-            guard let date = f.date(from: text) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: d.codingPath, debugDescription: "not an RFC 3339 date: \(text)"))
-            }
-            return date
-        }
-        return decoder
-    }
-
     /// Reads the state file. A corrupt or unreadable file is moved aside, never dropped.
     public func load() -> Loaded {
         guard FileManager.default.fileExists(atPath: path) else { return .none }
         let reason: String
         if let data = FileManager.default.contents(atPath: path) {
             do {
-                let state = try Self.decoder().decode(PersistedState.self, from: data)
+                let state = try ReportJSON.decoder().decode(PersistedState.self, from: data)
                 guard state.version == 1 else { throw StateError(description: "unknown state version \(state.version)") }
                 return .loaded(state)
             } catch {
@@ -147,7 +126,7 @@ public final class StateStore: Sendable {
     /// Writes `state` now: temp file, fsync, rename over the old file, fsync the directory.
     public func write(_ state: PersistedState) throws(StateError) {
         let data: Data
-        do { data = try Self.encoder().encode(state) } catch { throw StateError(description: "cannot encode state: \(error)") }
+        do { data = try ReportJSON.encoder(pretty: true).encode(state) } catch { throw StateError(description: "cannot encode state: \(error)") }
         let temp = "\(path).tmp-\(getpid())"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw StateError(description: "cannot create \(temp): \(String(cString: strerror(errno)))") }
