@@ -60,7 +60,6 @@ public struct LoadSpec: Sendable, Hashable {
     public enum MapChange: Sendable, Hashable {
         /// Turn a task-storage map into a hash keyed by thread id (kernels without task storage).
         case taskStorageToHash(maxEntries: UInt32)
-        case maxEntries(UInt32)
     }
 
     public var object: String
