@@ -14,7 +14,6 @@
 const volatile u32 filter_tgid = 0;            /* 0: every process */
 const volatile bool filter_comm_set = false;
 const volatile char filter_comm[TP_COMM_LEN] = {};
-const volatile s64 target_nr = -1;             /* syscall number for raw_syscalls flavours */
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
 
 struct {
@@ -192,62 +191,7 @@ int lat_sys_enter(void *ctx) { return on_entry(); }
 SEC("tracepoint")
 int lat_sys_exit(struct syscall_exit_args *ctx) { return on_exit(ctx->ret); }
 
-/* raw_syscalls via BTF tracepoints: sys_enter(regs, id), sys_exit(regs, ret). The syscall
- * number is checked before anything else: every syscall on the host runs these. */
-static __always_inline s64 syscall_nr(struct pt_regs *regs)
-{
-#if defined(__TARGET_ARCH_x86)
-	u64 nr = -1;
-	bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
-	return (s64)nr;
-#else
-	return -1;
-#endif
-}
-
-/* The same from a BTF-typed `regs` (tp_btf): a direct load the verifier checks against
- * the kernel's BTF, no bpf_probe_read_kernel call on every syscall exit of the host. */
-static __always_inline s64 syscall_nr_btf(struct pt_regs *regs)
-{
-#if defined(__TARGET_ARCH_x86)
-	return (s64)regs->orig_ax;
-#else
-	return -1;
-#endif
-}
-
-SEC("tp_btf")
-int lat_btf_sys_enter(u64 *ctx)
-{
-	if ((s64)ctx[1] != target_nr)
-		return 0;
-	return on_entry();
-}
-
-SEC("tp_btf")
-int lat_btf_sys_exit(u64 *ctx)
-{
-	if (syscall_nr_btf((struct pt_regs *)ctx[0]) != target_nr)
-		return 0;
-	return on_exit((s64)ctx[1]);
-}
-
-/* raw_syscalls via raw tracepoints: the same, with untyped arguments. */
-SEC("raw_tracepoint")
-int lat_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
-{
-	if ((s64)ctx->args[1] != target_nr)
-		return 0;
-	return on_entry();
-}
-
-SEC("raw_tracepoint")
-int lat_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
-{
-	if (syscall_nr((struct pt_regs *)ctx->args[0]) != target_nr)
-		return 0;
-	return on_exit((s64)ctx->args[1]);
-}
+/* raw_syscalls sys_enter/sys_exit: see syscall_hub.bpf.c, shared by all syscall probes. */
 
 /* uprobe/uretprobe. */
 SEC("uprobe")

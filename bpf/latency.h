@@ -21,4 +21,37 @@ struct tp_proc {
 	char comm[TP_COMM_LEN];
 };
 
+/* The shared raw_syscalls hook (syscall_hub.bpf.c): one program pair for every syscall
+ * probe that uses it. Each probe owns a slot: its filter, its aggregates. */
+#define HUB_SLOTS 64      /* probes per hub: one bit each in hub_start.mask */
+#define HUB_PER_NR 6      /* probes on one syscall */
+#define HUB_MAX_NR 1024   /* syscall numbers */
+#define HUB_MAX_PROCS 8192
+
+/* Value of map `by_nr` (array keyed by syscall number): the slots tracing it. */
+struct hub_nr {
+	__u32 count;
+	__u32 slots[HUB_PER_NR];
+	__u32 pad;
+};
+
+/* Value of map `filters` (array keyed by slot). */
+struct hub_filter {
+	__u32 tgid;       /* 0: every process */
+	__u32 comm_set;
+	char comm[TP_COMM_LEN];
+};
+
+/* Value of map `aggs` (per-CPU array keyed by slot): totals and log2 latency histogram. */
+struct hub_agg {
+	struct tp_stats stats;
+	__u64 hist[TP_HIST_SLOTS];
+};
+
+/* Key of map `procs` (LRU hash shared by the hub's probes); the value is a tp_proc. */
+struct hub_proc_key {
+	__u32 slot;
+	__u32 tgid;
+};
+
 #endif

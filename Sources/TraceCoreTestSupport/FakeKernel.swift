@@ -18,6 +18,8 @@ import TraceCore
 ///   ``FakeKernel/reaches(_:_:)``) count one hit, unless its program is scripted not to fire.
 /// - `readMap("hits")` returns one entry (key 0, one little-endian `UInt64` value) with the
 ///   object's hit count, unless `hits` is scripted. Other unscripted maps read as empty.
+/// - `update`, `lookup` and `delete` of single keys work on the object's own copy of the map
+///   (starting from what `readMap` would return), one value per key (a one-CPU kernel).
 ///
 /// Thread-safe: every piece of state lives behind one `Mutex`.
 public final class FakeKernel: KernelBackend, Sendable {
@@ -45,6 +47,9 @@ public final class FakeKernel: KernelBackend, Sendable {
         case attach(object: Int, program: String, point: AttachPoint)
         case fire(Trigger)
         case readMap(object: Int, map: String)
+        case lookupMap(object: Int, map: String)
+        case updateMap(object: Int, map: String)
+        case deleteFromMap(object: Int, map: String)
         case programStats(object: Int)
         case closeLink(link: Int)
         case closeObject(object: Int)
@@ -305,6 +310,38 @@ public final class FakeKernel: KernelBackend, Sendable {
         return try outcome.get()
     }
 
+    /// The object's current entries of `map` (its own copy once written, else the script).
+    private static func entries(_ s: State, object: ObjectRecord, map: String) -> [MapEntry] {
+        if let entries = s.objectMaps[object.id]?[map] { return entries }
+        return object.programs.compactMap { s.programs[$0] }.lazy.compactMap { $0.maps[map] }.first ?? []
+    }
+
+    func lookup(object id: Int, map: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+        let outcome: Result<[[UInt8]]?, KernelError> = state.withLock { s in
+            s.calls.append(.lookupMap(object: id, map: map))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
+            }
+            if let error = object.programs.compactMap({ s.programs[$0]?.mapErrors[map] }).first { return .failure(error) }
+            return .success(Self.entries(s, object: object, map: map).first { $0.key == key }?.values)
+        }
+        return try outcome.get()
+    }
+
+    func update(object id: Int, map: String, key: [UInt8], value: [UInt8]?) throws(KernelError) {
+        let outcome: Result<Void, KernelError> = state.withLock { s in
+            s.calls.append(value == nil ? .deleteFromMap(object: id, map: map) : .updateMap(object: id, map: map))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .attach, errno: EBADF, operation: "update map \(map) of closed object #\(id)"))
+            }
+            var entries = Self.entries(s, object: object, map: map).filter { $0.key != key }
+            if let value { entries.append(MapEntry(key: key, values: [value])) }
+            s.objectMaps[id, default: [:]][map] = entries
+            return .success(())
+        }
+        try outcome.get()
+    }
+
     func programStats(object id: Int) -> [ProgramStats] {
         state.withLock { s in
             s.calls.append(.programStats(object: id))
@@ -375,6 +412,18 @@ public final class FakeObject: LoadedObject {
 
     public func readMap(_ name: String) throws(KernelError) -> [MapEntry] {
         try kernel.readMap(object: id, map: name)
+    }
+
+    public func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+        try kernel.lookup(object: id, map: name, key: key)
+    }
+
+    public func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
+        try kernel.update(object: id, map: name, key: key, value: value)
+    }
+
+    public func delete(map name: String, key: [UInt8]) throws(KernelError) {
+        try kernel.update(object: id, map: name, key: key, value: nil)
     }
 
     public func programStats() -> [ProgramStats] {

@@ -4,7 +4,7 @@ import Glibc
 
 /// What the kernel holds, seen through BPF_PROG_GET_NEXT_ID (not through our objects).
 public enum KernelCensus {
-    /// Our programs (lat_*/cnt_*) loaded now but not in `before`, after giving the kernel up
+    /// Our programs (lat_*/cnt_*/hub_*) loaded now but not in `before`, after giving the kernel up
     /// to 120 s to free closed programs: the kernel tears perf-event links down lazily
     /// (RCU grace periods), which under churn was seen to take about 40 s here.
     public static func settledPrograms(excluding before: Set<UInt32> = []) async -> Set<UInt32> {
@@ -14,7 +14,7 @@ public enum KernelCensus {
         for _ in 0..<1_200 {
             leaked = programIDs().subtracting(before).filter {
                 let name = programName($0)
-                return name.hasPrefix("lat_") || name.hasPrefix("cnt_")
+                return name.hasPrefix("lat_") || name.hasPrefix("cnt_") || name.hasPrefix("hub_")
             }
             if leaked.isEmpty { break }
             try? await Task.sleep(for: .milliseconds(100))

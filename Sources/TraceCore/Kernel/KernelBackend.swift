@@ -30,6 +30,22 @@ public protocol LoadedObject: AnyObject, Sendable {
     /// - Throws: ``KernelError`` with stage `.read`.
     func readMap(_ name: String) throws(KernelError) -> [MapEntry]
 
+    /// The value of one key of map `name` (one per possible CPU for per-CPU maps), or nil
+    /// when the key is absent.
+    ///
+    /// - Throws: ``KernelError`` with stage `.read`.
+    func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]?
+
+    /// Sets one key of map `name` to `value` (on every CPU, for per-CPU maps).
+    ///
+    /// - Throws: ``KernelError`` with stage `.attach` (map updates configure attached probes).
+    func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError)
+
+    /// Deletes one key of map `name`; an absent key is not an error.
+    ///
+    /// - Throws: ``KernelError`` with stage `.attach`.
+    func delete(map name: String, key: [UInt8]) throws(KernelError)
+
     /// Run-time statistics of the loaded programs (zero unless BPF stats are enabled).
     func programStats() -> [ProgramStats]
 

@@ -233,6 +233,51 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
+    /// Runs `body` with the map's layout, under the object's lock.
+    private func withMap<T>(_ mapName: String, stage: KernelError.Stage,
+                            _ body: (MapReader.Layout) throws(KernelError) -> T) throws(KernelError) -> T {
+        try state.withLock { (handle) throws(KernelError) -> T in
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapName) else {
+                throw KernelError(stage: stage, errno: EBADF, operation: "use map \(mapName) of \(name)")
+            }
+            return try body(MapReader.layout(of: map))
+        }
+    }
+
+    func lookup(map mapName: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+        try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [[UInt8]]? in
+            precondition(key.count == layout.keySize, "map \(mapName): key of \(key.count) bytes, expected \(layout.keySize)")
+            var value = [UInt8](repeating: 0, count: layout.stride * layout.cpus)
+            if bpf_map_lookup_elem(layout.fd, key, &value) != 0 {
+                if errno == ENOENT { return nil }
+                throw KernelError(stage: .read, errno: errno, operation: "read map \(mapName)")
+            }
+            return (0..<layout.cpus).map { cpu in
+                Array(value[(cpu * layout.stride)..<(cpu * layout.stride + layout.valueSize)])
+            }
+        }
+    }
+
+    func update(map mapName: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
+        try withMap(mapName, stage: .attach) { (layout) throws(KernelError) in
+            precondition(key.count == layout.keySize && value.count == layout.valueSize,
+                         "map \(mapName): key/value of \(key.count)/\(value.count) bytes, expected \(layout.keySize)/\(layout.valueSize)")
+            var all = [UInt8](repeating: 0, count: layout.stride * layout.cpus)
+            for cpu in 0..<layout.cpus { all.replaceSubrange((cpu * layout.stride)..<(cpu * layout.stride + value.count), with: value) }
+            if bpf_map_update_elem(layout.fd, key, all, 0) != 0 {
+                throw KernelError(stage: .attach, errno: errno, operation: "update map \(mapName)")
+            }
+        }
+    }
+
+    func delete(map mapName: String, key: [UInt8]) throws(KernelError) {
+        try withMap(mapName, stage: .attach) { (layout) throws(KernelError) in
+            if bpf_map_delete_elem(layout.fd, key) != 0, errno != ENOENT {
+                throw KernelError(stage: .attach, errno: errno, operation: "delete from map \(mapName)")
+            }
+        }
+    }
+
     func programStats() -> [ProgramStats] {
         state.withLock { handle in
             guard let object = handle.object else { return [] }

@@ -26,12 +26,17 @@ enum MapReader {
         var stride: Int { perCPU ? (valueSize + 7) & ~7 : valueSize }
     }
 
-    static func readAll(_ map: OpaquePointer, name: String) throws(KernelError) -> [MapEntry] {
+    static func layout(of map: OpaquePointer) -> Layout {
         let type = bpf_map__type(map)
-        let layout = Layout(
+        return Layout(
             fd: bpf_map__fd(map), keySize: Int(bpf_map__key_size(map)), valueSize: Int(bpf_map__value_size(map)),
             maxEntries: Int(bpf_map__max_entries(map)),
             perCPU: type == BPF_MAP_TYPE_PERCPU_ARRAY || type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH)
+    }
+
+    static func readAll(_ map: OpaquePointer, name: String) throws(KernelError) -> [MapEntry] {
+        let type = bpf_map__type(map)
+        let layout = layout(of: map)
         if supportsBatch(type), let entries = try readBatched(layout, name: name) {
             return entries
         }

@@ -26,6 +26,28 @@ public struct ProbeCounters: Sendable, Hashable {
 
     public init() {}
 
+    /// The non-empty buckets of 64 log2 slot counts.
+    static func buckets(_ slots: [UInt64]) -> [Bucket] {
+        slots.enumerated().filter { $0.element > 0 }.map { slot, count in
+            let b = bounds(slot: slot)
+            return Bucket(lower: b.lower, upper: b.upper, count: count)
+        }
+    }
+
+    /// The `limit` processes with most calls, from `tp_proc` map entries whose key holds the
+    /// pid at `pidOffset`.
+    static func topProcesses(_ entries: [MapEntry], pidOffset: Int, limit: Int) -> [Process] {
+        var processes: [Process] = []
+        for entry in entries {
+            guard let value = entry.values.first, value.count >= 24 else { continue }
+            let commBytes = value[8..<24].prefix { $0 != 0 }
+            processes.append(.init(pid: Int(entry.key.u32(at: pidOffset)), comm: String(decoding: commBytes, as: UTF8.self),
+                                   calls: value.u64(at: 0)))
+        }
+        processes.sort { ($0.calls, $1.pid) > ($1.calls, $0.pid) }
+        return Array(processes.prefix(limit))
+    }
+
     /// Bounds of log2 slot `i`: slot 0 holds 0–1 ns, slot i ≥ 1 holds [2^i, 2^(i+1) − 1].
     public static func bounds(slot: Int) -> (lower: UInt64, upper: UInt64) {
         if slot == 0 { return (0, 1) }
@@ -34,15 +56,16 @@ public struct ProbeCounters: Sendable, Hashable {
     }
 }
 
-/// A probe attached in the kernel: one object and its links. One owner; `detach` hands
-/// everything to the reaper (links first) and is idempotent.
+/// A probe attached in the kernel: its own object and links, or a slot of a shared
+/// ``SyscallHub``. One owner; `detach` hands everything to the reaper (links first), or
+/// leaves the hub, and is idempotent.
 public final class AttachedProbe: Sendable {
     public let flavour: Flavour
     public let countsOnly: Bool
     public let taskStorage: Bool
     /// What it is bound to (kernel function, tracepoint, binary:symbol), when known.
     public let boundTo: String?
-    private let resources: Mutex<(object: (any LoadedObject)?, links: [any AttachedLink])>
+    private let resources: Mutex<(object: (any LoadedObject)?, links: [any AttachedLink], hub: SyscallHub.Membership?)>
     private let recorded = Mutex<[AttachAttempt]>([])
 
     init(flavour: Flavour, object: any LoadedObject, links: [any AttachedLink], countsOnly: Bool, taskStorage: Bool,
@@ -51,8 +74,19 @@ public final class AttachedProbe: Sendable {
         self.countsOnly = countsOnly
         self.taskStorage = taskStorage
         self.boundTo = boundTo
-        resources = Mutex((object, links))
+        resources = Mutex((object, links, nil))
     }
+
+    init(flavour: Flavour, hub: SyscallHub.Membership, boundTo: String?) {
+        self.flavour = flavour
+        countsOnly = false
+        taskStorage = hub.taskStorage
+        self.boundTo = boundTo
+        resources = Mutex((nil, [], hub))
+    }
+
+    /// Whether the probe is a slot of a shared syscall hook.
+    public var isShared: Bool { resources.withLock { $0.hub != nil } }
 
     /// Every mechanism tried before this one attached, and this one.
     public internal(set) var attempts: [AttachAttempt] {
@@ -62,19 +96,22 @@ public final class AttachedProbe: Sendable {
 
     /// Detaches and frees everything, off the caller's path.
     public func detach(reaper: Reaper) {
-        let taken = resources.withLock { r -> ((any LoadedObject)?, [any AttachedLink]) in
-            defer { r = (nil, []) }
-            return (r.object, r.links)
+        let taken = resources.withLock { r -> ((any LoadedObject)?, [any AttachedLink], SyscallHub.Membership?) in
+            defer { r = (nil, [], nil) }
+            return (r.object, r.links, r.hub)
         }
+        if let hub = taken.2 { hub.hub.leave(hub) }
         guard let object = taken.0 else { return }
         reaper.dispose(links: taken.1, objects: [object])
     }
 
-    public var isAttached: Bool { resources.withLock { $0.object != nil } }
+    public var isAttached: Bool { resources.withLock { $0.object != nil || $0.hub != nil } }
 
     /// Reads the probe's maps. Scrape cost depends on the number of maps, not on events.
     public func read(topProcesses: Int = 10) throws(KernelError) -> ProbeCounters {
-        guard let object = resources.withLock({ $0.object }) else {
+        let (own, hub) = resources.withLock { ($0.object, $0.hub) }
+        if let hub { return try hub.hub.read(hub, topProcesses: topProcesses) }
+        guard let object = own else {
             throw KernelError(stage: .read, errno: 9, operation: "read a detached probe")
         }
         var counters = ProbeCounters()
@@ -93,20 +130,9 @@ public final class AttachedProbe: Sendable {
                 guard slot < 64 else { continue }
                 for value in entry.values { slots[slot] &+= value.u64(at: 0) }
             }
-            counters.buckets = slots.enumerated().filter { $0.element > 0 }.map { slot, count in
-                let b = ProbeCounters.bounds(slot: slot)
-                return .init(lower: b.lower, upper: b.upper, count: count)
-            }
+            counters.buckets = ProbeCounters.buckets(slots)
         }
-        var processes: [ProbeCounters.Process] = []
-        for entry in try object.readMap("procs") {
-            guard let value = entry.values.first, value.count >= 24 else { continue }
-            let commBytes = value[8..<24].prefix { $0 != 0 }
-            processes.append(.init(pid: Int(entry.key.u32(at: 0)), comm: String(decoding: commBytes, as: UTF8.self),
-                                   calls: value.u64(at: 0)))
-        }
-        processes.sort { ($0.calls, $1.pid) > ($1.calls, $0.pid) }
-        counters.processes = Array(processes.prefix(topProcesses))
+        counters.processes = ProbeCounters.topProcesses(try object.readMap("procs"), pidOffset: 0, limit: topProcesses)
         for stat in object.programStats() {
             counters.runTimeNanoseconds &+= stat.runTimeNanoseconds
             counters.runCount &+= stat.runCount

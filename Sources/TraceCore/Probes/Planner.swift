@@ -40,10 +40,13 @@ public struct AttachFailure: Error, Sendable {
 public struct Planner: Sendable {
     public let backend: any KernelBackend
     public let reaper: Reaper
+    /// The shared raw_syscalls hooks that tp_btf and raw_tp syscall probes join.
+    public let hubs: SyscallHubs
 
     public init(backend: any KernelBackend, reaper: Reaper = .shared) {
         self.backend = backend
         self.reaper = reaper
+        hubs = SyscallHubs(backend: backend, reaper: reaper)
     }
 
     /// What one flavour loads and attaches for one target.
@@ -91,15 +94,8 @@ public struct Planner: Sendable {
             return make([.init("lat_sys_enter"), .init("lat_sys_exit")],
                         [("lat_sys_enter", .tracepoint(category: "syscalls", name: "sys_enter_\(name)"), .tracepoint),
                          ("lat_sys_exit", .tracepoint(category: "syscalls", name: "sys_exit_\(name)"), .tracepoint)])
-        case (.tpBTF, .syscall):
-            readOnly["target_nr"] = bytes(Int64(SyscallTable.number(of: name) ?? -1))
-            return make([.init("lat_btf_sys_enter", loadTimeTarget: "sys_enter"), .init("lat_btf_sys_exit", loadTimeTarget: "sys_exit")],
-                        [("lat_btf_sys_enter", .loadTimeTarget, .tpBTF), ("lat_btf_sys_exit", .loadTimeTarget, .tpBTF)])
-        case (.rawTracepoint, .syscall):
-            readOnly["target_nr"] = bytes(Int64(SyscallTable.number(of: name) ?? -1))
-            return make([.init("lat_raw_sys_enter"), .init("lat_raw_sys_exit")],
-                        [("lat_raw_sys_enter", .rawTracepoint(name: "sys_enter"), .rawTracepoint),
-                         ("lat_raw_sys_exit", .rawTracepoint(name: "sys_exit"), .rawTracepoint)])
+        case (.tpBTF, .syscall), (.rawTracepoint, .syscall):
+            preconditionFailure("raw_syscalls probes join the shared hook (SyscallHub), they have no recipe")
         case (.tpBTF, _):
             let event = String(name.split(separator: ":").last ?? "")
             return make([.init("cnt_tp_btf", loadTimeTarget: event)], [("cnt_tp_btf", .loadTimeTarget, .tpBTF)])
@@ -176,6 +172,15 @@ public struct Planner: Sendable {
     }
 
     func attempt(_ flavour: Flavour, spec: ProbeSpec, report: CapabilityReport, function: String?) -> Result<AttachedProbe, AttachAttempt> {
+        if spec.target.type == .syscall, let hub = hubs[flavour] {
+            guard let nr = spec.target.name.flatMap(SyscallTable.number(of:)) else {
+                return .failure(AttachAttempt(mechanism: flavour.rawValue, outcome: .unsupported, stage: "attach", errno: "ENOENT",
+                                              message: "no syscall of this name on this architecture"))
+            }
+            return hub.join(nr: UInt32(nr), filter: spec.filter, report: report).map { membership in
+                AttachedProbe(flavour: flavour, hub: membership, boundTo: "raw_syscalls sys_enter/sys_exit, shared hook, nr \(nr)")
+            }
+        }
         var taskStorage = report.supports(.taskStorage)
         var object: (any LoadedObject)?
         var recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: taskStorage, function: function)

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The shared raw_syscalls hook. One program pair on raw_syscalls sys_enter/sys_exit serves
+ * every syscall probe that uses tp_btf (or raw_tp): the kernel runs it once per syscall of
+ * the host whatever the number of probes, and it finds the probes of a syscall with one
+ * array lookup. Attaching a program per probe to raw_syscalls instead makes every syscall
+ * of the host pay for every probe (measured: +7.7 us per syscall with 64 probes).
+ *
+ * User space gives each probe a slot (its filter in `filters`, its aggregates in `aggs`
+ * and `procs`) and lists the slots of each syscall number in `by_nr`. The entry program
+ * records one timestamp per call, with a bit mask of the slots whose filter passed; the
+ * exit program aggregates into exactly those slots.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "latency.h"
+
+const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HUB_MAX_NR);
+	__type(key, u32);
+	__type(value, struct hub_nr);
+} by_nr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__type(value, struct hub_filter);
+} filters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__type(value, struct hub_agg);
+} aggs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HUB_MAX_PROCS);
+	__type(key, struct hub_proc_key);
+	__type(value, struct tp_proc);
+} procs SEC(".maps");
+
+struct hub_start {
+	u64 ts;   /* entry time; 0 when no call is in flight */
+	u64 mask; /* slots whose filter passed at entry */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct hub_start);
+} starts SEC(".maps");
+
+static __always_inline struct hub_start *start_slot(bool create)
+{
+	if (use_task_storage) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		return bpf_task_storage_get(&starts, task, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	}
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	if (create) {
+		struct hub_start zero = {};
+		bpf_map_update_elem(&starts, &tid, &zero, BPF_ANY);
+	}
+	return bpf_map_lookup_elem(&starts, &tid);
+}
+
+static __always_inline u32 log2_slot(u64 v)
+{
+	u32 r = 0, shift;
+	shift = (v > 0xffffffffULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xffff) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xff) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xf) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline bool comm_matches(const char *comm, const struct hub_filter *f)
+{
+	for (int i = 0; i < TP_COMM_LEN; i++) {
+		if (comm[i] != f->comm[i])
+			return false;
+		if (comm[i] == 0)
+			break;
+	}
+	return true;
+}
+
+static __always_inline void count_process(u32 slot, u32 tgid)
+{
+	struct hub_proc_key key = { .slot = slot, .tgid = tgid };
+	struct tp_proc *p = bpf_map_lookup_elem(&procs, &key);
+	if (p) {
+		__sync_fetch_and_add(&p->calls, 1);
+		return;
+	}
+	struct tp_proc fresh = { .calls = 1 };
+	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+	if (bpf_map_update_elem(&procs, &key, &fresh, BPF_NOEXIST) != 0) {
+		p = bpf_map_lookup_elem(&procs, &key);
+		if (p)
+			__sync_fetch_and_add(&p->calls, 1);
+	}
+}
+
+/* Every syscall of the host comes here: an untraced one costs one array lookup. */
+static __always_inline int hub_enter(s64 nr)
+{
+	u32 key = (u32)nr; /* negative numbers fall outside the array */
+	struct hub_nr *e = bpf_map_lookup_elem(&by_nr, &key);
+	if (!e || e->count == 0)
+		return 0;
+	u32 count = e->count;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	char comm[TP_COMM_LEN] = {};
+	bool have_comm = false;
+	u64 mask = 0;
+	for (int i = 0; i < HUB_PER_NR; i++) {
+		if (i >= count)
+			break;
+		u32 slot = e->slots[i] & (HUB_SLOTS - 1);
+		struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
+		if (!f)
+			continue;
+		if (f->tgid && f->tgid != tgid)
+			continue;
+		if (f->comm_set) {
+			if (!have_comm) {
+				bpf_get_current_comm(comm, sizeof(comm));
+				have_comm = true;
+			}
+			if (!comm_matches(comm, f))
+				continue;
+		}
+		mask |= 1ULL << slot;
+	}
+	if (!mask)
+		return 0;
+	struct hub_start *st = start_slot(true);
+	if (!st)
+		return 0;
+	st->mask = mask;
+	st->ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+static __always_inline int hub_exit(s64 nr, s64 ret)
+{
+	u32 key = (u32)nr;
+	struct hub_nr *e = bpf_map_lookup_elem(&by_nr, &key);
+	if (!e || e->count == 0)
+		return 0;
+	struct hub_start *st = start_slot(false);
+	if (!st || st->ts == 0)
+		return 0; /* filtered out at entry, or entry not seen (attached mid-call) */
+	u64 delta = bpf_ktime_get_ns() - st->ts;
+	u64 mask = st->mask;
+	st->ts = 0;
+	u32 bucket = log2_slot(delta);
+	if (bucket >= TP_HIST_SLOTS)
+		bucket = TP_HIST_SLOTS - 1;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u32 count = e->count;
+	for (int i = 0; i < HUB_PER_NR; i++) {
+		if (i >= count)
+			break;
+		u32 slot = e->slots[i] & (HUB_SLOTS - 1);
+		if (!(mask & (1ULL << slot)))
+			continue;
+		struct hub_agg *a = bpf_map_lookup_elem(&aggs, &slot);
+		if (a) {
+			a->stats.calls++;
+			if (ret < 0)
+				a->stats.errors++;
+			a->stats.lat_count++;
+			a->stats.lat_sum_ns += delta;
+			a->hist[bucket]++;
+		}
+		count_process(slot, tgid);
+	}
+	return 0;
+}
+
+/* raw_syscalls via BTF tracepoints: sys_enter(regs, id), sys_exit(regs, ret). */
+SEC("tp_btf")
+int hub_btf_enter(u64 *ctx) { return hub_enter((s64)ctx[1]); }
+
+SEC("tp_btf")
+int hub_btf_exit(u64 *ctx)
+{
+#if defined(__TARGET_ARCH_x86)
+	/* A BTF-typed load the verifier checks: no helper call on every syscall exit. */
+	return hub_exit((s64)((struct pt_regs *)ctx[0])->orig_ax, (s64)ctx[1]);
+#else
+	return 0;
+#endif
+}
+
+/* raw_syscalls via raw tracepoints: the same, with untyped arguments. */
+SEC("raw_tracepoint")
+int hub_raw_enter(struct bpf_raw_tracepoint_args *ctx) { return hub_enter((s64)ctx->args[1]); }
+
+SEC("raw_tracepoint")
+int hub_raw_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+#if defined(__TARGET_ARCH_x86)
+	u64 nr = -1;
+	bpf_probe_read_kernel(&nr, sizeof(nr), &((struct pt_regs *)ctx->args[0])->orig_ax);
+	return hub_exit((s64)nr, (s64)ctx->args[1]);
+#else
+	return 0;
+#endif
+}
+
+char LICENSE[] SEC("license") = "GPL";
