@@ -316,7 +316,25 @@ public final class FakeKernel: KernelBackend, Sendable {
         return object.programs.compactMap { s.programs[$0] }.lazy.compactMap { $0.maps[map] }.first ?? []
     }
 
-    func lookup(object id: Int, map: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+    /// Entries of object `id`'s array map with keys in `first ..< first + count` (absent
+    /// keys are not listed: the fake's arrays hold only what was written or scripted).
+    public func readRange(object id: Int, map: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
+        let outcome: Result<[MapEntry], KernelError> = state.withLock { s in
+            s.calls.append(.readMap(object: id, map: map))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
+            }
+            if let error = object.programs.compactMap({ s.programs[$0]?.mapErrors[map] }).first { return .failure(error) }
+            let range = UInt64(first)..<(UInt64(first) + UInt64(count))
+            return .success(Self.entries(s, object: object, map: map)
+                .filter { $0.key.count == 4 && range.contains(UInt64($0.key.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })) }
+                .sorted { $0.key.lexicographicallyPrecedes($1.key) })
+        }
+        return try outcome.get()
+    }
+
+    /// One key of object `id`'s map, as `LoadedObject.lookup` would return it.
+    public func lookup(object id: Int, map: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
         let outcome: Result<[[UInt8]]?, KernelError> = state.withLock { s in
             s.calls.append(.lookupMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
@@ -328,7 +346,8 @@ public final class FakeKernel: KernelBackend, Sendable {
         return try outcome.get()
     }
 
-    func update(object id: Int, map: String, key: [UInt8], value: [UInt8]?) throws(KernelError) {
+    /// Sets (or, with a nil value, deletes) one key of object `id`'s map.
+    public func update(object id: Int, map: String, key: [UInt8], value: [UInt8]?) throws(KernelError) {
         let outcome: Result<Void, KernelError> = state.withLock { s in
             s.calls.append(value == nil ? .deleteFromMap(object: id, map: map) : .updateMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
@@ -412,6 +431,10 @@ public final class FakeObject: LoadedObject {
 
     public func readMap(_ name: String) throws(KernelError) -> [MapEntry] {
         try kernel.readMap(object: id, map: name)
+    }
+
+    public func readRange(map name: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
+        try kernel.readRange(object: id, map: name, first: first, count: count)
     }
 
     public func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {

@@ -7,7 +7,8 @@ import TraceCore
 /// `traceplane bench-hook`: holds empty BPF programs (`bpf/bench.bpf.c`) attached to the
 /// hooks a syscall probe uses, so that `bench/` can measure the floor: what the kernel's
 /// dispatch to any BPF program on that hook costs. Hidden: a benchmarking aid, not a
-/// feature. One object per `--syscall`, as the agent loads one object per probe.
+/// feature. Like the agent: one object per `--syscall` on per-syscall tracepoints, one
+/// shared pair on raw_syscalls whatever the number of syscalls.
 struct BenchHook: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-hook",
@@ -23,7 +24,7 @@ struct BenchHook: AsyncParsableCommand {
     @Option(help: "tracepoint (syscalls:sys_enter_X/sys_exit_X), tp_btf or raw_tracepoint (raw_syscalls sys_enter/sys_exit).")
     var hook: Hook
 
-    @Option(help: "Syscall to hook (repeatable; raw_syscalls hooks get one pair of programs per occurrence).")
+    @Option(help: "Syscall to hook (repeatable; raw_syscalls hooks get one shared pair of programs, as the agent's shared hook).")
     var syscall: [String] = ["getppid"]
 
     @Flag(help: "Also turn kernel BPF run-time stats on while attached, as `serve` does for its lifetime.")
@@ -47,7 +48,7 @@ struct BenchHook: AsyncParsableCommand {
             for link in links { link.close() }
             for object in objects { object.close() }
         }
-        for name in syscall {
+        for name in hook == .tracepoint ? syscall : Array(syscall.prefix(1)) {
             let steps: [(program: String, loadTimeTarget: String?, point: AttachPoint)]
             switch hook {
             case .tracepoint:

@@ -30,6 +30,12 @@ public protocol LoadedObject: AnyObject, Sendable {
     /// - Throws: ``KernelError`` with stage `.read`.
     func readMap(_ name: String) throws(KernelError) -> [MapEntry]
 
+    /// Entries `first ..< first + count` of array map `name` (keys are `UInt32` indexes),
+    /// in one batched read where the kernel has it.
+    ///
+    /// - Throws: ``KernelError`` with stage `.read`.
+    func readRange(map name: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry]
+
     /// The value of one key of map `name` (one per possible CPU for per-CPU maps), or nil
     /// when the key is absent.
     ///

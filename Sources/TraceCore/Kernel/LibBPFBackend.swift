@@ -244,6 +244,12 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
+    func readRange(map mapName: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
+        try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [MapEntry] in
+            try MapReader.readArrayRange(layout, first: first, count: count, name: mapName)
+        }
+    }
+
     func lookup(map mapName: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
         try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [[UInt8]]? in
             precondition(key.count == layout.keySize, "map \(mapName): key of \(key.count) bytes, expected \(layout.keySize)")

@@ -19,8 +19,10 @@ public final class SyscallHub: Sendable {
     /// Probes on one syscall number.
     public static let perSyscall = 6
     static let maxSyscallNumber = 1024
+    /// Entries of a slot's process table.
+    static let processesPerSlot = 512
     /// Sizes of the hub's map values (see `bpf/latency.h`).
-    static let nrValueSize = 32, filterValueSize = 24, aggValueSize = 32 + 64 * 8
+    static let nrValueSize = 32, filterValueSize = 24, aggValueSize = 32 + 64 * 8, procValueSize = 32
 
     public let flavour: Flavour
     let backend: any KernelBackend
@@ -83,8 +85,8 @@ public final class SyscallHub: Sendable {
                 // A slot is cleared when it is taken, not when it is left: a program still
                 // running for the previous owner then cannot leave counts behind.
                 try object.update(map: "aggs", key: Self.key(slot), value: [UInt8](repeating: 0, count: Self.aggValueSize))
-                for entry in try object.readMap("procs") where entry.key.u32(at: 0) == UInt32(slot) {
-                    try object.delete(map: "procs", key: entry.key)
+                for entry in try processTable(object, slot: slot) where entry.values.first?.u32(at: 0) != 0 {
+                    try object.update(map: "procs", key: entry.key, value: [UInt8](repeating: 0, count: Self.procValueSize))
                 }
                 try object.update(map: "filters", key: Self.key(slot), value: Self.filterValue(filter))
                 try object.update(map: "by_nr", key: Self.key(Int(nr)), value: Self.nrValue(onThisSyscall + [slot]))
@@ -129,14 +131,25 @@ public final class SyscallHub: Sendable {
             for i in 0..<64 { slots[i] &+= value.u64(at: 32 + 8 * i) }
         }
         counters.buckets = ProbeCounters.buckets(slots)
-        let mine = try object.readMap("procs").filter { $0.key.u32(at: 0) == UInt32(m.slot) }
-        counters.processes = ProbeCounters.topProcesses(mine, pidOffset: 4, limit: topProcesses)
+        var processes: [ProbeCounters.Process] = []
+        for entry in try processTable(object, slot: m.slot) {
+            guard let value = entry.values.first, value.count >= Self.procValueSize, value.u32(at: 0) != 0 else { continue }
+            let comm = value[16..<32].prefix { $0 != 0 }
+            processes.append(.init(pid: Int(value.u32(at: 0)), comm: String(decoding: comm, as: UTF8.self), calls: value.u64(at: 8)))
+        }
+        processes.sort { ($0.calls, $1.pid) > ($1.calls, $0.pid) }
+        counters.processes = Array(processes.prefix(topProcesses))
         // The hub's programs serve all its probes: their run time is shared.
         for stat in object.programStats() {
             counters.runTimeNanoseconds &+= stat.runTimeNanoseconds
             counters.runCount &+= stat.runCount
         }
         return counters
+    }
+
+    /// The slot's entries of the process table (one batched read).
+    private func processTable(_ object: any LoadedObject, slot: Int) throws(KernelError) -> [MapEntry] {
+        try object.readRange(map: "procs", first: UInt32(slot * Self.processesPerSlot), count: Self.processesPerSlot)
     }
 
     // MARK: Loading
