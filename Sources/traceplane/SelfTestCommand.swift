@@ -436,6 +436,10 @@ struct SelfTestRunner: Sendable {
             return functions.contains(where: btf.functions.contains) ? nil : "fentry: neither \(functions.joined(separator: " nor ")) is a function in vmlinux BTF"
         case (.fentry, .function):
             return btf.functions.contains(name) ? nil : "fentry: \(name) is not a function in vmlinux BTF"
+        case (.tpBTF, .syscall):
+            // The shared hook binds to raw_syscalls sys_enter/sys_exit.
+            let missing = ["sys_enter", "sys_exit"].filter { !btf.typedefs.contains("btf_trace_\($0)") }
+            return missing.isEmpty ? nil : "tp_btf: " + missing.map { "btf_trace_\($0)" }.joined(separator: ", ") + " not in vmlinux BTF"
         case (.tpBTF, .tracepoint):
             let event = name.split(separator: ":").last.map(String.init) ?? name
             return btf.typedefs.contains("btf_trace_\(event)") ? nil : "tp_btf: btf_trace_\(event) is not in vmlinux BTF"

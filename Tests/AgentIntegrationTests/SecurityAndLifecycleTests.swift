@@ -134,7 +134,8 @@ struct SecurityAndLifecycleTests {
         let base = "http://127.0.0.1:\(first.port)"
         #expect(try CurlClient.run("PUT", "\(base)/v1/probes/a", json: #"{"target":{"type":"syscall","name":"getpid"}}"#).status == 201)
         #expect(try CurlClient.run("PUT", "\(base)/v1/probes/b", json: #"{"target":{"type":"tracepoint","name":"sched:sched_switch"}}"#).status == 201)
-        #expect(!KernelCensus.programIDs().filter { KernelCensus.programName($0).hasPrefix("lat_") }.isEmpty)
+        let ours = KernelCensus.programIDs().map(KernelCensus.programName)
+        #expect(ours.contains { $0.hasPrefix("hub_") } && ours.contains { $0.hasPrefix("cnt_") }, "\(ours)")
         first.signal(SIGKILL)
         _ = await first.waitForExit()
         #expect(await KernelCensus.settledPrograms().isEmpty, "programs left in the kernel after kill -9")

@@ -92,7 +92,7 @@ struct CapabilityProberDevelopmentMachineTests {
         #expect(chain(report, .syscall) == ["fentry": false, "kprobe": false, "tracepoint": true, "tp_btf": true, "raw_tracepoint": true])
         #expect(chain(report, .tracepoint) == ["tp_btf": true, "raw_tracepoint": true, "tracepoint": true])
         #expect(chain(report, .uprobe) == ["uprobe": true])
-        #expect(report.chains["syscall"]?.map(\.mechanism) == ["fentry", "kprobe", "tracepoint", "tp_btf", "raw_tracepoint"])
+        #expect(report.chains["syscall"]?.map(\.mechanism) == ["fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"])
         #expect(report.chains["function"]?.first?.requires == ["fentry", "fexit"])
     }
 

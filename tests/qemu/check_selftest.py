@@ -60,9 +60,10 @@ def check(doc, profile):
                    f"fallback check lacks the failed fentry attempt: {f['attempts']}")
         expect(doc["fallback"]["function"] is not None, "no function demonstrated the fentry→kprobe fallback")
     elif profile == "host":
-        # The development kernel denies fentry and has no kprobes: syscalls go to tracepoints.
-        chose("syscall getppid, default chain", TRACEPOINT_FLAVOURS)
-        chose("syscall getpgid, default chain", TRACEPOINT_FLAVOURS)
+        # The development kernel denies fentry and has no kprobes: syscalls go to the shared
+        # raw_syscalls hook via tp_btf (vmlinux BTF is there).
+        chose("syscall getppid, default chain", {"tp_btf"})
+        chose("syscall getpgid, default chain", {"tp_btf"})
         chose("tracepoint sched:sched_switch, default chain", TRACEPOINT_FLAVOURS)
     else:
         sys.exit(f"unknown profile {profile}")

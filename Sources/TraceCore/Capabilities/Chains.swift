@@ -50,7 +50,7 @@ public enum Flavour: String, Sendable, Codable, CaseIterable, Hashable {
     public static func defaultChain(for target: TargetType) -> [Flavour] {
         switch target {
         case .function: [.fentry, .kprobe]
-        case .syscall: [.fentry, .kprobe, .tracepoint, .tpBTF, .rawTracepoint]
+        case .syscall: [.fentry, .kprobe, .tpBTF, .rawTracepoint, .tracepoint]
         case .tracepoint: [.tpBTF, .rawTracepoint, .tracepoint]
         case .uprobe: [.uprobe]
         }
