@@ -23,10 +23,10 @@ struct tp_proc {
 
 /* The shared raw_syscalls hook (syscall_hub.bpf.c): one program pair for every syscall
  * probe that uses it. Each probe owns a slot: its filter, its aggregates. */
-#define HUB_SLOTS 64      /* probes per hub: one bit each in hub_start.mask */
+#define HUB_SLOTS 256     /* probes per hub as compiled; user space sets the maps' size at load */
 #define HUB_PER_NR 6      /* probes on one syscall */
 #define HUB_MAX_NR 1024   /* syscall numbers */
-#define HUB_PROCS_BITS 9
+#define HUB_PROCS_BITS 8
 #define HUB_PROCS (1 << HUB_PROCS_BITS) /* process table entries per slot */
 #define HUB_PROCS_PROBES 8                /* entries tried for one process */
 

@@ -7,9 +7,10 @@
  * of the host pay for every probe (measured: +7.7 us per syscall with 64 probes).
  *
  * User space gives each probe a slot (its filter in `filters`, its aggregates in `aggs`
- * and `procs`) and lists the slots of each syscall number in `by_nr`. The entry program
- * records one timestamp per call, with a bit mask of the slots whose filter passed; the
- * exit program aggregates into exactly those slots.
+ * and `procs`; it sizes those maps to the agent's probe limit before load) and lists the
+ * slots of each syscall number in `by_nr`. The entry program records one timestamp per
+ * call with the slots whose filter passed; the exit program aggregates into exactly those.
+ * Slots beyond a map's size fail its lookup, which the verifier checks.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -46,10 +47,10 @@ struct {
 } procs SEC(".maps");
 
 struct hub_start {
-	u64 ts;   /* entry time; 0 when no call is in flight */
-	u64 mask; /* slots whose filter passed at entry */
-	u32 tgid; /* saves a helper call at exit */
-	u32 pad;
+	u64 ts;    /* entry time; 0 when no call is in flight */
+	u32 tgid;  /* saves a helper call at exit */
+	u32 count; /* entries of `slots` */
+	u32 slots[HUB_PER_NR]; /* slot + 1 of each probe whose filter passed at entry, else 0 */
 };
 
 struct {
@@ -125,7 +126,6 @@ static __always_inline void count_process(u32 slot, u32 tgid)
  * slot of the exit program's loop (which took it 200,000 instructions and 270 ms). */
 __noinline int aggregate(u32 slot, u64 delta, u32 bucket, s64 ret, u32 tgid)
 {
-	slot &= HUB_SLOTS - 1;
 	struct hub_agg *a = bpf_map_lookup_elem(&aggs, &slot);
 	if (a) {
 		a->stats.calls++;
@@ -150,11 +150,12 @@ static __always_inline int hub_enter(s64 nr)
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	char comm[TP_COMM_LEN] = {};
 	bool have_comm = false;
-	u64 mask = 0;
+	u32 passed[HUB_PER_NR] = {};
+	bool any = false;
 	for (int i = 0; i < HUB_PER_NR; i++) {
 		if (i >= count)
 			break;
-		u32 slot = e->slots[i] & (HUB_SLOTS - 1);
+		u32 slot = e->slots[i];
 		struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
 		if (!f)
 			continue;
@@ -168,14 +169,16 @@ static __always_inline int hub_enter(s64 nr)
 			if (!comm_matches(comm, f))
 				continue;
 		}
-		mask |= 1ULL << slot;
+		passed[i] = slot + 1;
+		any = true;
 	}
-	if (!mask)
+	if (!any)
 		return 0;
 	struct hub_start *st = start_slot(true);
 	if (!st)
 		return 0;
-	st->mask = mask;
+	__builtin_memcpy(st->slots, passed, sizeof(passed));
+	st->count = count;
 	st->tgid = tgid;
 	st->ts = bpf_ktime_get_ns();
 	return 0;
@@ -191,19 +194,18 @@ static __always_inline int hub_exit(s64 nr, s64 ret)
 	if (!st || st->ts == 0)
 		return 0; /* filtered out at entry, or entry not seen (attached mid-call) */
 	u64 delta = bpf_ktime_get_ns() - st->ts;
-	u64 mask = st->mask;
 	u32 tgid = st->tgid;
+	u32 n = st->count;
 	st->ts = 0;
 	u32 bucket = log2_slot(delta);
 	if (bucket >= TP_HIST_SLOTS)
 		bucket = TP_HIST_SLOTS - 1;
-	u32 count = e->count;
 	for (int i = 0; i < HUB_PER_NR; i++) {
-		if (i >= count)
+		if (i >= n)
 			break;
-		u32 slot = e->slots[i] & (HUB_SLOTS - 1);
-		if (mask & (1ULL << slot))
-			aggregate(slot, delta, bucket, ret, tgid);
+		u32 slot = st->slots[i];
+		if (slot)
+			aggregate(slot - 1, delta, bucket, ret, tgid);
 	}
 	return 0;
 }

@@ -71,7 +71,7 @@ struct Serve: AsyncParsableCommand {
         // The prober has a reaper of its own: a refresh then waits for its own programs to be
         // detached (see CapabilityStore.refresh), not for probes deleted meanwhile.
         let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: try kernel.disabled(), reaper: Reaper()))
-        let manager = ProbeManager(planner: Planner(backend: backend), maxProbes: maxProbes, state: state,
+        let manager = ProbeManager(planner: Planner(backend: backend, hubSlots: maxProbes), maxProbes: maxProbes, state: state,
                                    report: { await store.current })
         await manager.startExpiry()
         let requestCounter = HTTPRequestCounter()

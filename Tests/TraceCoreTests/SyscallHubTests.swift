@@ -10,7 +10,7 @@ import TraceCoreTestSupport
     let kernel = FakeKernel()
     let reaper = Reaper()
 
-    func planner() -> Planner { Planner(backend: kernel, reaper: reaper) }
+    func planner(slots: Int = 256) -> Planner { Planner(backend: kernel, reaper: reaper, hubSlots: slots) }
     func report() -> CapabilityReport { CapabilityProber(backend: kernel, reaper: reaper).probe() }
 
     func spec(_ syscall: String, _ mechanism: String = "tp_btf", pid: Int? = nil, comm: String? = nil) -> ProbeSpec {
@@ -39,7 +39,6 @@ import TraceCoreTestSupport
             }
             return nil
         }
-        #expect(define("HUB_SLOTS") == SyscallHub.slots)
         #expect(define("HUB_PER_NR") == SyscallHub.perSyscall)
         #expect(define("HUB_MAX_NR") == SyscallHub.maxSyscallNumber)
         #expect(define("HUB_PROCS_BITS").map { 1 << $0 } == SyscallHub.processesPerSlot)
@@ -61,6 +60,8 @@ import TraceCoreTestSupport
         let object = try #require(kernel.openObjects.first { $0.spec.object == "syscall_hub" })
         #expect(object.programs == ["hub_btf_enter", "hub_btf_exit"])
         #expect(object.spec.programs.map(\.loadTimeTarget) == ["sys_enter", "sys_exit"])
+        #expect(object.spec.mapChanges["aggs"] == .maxEntries(256) && object.spec.mapChanges["filters"] == .maxEntries(256))
+        #expect(object.spec.mapChanges["procs"] == .maxEntries(256 * UInt32(SyscallHub.processesPerSlot)))
         for probe in [a, b, c] { probe.detach(reaper: reaper) }
         reaper.drain()
         #expect(hub.memberCount == 0)
@@ -129,6 +130,20 @@ import TraceCoreTestSupport
         #expect(refused.mechanism == "tp_btf" && refused.outcome == .error && refused.errno == "EBUSY")
         #expect(refused.message.contains("already serves \(SyscallHub.perSyscall) probes"))
         for probe in probes + [extra] { probe.detach(reaper: reaper) }
+        reaper.drain()
+        #expect(kernel.isClean, "\(kernel.leakReport)")
+    }
+
+    @Test("A full hub refuses the next probe, which moves on to the next mechanism")
+    func fullHubFallsBack() throws {
+        let planner = planner(slots: 2), report = report()
+        let a = try planner.attach(spec("getppid"), report: report).get()
+        let b = try planner.attach(spec("getpid"), report: report).get()
+        let spec = ProbeSpec(name: "x", target: ProbeTarget(type: .syscall, name: "read"), mechanisms: ["tp_btf", "tracepoint"])
+        let c = try planner.attach(spec, report: report).get()
+        #expect(c.flavour == .tracepoint)
+        #expect(c.attempts.first?.errno == "EBUSY" && c.attempts.first?.message.contains("is full (2 probes)") == true)
+        for probe in [a, b, c] { probe.detach(reaper: reaper) }
         reaper.drain()
         #expect(kernel.isClean, "\(kernel.leakReport)")
     }

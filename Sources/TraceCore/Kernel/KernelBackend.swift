@@ -82,6 +82,8 @@ public struct LoadSpec: Sendable, Hashable {
     public enum MapChange: Sendable, Hashable {
         /// Turn a task-storage map into a hash keyed by thread id (kernels without task storage).
         case taskStorageToHash(maxEntries: UInt32)
+        /// Resize a map (the shared syscall hook sizes its tables to the probe limit).
+        case maxEntries(UInt32)
     }
 
     public var object: String

@@ -162,6 +162,8 @@ final class LibBPFObject: LoadedObject {
                 bpf_map__set_type(map, bpf_map_type(rawValue: UInt32(TP_MAP_TYPE_HASH)))
                 bpf_map__set_max_entries(map, maxEntries)
                 bpf_map__set_key_size(map, 4)
+            case .maxEntries(let entries):
+                bpf_map__set_max_entries(map, entries)
             }
         }
     }

@@ -43,10 +43,11 @@ public struct Planner: Sendable {
     /// The shared raw_syscalls hooks that tp_btf and raw_tp syscall probes join.
     public let hubs: SyscallHubs
 
-    public init(backend: any KernelBackend, reaper: Reaper = .shared) {
+    /// `hubSlots`: probes each shared syscall hook can hold (the agent passes its probe limit).
+    public init(backend: any KernelBackend, reaper: Reaper = .shared, hubSlots: Int = 256) {
         self.backend = backend
         self.reaper = reaper
-        hubs = SyscallHubs(backend: backend, reaper: reaper)
+        hubs = SyscallHubs(backend: backend, reaper: reaper, slots: hubSlots)
     }
 
     /// What one flavour loads and attaches for one target.

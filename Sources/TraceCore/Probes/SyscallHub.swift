@@ -14,17 +14,18 @@ import Synchronization
 /// detached (through the reaper) when its last probe leaves, so an agent with no such probe
 /// costs the host nothing.
 public final class SyscallHub: Sendable {
-    /// Probes one hub holds (one bit each in the entry program's mask).
-    public static let slots = 64
     /// Probes on one syscall number.
     public static let perSyscall = 6
     static let maxSyscallNumber = 1024
     /// Entries of a slot's process table.
-    static let processesPerSlot = 512
+    static let processesPerSlot = 256
     /// Sizes of the hub's map values (see `bpf/latency.h`).
     static let nrValueSize = 32, filterValueSize = 24, aggValueSize = 32 + 64 * 8, procValueSize = 32
 
     public let flavour: Flavour
+    /// Probes the hub holds: its tables are sized for this many at load (per-CPU `aggs`:
+    /// 544 bytes per slot and CPU; `procs`: 8 KiB per slot).
+    public let slots: Int
     let backend: any KernelBackend
     let reaper: Reaper
 
@@ -40,9 +41,11 @@ public final class SyscallHub: Sendable {
 
     private let state = Mutex(State())
 
-    init(flavour: Flavour, backend: any KernelBackend, reaper: Reaper) {
+    init(flavour: Flavour, slots: Int, backend: any KernelBackend, reaper: Reaper) {
         precondition(flavour == .tpBTF || flavour == .rawTracepoint, "no shared hook for \(flavour)")
+        precondition(slots >= 1 && slots <= 65_536, "hub slots out of range: \(slots)")
         self.flavour = flavour
+        self.slots = slots
         self.backend = backend
         self.reaper = reaper
     }
@@ -74,8 +77,8 @@ public final class SyscallHub: Sendable {
             guard onThisSyscall.count < Self.perSyscall else {
                 return .failure(refusal("the shared raw_syscalls hook already serves \(Self.perSyscall) probes on this syscall", errno: "EBUSY"))
             }
-            guard let slot = (0..<Self.slots).first(where: { s.members[$0] == nil }) else {
-                return .failure(refusal("the shared raw_syscalls hook is full (\(Self.slots) probes)", errno: "EBUSY"))
+            guard let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
+                return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: "EBUSY"))
             }
             if s.object == nil {
                 if case .failure(let attempt) = load(&s, report: report, mechanism: mechanism) { return .failure(attempt) }
@@ -163,7 +166,10 @@ public final class SyscallHub: Sendable {
     private func loadSpec(taskStorage: Bool) -> LoadSpec {
         LoadSpec(object: "syscall_hub", programs: programs.map { LoadSpec.Program($0.name, loadTimeTarget: $0.loadTimeTarget) },
                  readOnly: ["use_task_storage": [taskStorage ? 1 : 0]],
-                 mapChanges: taskStorage ? [:] : ["starts": .taskStorageToHash(maxEntries: 16384)])
+                 mapChanges: [
+                    "filters": .maxEntries(UInt32(slots)), "aggs": .maxEntries(UInt32(slots)),
+                    "procs": .maxEntries(UInt32(slots * Self.processesPerSlot)),
+                 ].merging(taskStorage ? [:] : ["starts": .taskStorageToHash(maxEntries: 16384)]) { a, _ in a })
     }
 
     private func load(_ s: inout State, report: CapabilityReport, mechanism: Mechanism) -> Result<Void, AttachAttempt> {
@@ -233,9 +239,9 @@ public final class SyscallHub: Sendable {
 public final class SyscallHubs: Sendable {
     private let hubs: [Flavour: SyscallHub]
 
-    init(backend: any KernelBackend, reaper: Reaper) {
-        hubs = [.tpBTF: SyscallHub(flavour: .tpBTF, backend: backend, reaper: reaper),
-                .rawTracepoint: SyscallHub(flavour: .rawTracepoint, backend: backend, reaper: reaper)]
+    init(backend: any KernelBackend, reaper: Reaper, slots: Int) {
+        hubs = [.tpBTF: SyscallHub(flavour: .tpBTF, slots: slots, backend: backend, reaper: reaper),
+                .rawTracepoint: SyscallHub(flavour: .rawTracepoint, slots: slots, backend: backend, reaper: reaper)]
     }
 
     public subscript(flavour: Flavour) -> SyscallHub? { hubs[flavour] }
