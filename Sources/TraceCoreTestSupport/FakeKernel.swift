@@ -316,19 +316,23 @@ public final class FakeKernel: KernelBackend, Sendable {
         return object.programs.compactMap { s.programs[$0] }.lazy.compactMap { $0.maps[map] }.first ?? []
     }
 
-    /// Entries of object `id`'s array map with keys in `first ..< first + count` (absent
-    /// keys are not listed: the fake's arrays hold only what was written or scripted).
-    public func readRange(object id: Int, map: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
-        let outcome: Result<[MapEntry], KernelError> = state.withLock { s in
+    /// Values of object `id`'s array map for keys `first ..< first + count`, back to back;
+    /// keys never written or scripted read as zeros.
+    public func readArrayValues(object id: Int, map: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+        let outcome: Result<[UInt8], KernelError> = state.withLock { s in
             s.calls.append(.readMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
                 return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
             }
             if let error = object.programs.compactMap({ s.programs[$0]?.mapErrors[map] }).first { return .failure(error) }
-            let range = UInt64(first)..<(UInt64(first) + UInt64(count))
-            return .success(Self.entries(s, object: object, map: map)
-                .filter { $0.key.count == 4 && range.contains(UInt64($0.key.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })) }
-                .sorted { $0.key.lexicographicallyPrecedes($1.key) })
+            var values = [UInt8](repeating: 0, count: valueSize * count)
+            for entry in Self.entries(s, object: object, map: map) where entry.key.count == 4 {
+                let key = Int(entry.key.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+                guard key >= Int(first), key < Int(first) + count, let value = entry.values.first else { continue }
+                let at = (key - Int(first)) * valueSize
+                values.replaceSubrange(at..<(at + min(valueSize, value.count)), with: value.prefix(valueSize))
+            }
+            return .success(values)
         }
         return try outcome.get()
     }
@@ -433,8 +437,8 @@ public final class FakeObject: LoadedObject {
         try kernel.readMap(object: id, map: name)
     }
 
-    public func readRange(map name: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
-        try kernel.readRange(object: id, map: name, first: first, count: count)
+    public func readArrayValues(map name: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+        try kernel.readArrayValues(object: id, map: name, first: first, count: count, valueSize: valueSize)
     }
 
     public func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {

@@ -190,8 +190,8 @@ final class FakeObjectView: LoadedObject {
     }
     func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink { fatalError("not used") }
     func readMap(_ name: String) throws(KernelError) -> [MapEntry] { fatalError("not used") }
-    func readRange(map name: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
-        try kernel.readRange(object: id, map: name, first: first, count: count)
+    func readArrayValues(map name: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+        try kernel.readArrayValues(object: id, map: name, first: first, count: count, valueSize: valueSize)
     }
     func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? { try kernel.lookup(object: id, map: name, key: key) }
     func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError) {

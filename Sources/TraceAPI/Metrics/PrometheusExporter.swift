@@ -36,7 +36,7 @@ public struct PrometheusExporter: Sendable {
 
     /// Reads everything a scrape exposes.
     public func collect() async -> MetricsSnapshot {
-        let measured = await probes.allMetrics()
+        let measured = await probes.allMetrics(topProcesses: 0)
         let listed = await probes.list()
         let attempts = await probes.attemptCounts
         let report = await capabilities.current

@@ -30,11 +30,12 @@ public protocol LoadedObject: AnyObject, Sendable {
     /// - Throws: ``KernelError`` with stage `.read`.
     func readMap(_ name: String) throws(KernelError) -> [MapEntry]
 
-    /// Entries `first ..< first + count` of array map `name` (keys are `UInt32` indexes),
-    /// in one batched read where the kernel has it.
+    /// The values of entries `first ..< first + count` of array map `name` (not per-CPU),
+    /// back to back, `valueSize` bytes each: one batched read where the kernel has it, and
+    /// no per-entry allocation (a scrape reads thousands of them).
     ///
     /// - Throws: ``KernelError`` with stage `.read`.
-    func readRange(map name: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry]
+    func readArrayValues(map name: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8]
 
     /// The value of one key of map `name` (one per possible CPU for per-CPU maps), or nil
     /// when the key is absent.

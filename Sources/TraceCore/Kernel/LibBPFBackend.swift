@@ -246,9 +246,11 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
-    func readRange(map mapName: String, first: UInt32, count: Int) throws(KernelError) -> [MapEntry] {
-        try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [MapEntry] in
-            try MapReader.readArrayRange(layout, first: first, count: count, name: mapName)
+    func readArrayValues(map mapName: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+        try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [UInt8] in
+            precondition(!layout.perCPU && layout.valueSize == valueSize && layout.keySize == 4,
+                         "map \(mapName): not a plain array of \(valueSize)-byte values")
+            return try MapReader.readArrayValues(layout, first: first, count: count, name: mapName)
         }
     }
 

@@ -103,14 +103,14 @@ enum MapReader {
         }
     }
 
-    /// Reads entries `first ..< first + count` of an array map: one `BPF_MAP_LOOKUP_BATCH`
-    /// (its cursor is the key before the first wanted), else one lookup per key.
-    static func readArrayRange(_ layout: Layout, first: UInt32, count: Int, name: String) throws(KernelError) -> [MapEntry] {
+    /// The values of entries `first ..< first + count` of a plain array map, back to back:
+    /// one `BPF_MAP_LOOKUP_BATCH` (its cursor is the key before the first wanted), else one
+    /// lookup per key. Entries past the end of the map are zeros.
+    static func readArrayValues(_ layout: Layout, first: UInt32, count: Int, name: String) throws(KernelError) -> [UInt8] {
+        var values = [UInt8](repeating: 0, count: layout.valueSize * count)
         let count = max(0, min(count, layout.maxEntries - Int(first)))
-        guard count > 0, layout.keySize == 4 else { return [] }
-        let valueBytes = layout.stride * layout.cpus
+        guard count > 0 else { return values }
         var keys = [UInt8](repeating: 0, count: 4 * count)
-        var values = [UInt8](repeating: 0, count: valueBytes * count)
         var cursor = withUnsafeBytes(of: (first &- 1).littleEndian, Array.init)
         var outBatch = [UInt8](repeating: 0, count: 8)
         var got = UInt32(count)
@@ -120,30 +120,19 @@ enum MapReader {
             ? bpf_map_lookup_batch(layout.fd, nil, &outBatch, &keys, &values, &got, &opts)
             : bpf_map_lookup_batch(layout.fd, &cursor, &outBatch, &keys, &values, &got, &opts)
         let code = rc < 0 ? -rc : 0
-        var entries: [MapEntry] = []
-        if code == 0 || code == ENOENT {
-            for i in 0..<Int(got) {
-                let base = i * valueBytes
-                entries.append(MapEntry(key: Array(keys[(i * 4)..<(i * 4 + 4)]), values: (0..<layout.cpus).map { cpu in
-                    Array(values[(base + cpu * layout.stride)..<(base + cpu * layout.stride + layout.valueSize)])
-                }))
-            }
-            return entries
-        }
+        if code == 0 || code == ENOENT { return values }
         guard code == EINVAL || code == ENOTSUPP || code == EOPNOTSUPP else {
             throw KernelError(stage: .read, errno: code, operation: "batch-read map \(name)")
         }
-        var value = [UInt8](repeating: 0, count: valueBytes)
-        for index in first..<(first + UInt32(count)) {
-            let key = withUnsafeBytes(of: index.littleEndian, Array.init)
-            if bpf_map_lookup_elem(layout.fd, key, &value) != 0 {
+        var value = [UInt8](repeating: 0, count: layout.valueSize)
+        for i in 0..<count {
+            var key = first + UInt32(i)
+            if bpf_map_lookup_elem(layout.fd, &key, &value) != 0 {
                 throw KernelError(stage: .read, errno: errno, operation: "read map \(name)")
             }
-            entries.append(MapEntry(key: key, values: (0..<layout.cpus).map { cpu in
-                Array(value[(cpu * layout.stride)..<(cpu * layout.stride + layout.valueSize)])
-            }))
+            values.replaceSubrange((i * layout.valueSize)..<((i + 1) * layout.valueSize), with: value)
         }
-        return entries
+        return values
     }
 
     /// Reads the map with `BPF_MAP_GET_NEXT_KEY` and one lookup per key.

@@ -107,7 +107,8 @@ public final class AttachedProbe: Sendable {
 
     public var isAttached: Bool { resources.withLock { $0.object != nil || $0.hub != nil } }
 
-    /// Reads the probe's maps. Scrape cost depends on the number of maps, not on events.
+    /// Reads the probe's maps. Scrape cost depends on the number of maps, not on events;
+    /// `topProcesses` 0 skips the process table.
     public func read(topProcesses: Int = 10) throws(KernelError) -> ProbeCounters {
         let (own, hub) = resources.withLock { ($0.object, $0.hub) }
         if let hub { return try hub.hub.read(hub, topProcesses: topProcesses) }
@@ -132,7 +133,9 @@ public final class AttachedProbe: Sendable {
             }
             counters.buckets = ProbeCounters.buckets(slots)
         }
-        counters.processes = ProbeCounters.topProcesses(try object.readMap("procs"), pidOffset: 0, limit: topProcesses)
+        if topProcesses > 0 {
+            counters.processes = ProbeCounters.topProcesses(try object.readMap("procs"), pidOffset: 0, limit: topProcesses)
+        }
         for stat in object.programStats() {
             counters.runTimeNanoseconds &+= stat.runTimeNanoseconds
             counters.runCount &+= stat.runCount

@@ -330,10 +330,11 @@ public actor ProbeManager {
         return try Self.metrics(name: name, entry: entry)
     }
 
-    /// Aggregates of every probe (for the Prometheus endpoint).
-    public func allMetrics() -> [(Probe, ProbeMetrics)] {
+    /// Aggregates of every probe (for the Prometheus endpoint, which has no per-process
+    /// series: `topProcesses` 0 skips reading the process tables).
+    public func allMetrics(topProcesses: Int = 10) -> [(Probe, ProbeMetrics)] {
         entries.sorted { $0.key < $1.key }.compactMap { name, entry in
-            guard let m = try? Self.metrics(name: name, entry: entry) else { return nil }
+            guard let m = try? Self.metrics(name: name, entry: entry, topProcesses: topProcesses) else { return nil }
             return (entry.view(name: name), m)
         }
     }
@@ -349,12 +350,12 @@ public actor ProbeManager {
 
     // MARK: - Internals
 
-    static func metrics(name: String, entry: Entry) throws(ProbeError) -> ProbeMetrics {
+    static func metrics(name: String, entry: Entry, topProcesses: Int = 10) throws(ProbeError) -> ProbeMetrics {
         guard let probe = entry.probe else {
             throw ProbeError(kind: .conflict, detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry")
         }
         do {
-            let counters = try probe.read()
+            let counters = try probe.read(topProcesses: topProcesses)
             return ProbeMetrics(name: name, mechanism: probe.flavour.rawValue, target: entry.spec.target.label,
                                 since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
         } catch {

@@ -88,8 +88,10 @@ public final class SyscallHub: Sendable {
                 // A slot is cleared when it is taken, not when it is left: a program still
                 // running for the previous owner then cannot leave counts behind.
                 try object.update(map: "aggs", key: Self.key(slot), value: [UInt8](repeating: 0, count: Self.aggValueSize))
-                for entry in try processTable(object, slot: slot) where entry.values.first?.u32(at: 0) != 0 {
-                    try object.update(map: "procs", key: entry.key, value: [UInt8](repeating: 0, count: Self.procValueSize))
+                let table = try processTable(object, slot: slot)
+                for i in 0..<Self.processesPerSlot where table.u32(at: i * Self.procValueSize) != 0 {
+                    try object.update(map: "procs", key: Self.key(slot * Self.processesPerSlot + i),
+                                      value: [UInt8](repeating: 0, count: Self.procValueSize))
                 }
                 try object.update(map: "filters", key: Self.key(slot), value: Self.filterValue(filter))
                 try object.update(map: "by_nr", key: Self.key(Int(nr)), value: Self.nrValue(onThisSyscall + [slot]))
@@ -135,10 +137,13 @@ public final class SyscallHub: Sendable {
         }
         counters.buckets = ProbeCounters.buckets(slots)
         var processes: [ProbeCounters.Process] = []
-        for entry in try processTable(object, slot: m.slot) {
-            guard let value = entry.values.first, value.count >= Self.procValueSize, value.u32(at: 0) != 0 else { continue }
-            let comm = value[16..<32].prefix { $0 != 0 }
-            processes.append(.init(pid: Int(value.u32(at: 0)), comm: String(decoding: comm, as: UTF8.self), calls: value.u64(at: 8)))
+        let table = topProcesses > 0 ? try processTable(object, slot: m.slot) : []
+        for i in 0..<(table.count / Self.procValueSize) {
+            let at = i * Self.procValueSize
+            let pid = table.u32(at: at)
+            guard pid != 0 else { continue }
+            let comm = table[(at + 16)..<(at + 32)].prefix { $0 != 0 }
+            processes.append(.init(pid: Int(pid), comm: String(decoding: comm, as: UTF8.self), calls: table.u64(at: at + 8)))
         }
         processes.sort { ($0.calls, $1.pid) > ($1.calls, $0.pid) }
         counters.processes = Array(processes.prefix(topProcesses))
@@ -150,9 +155,10 @@ public final class SyscallHub: Sendable {
         return counters
     }
 
-    /// The slot's entries of the process table (one batched read).
-    private func processTable(_ object: any LoadedObject, slot: Int) throws(KernelError) -> [MapEntry] {
-        try object.readRange(map: "procs", first: UInt32(slot * Self.processesPerSlot), count: Self.processesPerSlot)
+    /// The slot's process table, raw (one batched read).
+    private func processTable(_ object: any LoadedObject, slot: Int) throws(KernelError) -> [UInt8] {
+        try object.readArrayValues(map: "procs", first: UInt32(slot * Self.processesPerSlot), count: Self.processesPerSlot,
+                                   valueSize: Self.procValueSize)
     }
 
     // MARK: Loading
