@@ -54,7 +54,7 @@ import TraceCoreTestSupport
         #expect(hubObjects().count == loadsBefore + 1, "one hub object for every probe")
         #expect(kernel.openLinks.filter { $0.program.hasPrefix("hub_btf_") }.count == 2)
         #expect(a.isShared && b.isShared && c.isShared)
-        #expect(a.attempts.last?.message.contains("shared hook") == true)
+        #expect(a.attempts.last?.message.contains("shared by all syscall probes (syscall nr ") == true)
         let hub = try #require(planner.hubs[.tpBTF])
         #expect(hub.memberCount == 3)
         let object = try #require(kernel.openObjects.first { $0.spec.object == "syscall_hub" })

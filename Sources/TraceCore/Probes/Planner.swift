@@ -179,7 +179,7 @@ public struct Planner: Sendable {
                                               message: "no syscall of this name on this architecture"))
             }
             return hub.join(nr: UInt32(nr), filter: spec.filter, report: report).map { membership in
-                AttachedProbe(flavour: flavour, hub: membership, boundTo: "raw_syscalls sys_enter/sys_exit, shared hook, nr \(nr)")
+                AttachedProbe(flavour: flavour, hub: membership, boundTo: "syscall nr \(nr), slot \(membership.slot)")
             }
         }
         var taskStorage = report.supports(.taskStorage)
