@@ -9,6 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "latency.h"
+#include "proc_table.h"
 
 /* Settings filled in before load. */
 const volatile u32 filter_tgid = 0;            /* 0: every process */
@@ -31,8 +32,8 @@ struct {
 } hist SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, TP_MAX_PROCS);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << TP_PROCS_BITS);
 	__type(key, u32);
 	__type(value, struct tp_proc);
 } procs SEC(".maps");
@@ -81,18 +82,7 @@ static __always_inline u32 log2_slot(u64 v)
 
 static __always_inline void count_process(u32 tgid)
 {
-	struct tp_proc *p = bpf_map_lookup_elem(&procs, &tgid);
-	if (p) {
-		__sync_fetch_and_add(&p->calls, 1);
-		return;
-	}
-	struct tp_proc fresh = { .calls = 1 };
-	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
-	if (bpf_map_update_elem(&procs, &tgid, &fresh, BPF_NOEXIST) != 0) {
-		p = bpf_map_lookup_elem(&procs, &tgid);
-		if (p)
-			__sync_fetch_and_add(&p->calls, 1);
-	}
+	proc_table_count(&procs, 0, TP_PROCS_BITS, tgid);
 }
 
 static __always_inline u64 *start_slot(bool create)

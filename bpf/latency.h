@@ -5,7 +5,6 @@
 
 #define TP_HIST_SLOTS 64
 #define TP_COMM_LEN 16
-#define TP_MAX_PROCS 1024
 
 /* Per-CPU totals, in map `stats` (one entry). */
 struct tp_stats {
@@ -15,20 +14,23 @@ struct tp_stats {
 	__u64 lat_sum_ns; /* sum of measured latencies */
 };
 
-/* Value of map `procs` (LRU hash keyed by tgid). */
+/* Entry of a process table (map `procs`, an array): an open-addressing table keyed by
+ * tgid, claimed with compare-and-swap (see proc_table.h). */
 struct tp_proc {
+	__u32 tgid;       /* 0: free */
+	__u32 pad;
 	__u64 calls;
 	char comm[TP_COMM_LEN];
 };
+#define TP_PROCS_BITS 10  /* a probe's own table: 1,024 processes */
+#define TP_PROCS_PROBES 8 /* entries tried for one process */
 
 /* The shared raw_syscalls hook (syscall_hub.bpf.c): one program pair for every syscall
  * probe that uses it. Each probe owns a slot: its filter, its aggregates. */
 #define HUB_SLOTS 256     /* probes per hub as compiled; user space sets the maps' size at load */
 #define HUB_PER_NR 6      /* probes on one syscall */
 #define HUB_MAX_NR 1024   /* syscall numbers */
-#define HUB_PROCS_BITS 8
-#define HUB_PROCS (1 << HUB_PROCS_BITS) /* process table entries per slot */
-#define HUB_PROCS_PROBES 8                /* entries tried for one process */
+#define HUB_PROCS_BITS 8  /* process table entries per slot: 256 */
 
 /* Value of map `by_nr` (array keyed by syscall number): the slots tracing it. */
 struct hub_nr {
@@ -50,14 +52,5 @@ struct hub_agg {
 	__u64 hist[TP_HIST_SLOTS];
 };
 
-/* Value of map `procs` (array; slot s owns entries [s * HUB_PROCS, (s + 1) * HUB_PROCS)):
- * an open-addressing table keyed by tgid, claimed with compare-and-swap. An array lookup is
- * inlined by the verifier, where an LRU hash update cost about 30 ns per traced call. */
-struct hub_proc {
-	__u32 tgid;       /* 0: free */
-	__u32 pad;
-	__u64 calls;
-	char comm[TP_COMM_LEN];
-};
 
 #endif

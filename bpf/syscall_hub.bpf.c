@@ -15,6 +15,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "latency.h"
+#include "proc_table.h"
 
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
 
@@ -41,9 +42,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HUB_SLOTS * HUB_PROCS);
+	__uint(max_entries, HUB_SLOTS << HUB_PROCS_BITS);
 	__type(key, u32);
-	__type(value, struct hub_proc);
+	__type(value, struct tp_proc);
 } procs SEC(".maps");
 
 struct hub_start {
@@ -97,31 +98,6 @@ static __always_inline bool comm_matches(const char *comm, const struct hub_filt
 	return true;
 }
 
-/* Counts a call for process `tgid` in the slot's table. A full neighbourhood leaves the
- * call in the totals only (by_process then lists fewer processes). */
-static __always_inline void count_process(u32 slot, u32 tgid)
-{
-	u32 home = (tgid * 2654435761u) >> (32 - HUB_PROCS_BITS);
-	for (int i = 0; i < HUB_PROCS_PROBES; i++) {
-		u32 key = slot * HUB_PROCS + ((home + i) & (HUB_PROCS - 1));
-		struct hub_proc *p = bpf_map_lookup_elem(&procs, &key);
-		if (!p)
-			return;
-		u32 owner = p->tgid;
-		if (owner == 0) {
-			owner = __sync_val_compare_and_swap(&p->tgid, 0, tgid);
-			if (owner == 0) {
-				bpf_get_current_comm(p->comm, sizeof(p->comm));
-				owner = tgid;
-			}
-		}
-		if (owner == tgid) {
-			__sync_fetch_and_add(&p->calls, 1);
-			return;
-		}
-	}
-}
-
 /* One call into one slot. A global function: the verifier checks it once, not once per
  * slot of the exit program's loop (which took it 200,000 instructions and 270 ms). */
 __noinline int aggregate(u32 slot, u64 delta, u32 bucket, s64 ret, u32 tgid)
@@ -135,7 +111,7 @@ __noinline int aggregate(u32 slot, u64 delta, u32 bucket, s64 ret, u32 tgid)
 		a->stats.lat_sum_ns += delta;
 		a->hist[bucket & (TP_HIST_SLOTS - 1)]++;
 	}
-	count_process(slot, tgid);
+	proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, tgid);
 	return 0;
 }
 

@@ -42,6 +42,7 @@ import TraceCoreTestSupport
         #expect(define("HUB_PER_NR") == SyscallHub.perSyscall)
         #expect(define("HUB_MAX_NR") == SyscallHub.maxSyscallNumber)
         #expect(define("HUB_PROCS_BITS").map { 1 << $0 } == SyscallHub.processesPerSlot)
+        #expect(define("TP_PROCS_BITS").map { 1 << $0 } == ProbeCounters.processTableEntries)
     }
 
     @Test("Many syscall probes share one hub object: one load, one pair of links, a slot each")

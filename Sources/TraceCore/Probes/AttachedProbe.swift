@@ -34,15 +34,21 @@ public struct ProbeCounters: Sendable, Hashable {
         }
     }
 
-    /// The `limit` processes with most calls, from `tp_proc` map entries whose key holds the
-    /// pid at `pidOffset`.
-    static func topProcesses(_ entries: [MapEntry], pidOffset: Int, limit: Int) -> [Process] {
+    /// Bytes per entry of a process table (`struct tp_proc` in bpf/latency.h).
+    static let processEntrySize = 32
+    /// Entries of a probe's own process table (`1 << TP_PROCS_BITS`).
+    static let processTableEntries = 1024
+
+    /// The `limit` processes with most calls in a raw process table (`struct tp_proc` back
+    /// to back; a zero tgid is a free entry).
+    static func topProcesses(table: [UInt8], limit: Int) -> [Process] {
         var processes: [Process] = []
-        for entry in entries {
-            guard let value = entry.values.first, value.count >= 24 else { continue }
-            let commBytes = value[8..<24].prefix { $0 != 0 }
-            processes.append(.init(pid: Int(entry.key.u32(at: pidOffset)), comm: String(decoding: commBytes, as: UTF8.self),
-                                   calls: value.u64(at: 0)))
+        for i in 0..<(table.count / processEntrySize) {
+            let at = i * processEntrySize
+            let pid = table.u32(at: at)
+            guard pid != 0 else { continue }
+            let comm = table[(at + 16)..<(at + 32)].prefix { $0 != 0 }
+            processes.append(.init(pid: Int(pid), comm: String(decoding: comm, as: UTF8.self), calls: table.u64(at: at + 8)))
         }
         processes.sort { ($0.calls, $1.pid) > ($1.calls, $0.pid) }
         return Array(processes.prefix(limit))
@@ -134,7 +140,9 @@ public final class AttachedProbe: Sendable {
             counters.buckets = ProbeCounters.buckets(slots)
         }
         if topProcesses > 0 {
-            counters.processes = ProbeCounters.topProcesses(try object.readMap("procs"), pidOffset: 0, limit: topProcesses)
+            let table = try object.readArrayValues(map: "procs", first: 0, count: ProbeCounters.processTableEntries,
+                                                   valueSize: ProbeCounters.processEntrySize)
+            counters.processes = ProbeCounters.topProcesses(table: table, limit: topProcesses)
         }
         for stat in object.programStats() {
             counters.runTimeNanoseconds &+= stat.runTimeNanoseconds

@@ -20,7 +20,8 @@ public final class SyscallHub: Sendable {
     /// Entries of a slot's process table.
     static let processesPerSlot = 256
     /// Sizes of the hub's map values (see `bpf/latency.h`).
-    static let nrValueSize = 32, filterValueSize = 24, aggValueSize = 32 + 64 * 8, procValueSize = 32
+    static let nrValueSize = 32, filterValueSize = 24, aggValueSize = 32 + 64 * 8
+    static var procValueSize: Int { ProbeCounters.processEntrySize }
 
     public let flavour: Flavour
     /// Probes the hub holds: its tables are sized for this many at load (per-CPU `aggs`:
@@ -136,17 +137,9 @@ public final class SyscallHub: Sendable {
             for i in 0..<64 { slots[i] &+= value.u64(at: 32 + 8 * i) }
         }
         counters.buckets = ProbeCounters.buckets(slots)
-        var processes: [ProbeCounters.Process] = []
-        let table = topProcesses > 0 ? try processTable(object, slot: m.slot) : []
-        for i in 0..<(table.count / Self.procValueSize) {
-            let at = i * Self.procValueSize
-            let pid = table.u32(at: at)
-            guard pid != 0 else { continue }
-            let comm = table[(at + 16)..<(at + 32)].prefix { $0 != 0 }
-            processes.append(.init(pid: Int(pid), comm: String(decoding: comm, as: UTF8.self), calls: table.u64(at: at + 8)))
+        if topProcesses > 0 {
+            counters.processes = ProbeCounters.topProcesses(table: try processTable(object, slot: m.slot), limit: topProcesses)
         }
-        processes.sort { ($0.calls, $1.pid) > ($1.calls, $0.pid) }
-        counters.processes = Array(processes.prefix(topProcesses))
         // The hub's programs serve all its probes: their run time is shared.
         for stat in object.programStats() {
             counters.runTimeNanoseconds &+= stat.runTimeNanoseconds
