@@ -18,7 +18,7 @@ import TraceCore
 ///   ``FakeKernel/reaches(_:_:)``) count one hit, unless its program is scripted not to fire.
 /// - `readMap("hits")` returns one entry (key 0, one little-endian `UInt64` value) with the
 ///   object's hit count, unless `hits` is scripted. Other unscripted maps read as empty.
-/// - `update`, `lookup` and `delete` of single keys work on the object's own copy of the map
+/// - `update` and `lookup` of single keys work on the object's own copy of the map
 ///   (starting from what `readMap` would return), one value per key (a one-CPU kernel).
 ///
 /// Thread-safe: every piece of state lives behind one `Mutex`.
@@ -49,7 +49,6 @@ public final class FakeKernel: KernelBackend, Sendable {
         case readMap(object: Int, map: String)
         case lookupMap(object: Int, map: String)
         case updateMap(object: Int, map: String)
-        case deleteFromMap(object: Int, map: String)
         case programStats(object: Int)
         case closeLink(link: Int)
         case closeObject(object: Int)
@@ -350,15 +349,15 @@ public final class FakeKernel: KernelBackend, Sendable {
         return try outcome.get()
     }
 
-    /// Sets (or, with a nil value, deletes) one key of object `id`'s map.
-    public func update(object id: Int, map: String, key: [UInt8], value: [UInt8]?) throws(KernelError) {
+    /// Sets one key of object `id`'s map.
+    public func update(object id: Int, map: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
         let outcome: Result<Void, KernelError> = state.withLock { s in
-            s.calls.append(value == nil ? .deleteFromMap(object: id, map: map) : .updateMap(object: id, map: map))
+            s.calls.append(.updateMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
                 return .failure(KernelError(stage: .attach, errno: EBADF, operation: "update map \(map) of closed object #\(id)"))
             }
             var entries = Self.entries(s, object: object, map: map).filter { $0.key != key }
-            if let value { entries.append(MapEntry(key: key, values: [value])) }
+            entries.append(MapEntry(key: key, values: [value]))
             s.objectMaps[id, default: [:]][map] = entries
             return .success(())
         }
@@ -447,10 +446,6 @@ public final class FakeObject: LoadedObject {
 
     public func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
         try kernel.update(object: id, map: name, key: key, value: value)
-    }
-
-    public func delete(map name: String, key: [UInt8]) throws(KernelError) {
-        try kernel.update(object: id, map: name, key: key, value: nil)
     }
 
     public func programStats() -> [ProgramStats] {

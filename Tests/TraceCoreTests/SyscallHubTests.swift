@@ -198,7 +198,6 @@ final class FakeObjectView: LoadedObject {
     func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
         try kernel.update(object: id, map: name, key: key, value: value)
     }
-    func delete(map name: String, key: [UInt8]) throws(KernelError) { try kernel.update(object: id, map: name, key: key, value: nil) }
     func programStats() -> [ProgramStats] { [] }
     func close() {}
 }

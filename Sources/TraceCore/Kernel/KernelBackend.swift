@@ -48,11 +48,6 @@ public protocol LoadedObject: AnyObject, Sendable {
     /// - Throws: ``KernelError`` with stage `.attach` (map updates configure attached probes).
     func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError)
 
-    /// Deletes one key of map `name`; an absent key is not an error.
-    ///
-    /// - Throws: ``KernelError`` with stage `.attach`.
-    func delete(map name: String, key: [UInt8]) throws(KernelError)
-
     /// Run-time statistics of the loaded programs (zero unless BPF stats are enabled).
     func programStats() -> [ProgramStats]
 

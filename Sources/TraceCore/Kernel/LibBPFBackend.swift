@@ -280,14 +280,6 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
-    func delete(map mapName: String, key: [UInt8]) throws(KernelError) {
-        try withMap(mapName, stage: .attach) { (layout) throws(KernelError) in
-            if bpf_map_delete_elem(layout.fd, key) != 0, errno != ENOENT {
-                throw KernelError(stage: .attach, errno: errno, operation: "delete from map \(mapName)")
-            }
-        }
-    }
-
     func programStats() -> [ProgramStats] {
         state.withLock { handle in
             guard let object = handle.object else { return [] }
