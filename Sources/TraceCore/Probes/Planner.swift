@@ -182,11 +182,25 @@ public struct Planner: Sendable {
                 AttachedProbe(flavour: flavour, hub: membership, boundTo: "syscall nr \(nr), slot \(membership.slot)")
             }
         }
-        var taskStorage = report.supports(.taskStorage)
+        return Self.loadAndAttach(flavour, taskStorage: report.supports(.taskStorage), facts: report.kernel,
+                                  backend: backend, reaper: reaper) { taskStorage in
+            Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: taskStorage, function: function)
+        }.map { made in
+            AttachedProbe(flavour: flavour, object: made.object, links: made.links, countsOnly: spec.target.type == .tracepoint,
+                          taskStorage: made.taskStorage, boundTo: Self.boundTo(made.recipe))
+        }
+    }
+
+    /// Loads the object of `make(taskStorage)` and attaches its programs in order. A kernel
+    /// that refuses task storage for the program type (EINVAL) gets the recipe again with a
+    /// thread-id hash instead; an attach that fails half-way is rolled back through the reaper.
+    static func loadAndAttach(_ flavour: Flavour, taskStorage: Bool, facts: KernelFacts, backend: any KernelBackend, reaper: Reaper,
+                              make: (_ taskStorage: Bool) -> Recipe)
+        -> Result<(object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, recipe: Recipe), AttachAttempt> {
+        var taskStorage = taskStorage
+        var recipe = make(taskStorage)
         var object: (any LoadedObject)?
-        var recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: taskStorage, function: function)
         var lastError: KernelError?
-        // Task storage may be refused for this program type: retry with a thread-id hash.
         for _ in 0..<2 where object == nil {
             do {
                 object = try backend.load(recipe.load)
@@ -194,12 +208,12 @@ public struct Planner: Sendable {
                 lastError = error
                 guard taskStorage, error.errno == EINVAL else { break }
                 taskStorage = false
-                recipe = Self.recipe(flavour, spec: spec, facts: report.kernel, taskStorage: false, function: function)
+                recipe = make(false)
             }
         }
         guard let object else {
             let error = lastError ?? KernelError(stage: .load, errno: 0, operation: "load")
-            return .failure(Self.failedAttempt(flavour, recipe.attachments.first?.mechanism ?? .tracepoint, error, report.kernel))
+            return .failure(failedAttempt(flavour, recipe.attachments.first?.mechanism ?? .tracepoint, error, facts))
         }
         var links: [any AttachedLink] = []
         for step in recipe.attachments {
@@ -207,11 +221,10 @@ public struct Planner: Sendable {
                 links.append(try object.attach(program: step.program, to: step.point))
             } catch {
                 reaper.dispose(links: links, objects: [object])  // roll back what this attempt made
-                return .failure(Self.failedAttempt(flavour, step.mechanism, error, report.kernel))
+                return .failure(failedAttempt(flavour, step.mechanism, error, facts))
             }
         }
-        return .success(AttachedProbe(flavour: flavour, object: object, links: links, countsOnly: spec.target.type == .tracepoint,
-                                      taskStorage: taskStorage, boundTo: Self.boundTo(recipe)))
+        return .success((object, links, taskStorage, recipe))
     }
 
     /// The kernel function or event a recipe binds to, for the attempt message.

@@ -82,7 +82,7 @@ public final class SyscallHub: Sendable {
                 return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: "EBUSY"))
             }
             if s.object == nil {
-                if case .failure(let attempt) = load(&s, report: report, mechanism: mechanism) { return .failure(attempt) }
+                if case .failure(let attempt) = load(&s, report: report) { return .failure(attempt) }
             }
             guard let object = s.object else { preconditionFailure("hub loaded without an object") }
             do throws(KernelError) {
@@ -156,51 +156,28 @@ public final class SyscallHub: Sendable {
 
     // MARK: Loading
 
-    private var programs: [(name: String, point: AttachPoint, loadTimeTarget: String?)] {
-        flavour == .tpBTF
+    /// The hub's object and programs for this flavour.
+    private func recipe(taskStorage: Bool) -> Planner.Recipe {
+        let mechanism: Mechanism = flavour == .tpBTF ? .tpBTF : .rawTracepoint
+        let programs: [(name: String, point: AttachPoint, loadTimeTarget: String?)] = flavour == .tpBTF
             ? [("hub_btf_enter", .loadTimeTarget, "sys_enter"), ("hub_btf_exit", .loadTimeTarget, "sys_exit")]
             : [("hub_raw_enter", .rawTracepoint(name: "sys_enter"), nil), ("hub_raw_exit", .rawTracepoint(name: "sys_exit"), nil)]
+        let load = LoadSpec(object: "syscall_hub", programs: programs.map { LoadSpec.Program($0.name, loadTimeTarget: $0.loadTimeTarget) },
+                            readOnly: ["use_task_storage": [taskStorage ? 1 : 0]],
+                            mapChanges: [
+                                "filters": .maxEntries(UInt32(slots)), "aggs": .maxEntries(UInt32(slots)),
+                                "procs": .maxEntries(UInt32(slots * Self.processesPerSlot)),
+                            ].merging(taskStorage ? [:] : ["starts": .taskStorageToHash(maxEntries: 16384)]) { a, _ in a })
+        return Planner.Recipe(load: load, attachments: programs.map { (program: $0.name, point: $0.point, mechanism: mechanism) })
     }
 
-    private func loadSpec(taskStorage: Bool) -> LoadSpec {
-        LoadSpec(object: "syscall_hub", programs: programs.map { LoadSpec.Program($0.name, loadTimeTarget: $0.loadTimeTarget) },
-                 readOnly: ["use_task_storage": [taskStorage ? 1 : 0]],
-                 mapChanges: [
-                    "filters": .maxEntries(UInt32(slots)), "aggs": .maxEntries(UInt32(slots)),
-                    "procs": .maxEntries(UInt32(slots * Self.processesPerSlot)),
-                 ].merging(taskStorage ? [:] : ["starts": .taskStorageToHash(maxEntries: 16384)]) { a, _ in a })
-    }
-
-    private func load(_ s: inout State, report: CapabilityReport, mechanism: Mechanism) -> Result<Void, AttachAttempt> {
-        var taskStorage = report.supports(.taskStorage)
-        var object: (any LoadedObject)?
-        var lastError: KernelError?
-        // Task storage may be refused for this program type: retry with a thread-id hash.
-        for _ in 0..<2 where object == nil {
-            do {
-                object = try backend.load(loadSpec(taskStorage: taskStorage))
-            } catch {
-                lastError = error
-                guard taskStorage, error.errno == EINVAL else { break }
-                taskStorage = false
-            }
+    private func load(_ s: inout State, report: CapabilityReport) -> Result<Void, AttachAttempt> {
+        Planner.loadAndAttach(flavour, taskStorage: report.supports(.taskStorage), facts: report.kernel, backend: backend,
+                              reaper: reaper, make: recipe(taskStorage:)).map { made in
+            s.object = made.object
+            s.links = made.links
+            s.taskStorage = made.taskStorage
         }
-        guard let object else {
-            return .failure(Planner.failedAttempt(flavour, mechanism, lastError ?? KernelError(stage: .load, errno: 0, operation: "load"), report.kernel))
-        }
-        var links: [any AttachedLink] = []
-        for program in programs {
-            do {
-                links.append(try object.attach(program: program.name, to: program.point))
-            } catch {
-                reaper.dispose(links: links, objects: [object])
-                return .failure(Planner.failedAttempt(flavour, mechanism, error, report.kernel))
-            }
-        }
-        s.object = object
-        s.links = links
-        s.taskStorage = taskStorage
-        return .success(())
     }
 
     private func drop(_ s: inout State) {
