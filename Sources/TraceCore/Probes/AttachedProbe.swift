@@ -71,7 +71,13 @@ public final class AttachedProbe: Sendable {
     public let taskStorage: Bool
     /// What it is bound to (kernel function, tracepoint, binary:symbol), when known.
     public let boundTo: String?
-    private let resources: Mutex<(object: (any LoadedObject)?, links: [any AttachedLink], hub: SyscallHub.Membership?)>
+    /// What the probe holds in the kernel.
+    enum Resources {
+        case own(object: any LoadedObject, links: [any AttachedLink])
+        case hub(SyscallHub.Membership)
+        case detached
+    }
+    private let resources: Mutex<Resources>
     private let recorded = Mutex<[AttachAttempt]>([])
 
     init(flavour: Flavour, object: any LoadedObject, links: [any AttachedLink], countsOnly: Bool, taskStorage: Bool,
@@ -80,7 +86,7 @@ public final class AttachedProbe: Sendable {
         self.countsOnly = countsOnly
         self.taskStorage = taskStorage
         self.boundTo = boundTo
-        resources = Mutex((object, links, nil))
+        resources = Mutex(.own(object: object, links: links))
     }
 
     init(flavour: Flavour, hub: SyscallHub.Membership, boundTo: String?) {
@@ -88,11 +94,11 @@ public final class AttachedProbe: Sendable {
         countsOnly = false
         taskStorage = hub.taskStorage
         self.boundTo = boundTo
-        resources = Mutex((nil, [], hub))
+        resources = Mutex(.hub(hub))
     }
 
     /// Whether the probe is a slot of a shared syscall hook.
-    public var isShared: Bool { resources.withLock { $0.hub != nil } }
+    public var isShared: Bool { resources.withLock { if case .hub = $0 { true } else { false } } }
 
     /// Every mechanism tried before this one attached, and this one.
     public internal(set) var attempts: [AttachAttempt] {
@@ -102,24 +108,27 @@ public final class AttachedProbe: Sendable {
 
     /// Detaches and frees everything, off the caller's path.
     public func detach(reaper: Reaper) {
-        let taken = resources.withLock { r -> ((any LoadedObject)?, [any AttachedLink], SyscallHub.Membership?) in
-            defer { r = (nil, [], nil) }
-            return (r.object, r.links, r.hub)
+        let taken = resources.withLock { r -> Resources in
+            defer { r = .detached }
+            return r
         }
-        if let hub = taken.2 { hub.hub.leave(hub) }
-        guard let object = taken.0 else { return }
-        reaper.dispose(links: taken.1, objects: [object])
+        switch taken {
+        case .own(let object, let links): reaper.dispose(links: links, objects: [object])
+        case .hub(let membership): membership.leave()
+        case .detached: break
+        }
     }
 
-    public var isAttached: Bool { resources.withLock { $0.object != nil || $0.hub != nil } }
+    public var isAttached: Bool { resources.withLock { if case .detached = $0 { false } else { true } } }
 
     /// Reads the probe's maps. Scrape cost depends on the number of maps, not on events;
     /// `topProcesses` 0 skips the process table.
     public func read(topProcesses: Int = 10) throws(KernelError) -> ProbeCounters {
-        let (own, hub) = resources.withLock { ($0.object, $0.hub) }
-        if let hub { return try hub.hub.read(hub, topProcesses: topProcesses) }
-        guard let object = own else {
-            throw KernelError(stage: .read, errno: 9, operation: "read a detached probe")
+        let object: any LoadedObject
+        switch resources.withLock({ $0 }) {
+        case .own(let own, _): object = own
+        case .hub(let membership): return try membership.read(topProcesses: topProcesses)
+        case .detached: throw KernelError(stage: .read, errno: 9, operation: "read a detached probe")
         }
         var counters = ProbeCounters()
         for entry in try object.readMap("stats") {

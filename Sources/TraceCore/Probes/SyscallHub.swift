@@ -58,6 +58,9 @@ public final class SyscallHub: Sendable {
         let nr: UInt32
         let generation: Int
         public let taskStorage: Bool
+
+        func leave() { hub.leave(self) }
+        func read(topProcesses: Int) throws(KernelError) -> ProbeCounters { try hub.read(self, topProcesses: topProcesses) }
     }
 
     /// The number of probes in the hub now.
