@@ -9,7 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "latency.h"
-#include "proc_table.h"
+#include "aggregate.h"
 
 /* Settings filled in before load. */
 const volatile u32 filter_tgid = 0;            /* 0: every process */
@@ -66,18 +66,6 @@ static __always_inline bool pass_filter(void)
 		}
 	}
 	return true;
-}
-
-static __always_inline u32 log2_slot(u64 v)
-{
-	u32 r = 0, shift;
-	shift = (v > 0xffffffffULL) << 5; v >>= shift; r |= shift;
-	shift = (v > 0xffff) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xff) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xf) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
 }
 
 static __always_inline void count_process(u32 tgid)

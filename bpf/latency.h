@@ -15,7 +15,7 @@ struct tp_stats {
 };
 
 /* Entry of a process table (map `procs`, an array): an open-addressing table keyed by
- * tgid, claimed with compare-and-swap (see proc_table.h). */
+ * tgid, claimed with compare-and-swap (see aggregate.h). */
 struct tp_proc {
 	__u32 tgid;       /* 0: free */
 	__u32 pad;

@@ -15,7 +15,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "latency.h"
-#include "proc_table.h"
+#include "aggregate.h"
 
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
 
@@ -73,18 +73,6 @@ static __always_inline struct hub_start *start_slot(bool create)
 		bpf_map_update_elem(&starts, &tid, &zero, BPF_ANY);
 	}
 	return bpf_map_lookup_elem(&starts, &tid);
-}
-
-static __always_inline u32 log2_slot(u64 v)
-{
-	u32 r = 0, shift;
-	shift = (v > 0xffffffffULL) << 5; v >>= shift; r |= shift;
-	shift = (v > 0xffff) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xff) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xf) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
 }
 
 static __always_inline bool comm_matches(const char *comm, const struct hub_filter *f)

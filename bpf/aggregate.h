@@ -1,12 +1,26 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Aggregation helpers shared by latency.bpf.c (a probe's own object) and syscall_hub.bpf.c. */
+#ifndef TRACEPLANE_AGGREGATE_H
+#define TRACEPLANE_AGGREGATE_H
+
+/* The log2 histogram slot of `v`: floor(log2(v)), 0 for 0 and 1. */
+static __always_inline u32 log2_slot(u64 v)
+{
+	u32 r = 0, shift;
+	shift = (v > 0xffffffffULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xffff) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xff) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xf) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
 /* Per-process call counts in an array map of struct tp_proc: a table of 2^bits entries
  * starting at `base`, open addressing keyed by tgid, entries claimed with compare-and-swap.
  * An array lookup is inlined by the verifier; the LRU hash it replaces cost about 25 ns
  * more per traced call. A process whose neighbourhood is full is counted in the totals
  * only (by_process then lists fewer processes). */
-#ifndef TRACEPLANE_PROC_TABLE_H
-#define TRACEPLANE_PROC_TABLE_H
-
 static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u32 tgid)
 {
 	u32 home = (tgid * 2654435761u) >> (32 - bits);
