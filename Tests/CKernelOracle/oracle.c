@@ -608,23 +608,31 @@ static oracle_outcome oracle_trial_finish(oracle_trial *t, void (*fire)(void))
     return o;
 }
 
-static oracle_outcome oracle_try_tracing(const char *btf_name, int kind, enum bpf_attach_type type)
+/// Loads a trial program and attaches it with BPF_RAW_TRACEPOINT_OPEN (`tp` NULL for programs
+/// bound at load time: fentry, fexit, tp_btf), then fires getpgid.
+static oracle_outcome oracle_try_raw_tp_open(enum bpf_prog_type prog_type, enum bpf_attach_type type, uint32_t btf_id,
+                                             const char *tp)
 {
-    int id = oracle_btf_id(btf_name, kind);
-    if (id < 0)
-        return oracle_outcome_make(ORACLE_STAGE_SETUP, id);
     oracle_trial t;
     int err = 0;
-    int stage = oracle_trial_load(&t, BPF_PROG_TYPE_TRACING, type, (uint32_t)id, &err);
+    int stage = oracle_trial_load(&t, prog_type, type, btf_id, &err);
     if (stage != ORACLE_STAGE_NONE)
         return oracle_outcome_make(stage, err);
-    int link = oracle_raw_tp_open(t.prog, NULL);
+    int link = oracle_raw_tp_open(t.prog, tp);
     if (link < 0) {
         oracle_trial_close(&t);
         return oracle_outcome_make(ORACLE_STAGE_ATTACH, link);
     }
     t.attach[0] = link;
     return oracle_trial_finish(&t, oracle_fire_getpgid);
+}
+
+static oracle_outcome oracle_try_tracing(const char *btf_name, int kind, enum bpf_attach_type type)
+{
+    int id = oracle_btf_id(btf_name, kind);
+    if (id < 0)
+        return oracle_outcome_make(ORACLE_STAGE_SETUP, id);
+    return oracle_try_raw_tp_open(BPF_PROG_TYPE_TRACING, type, (uint32_t)id, NULL);
 }
 
 oracle_outcome oracle_try_fentry(const char *func, int fexit)
@@ -641,18 +649,7 @@ oracle_outcome oracle_try_tp_btf(const char *tp)
 
 oracle_outcome oracle_try_raw_tracepoint(const char *tp)
 {
-    oracle_trial t;
-    int err = 0;
-    int stage = oracle_trial_load(&t, BPF_PROG_TYPE_RAW_TRACEPOINT, 0, 0, &err);
-    if (stage != ORACLE_STAGE_NONE)
-        return oracle_outcome_make(stage, err);
-    int link = oracle_raw_tp_open(t.prog, tp);
-    if (link < 0) {
-        oracle_trial_close(&t);
-        return oracle_outcome_make(ORACLE_STAGE_ATTACH, link);
-    }
-    t.attach[0] = link;
-    return oracle_trial_finish(&t, oracle_fire_getpgid);
+    return oracle_try_raw_tp_open(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, 0, tp);
 }
 
 /// Opens `attr` as a perf event, attaches the trial's program with PERF_EVENT_IOC_SET_BPF
