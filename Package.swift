@@ -30,6 +30,14 @@ let package = Package(
             name: "CMicroHTTPD",
             linkerSettings: [.linkedLibrary("microhttpd")]
         ),
+        // The map value layouts of bpf/include/traceplane/*.h, for Swift (bpf/layouts.c
+        // checks their sizes); the BPF programs include the same headers.
+        .target(
+            name: "CBPFLayouts",
+            path: "bpf",
+            sources: ["layouts.c"],
+            publicHeadersPath: "include"
+        ),
         // Compiles bpf/*.bpf.c with clang -target bpf and embeds the objects as Swift.
         .executableTarget(name: "BPFEmbed", swiftSettings: strict),
         .plugin(
@@ -45,7 +53,7 @@ let package = Package(
         .target(
             name: "TraceCore",
             dependencies: [
-                "CLibBPF", "BPFPrograms",
+                "CLibBPF", "CBPFLayouts", "BPFPrograms",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

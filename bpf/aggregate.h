@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* Aggregation helpers shared by latency.bpf.c (a probe's own object) and syscall_hub.bpf.c. */
+/* Aggregation helpers shared by latency.bpf.c (a probe's own object) and syscall_hub.bpf.c
+ * (BPF side only; the map layouts they write are in include/traceplane/). */
 #ifndef TRACEPLANE_AGGREGATE_H
 #define TRACEPLANE_AGGREGATE_H
 
@@ -16,11 +17,32 @@ static __always_inline u32 log2_slot(u64 v)
 	return r;
 }
 
+/* Offsets of `group_leader` and `comm` in struct task_struct, read from the kernel's BTF by
+ * user space once (no CO-RE relocation, so loading an object never parses vmlinux BTF);
+ * 0 when unknown, and the calling thread's comm is recorded instead. */
+const volatile u32 task_group_leader_offset = 0;
+const volatile u32 task_comm_offset = 0;
+
+/* The process's name: the thread-group leader's comm, not the calling thread's (threads
+ * rename themselves, e.g. "MHD-single"; a process table keyed by tgid names processes). */
+static __always_inline void process_comm(char *comm)
+{
+	if (task_group_leader_offset && task_comm_offset) {
+		u64 task = bpf_get_current_task();
+		u64 leader = 0;
+		if (bpf_probe_read_kernel(&leader, sizeof(leader), (void *)(task + task_group_leader_offset)) == 0 && leader &&
+		    bpf_probe_read_kernel(comm, TP_COMM_LEN, (void *)(leader + task_comm_offset)) == 0)
+			return;
+	}
+	bpf_get_current_comm(comm, TP_COMM_LEN);
+}
+
 /* Per-process call counts in an array map of struct tp_proc: a table of 2^bits entries
  * starting at `base`, open addressing keyed by tgid, entries claimed with compare-and-swap.
  * An array lookup is inlined by the verifier; the LRU hash it replaces cost about 25 ns
  * more per traced call. A process whose neighbourhood is full is counted in the totals
- * only (by_process then lists fewer processes). */
+ * only (by_process then lists fewer processes). The entry's name is the process's
+ * (see process_comm), read when the entry is claimed and refreshed now and then. */
 static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u32 tgid)
 {
 	u32 home = (tgid * 2654435761u) >> (32 - bits);
@@ -33,12 +55,18 @@ static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u3
 		if (owner == 0) {
 			owner = __sync_val_compare_and_swap(&p->tgid, 0, tgid);
 			if (owner == 0) {
-				bpf_get_current_comm(p->comm, sizeof(p->comm));
+				process_comm(p->comm);
 				owner = tgid;
 			}
 		}
 		if (owner == tgid) {
+			u64 n = p->calls + 1; /* a plain read: only decides when to refresh the name */
 			__sync_fetch_and_add(&p->calls, 1);
+			/* The name is read again at 2, 4, 8 … calls and then every 1,024th, so a
+			 * process that execs after its first traced call (fork, then exec) soon
+			 * shows its new name; a process that exited keeps the last one. */
+			if (n > 1 && ((n & (n - 1)) == 0 || (n & 1023) == 0))
+				process_comm(p->comm);
 			return;
 		}
 	}

@@ -32,8 +32,15 @@ static __always_inline int record_hit(void)
 SEC("fentry")
 int cap_fentry(void *ctx) { return record_hit(); }
 
+/* Calls bpf_get_func_ret as the probes' fexit program (lat_fexit) does: a kernel whose
+ * fexit programs cannot read the return value (before 5.17) must not report fexit usable. */
 SEC("fexit")
-int cap_fexit(void *ctx) { return record_hit(); }
+int cap_fexit(void *ctx)
+{
+	u64 ret = 0;
+	bpf_get_func_ret(ctx, &ret);
+	return record_hit();
+}
 
 SEC("kprobe")
 int cap_kprobe(void *ctx) { return record_hit(); }

@@ -8,7 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include "latency.h"
+#include "traceplane/probe.h"
 #include "aggregate.h"
 
 /* Settings filled in before load. */

@@ -14,7 +14,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include "latency.h"
+#include "traceplane/syscall_hub.h"
 #include "aggregate.h"
 
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */

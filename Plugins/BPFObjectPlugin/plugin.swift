@@ -3,15 +3,20 @@ import PackagePlugin
 
 /// Compiles every `bpf/*.bpf.c` of the package with the toolchain's clang (`-target bpf`),
 /// strips the DWARF (keeping `.BTF`/`.BTF.ext`, which CO-RE and BTF maps need), and embeds
-/// the objects into the target as generated Swift. SwiftPM does not compile plugin-generated
-/// C, so the object bytes travel as base64 literals.
+/// the objects into the target as generated Swift, with typed bindings of each object's
+/// programs, maps and globals (see BPFEmbed). SwiftPM does not compile plugin-generated C,
+/// so the object bytes travel as base64 literals.
 @main
 struct BPFObjectPlugin: BuildToolPlugin {
     func createBuildCommands(context: PluginContext, target: any Target) async throws -> [Command] {
         let bpfDir = context.package.directoryURL.appending(path: "bpf")
         let names = try FileManager.default.contentsOfDirectory(atPath: bpfDir.path()).sorted()
         let sources = names.filter { $0.hasSuffix(".bpf.c") }.map { bpfDir.appending(path: $0) }
+        // Headers: bpf/*.h (BPF only) and bpf/include/traceplane/*.h (shared with user space).
+        let sharedDir = bpfDir.appending(path: "include/traceplane")
+        let shared = ((try? FileManager.default.contentsOfDirectory(atPath: sharedDir.path())) ?? []).sorted()
         let headers = names.filter { $0.hasSuffix(".h") }.map { bpfDir.appending(path: $0) }
+            + shared.filter { $0.hasSuffix(".h") }.map { sharedDir.appending(path: $0) }
         guard !sources.isEmpty else {
             Diagnostics.error("no bpf/*.bpf.c sources found in \(bpfDir.path())")
             return []
@@ -39,7 +44,7 @@ struct BPFObjectPlugin: BuildToolPlugin {
                 executable: clang.url,
                 arguments: [
                     "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_\(arch)",
-                    "-Wall", "-Werror", "-I", bpfDir.path(),
+                    "-Wall", "-Werror", "-I", bpfDir.path(), "-I", bpfDir.appending(path: "include").path(),
                     "-c", source.path(), "-o", object.path(),
                 ],
                 inputFiles: [source] + headers,

@@ -31,10 +31,10 @@ public final class FakeKernel: KernelBackend, Sendable {
         public var attachError: KernelError?
         /// Whether an attached link of this program counts hits when its event fires.
         public var fires: Bool = true
-        /// Contents that `readMap(name)` returns for objects holding this program.
-        public var maps: [String: [MapEntry]] = [:]
-        /// Errors that `readMap(name)` throws for objects holding this program.
-        public var mapErrors: [String: KernelError] = [:]
+        /// Contents that `readMap(map)` returns for objects holding this program.
+        public var maps: [BPFMapID: [MapEntry]] = [:]
+        /// Errors that `readMap(map)` throws for objects holding this program.
+        public var mapErrors: [BPFMapID: KernelError] = [:]
         /// Run-time statistics reported by `programStats()`; nil reports the hit count as run count.
         public var stats: ProgramStats?
 
@@ -44,11 +44,11 @@ public final class FakeKernel: KernelBackend, Sendable {
     /// One call made into the fake, in the order the fake saw them.
     public enum Call: Sendable, Hashable {
         case load(LoadSpec)
-        case attach(object: Int, program: String, point: AttachPoint)
+        case attach(object: Int, program: BPFProgramID, point: AttachPoint)
         case fire(Trigger)
-        case readMap(object: Int, map: String)
-        case lookupMap(object: Int, map: String)
-        case updateMap(object: Int, map: String)
+        case readMap(object: Int, map: BPFMapID)
+        case lookupMap(object: Int, map: BPFMapID)
+        case updateMap(object: Int, map: BPFMapID)
         case programStats(object: Int)
         case closeLink(link: Int)
         case closeObject(object: Int)
@@ -65,30 +65,31 @@ public final class FakeKernel: KernelBackend, Sendable {
         public var hits: UInt64
         /// True when its owner dropped it without calling `close()`.
         public var droppedOpen: Bool
-        public var programs: [String] { spec.programs.map(\.name) }
+        public var programs: [BPFProgramID] { spec.programs.map(\.id) }
     }
 
     /// An attached link as the fake tracks it.
     public struct LinkRecord: Sendable, Hashable {
         public var id: Int
         public var object: Int
-        public var program: String
+        public var program: BPFProgramID
         public var point: AttachPoint
         public var isOpen: Bool
         public var droppedOpen: Bool
     }
 
     struct State {
-        var programs: [String: ProgramScript] = [:]
-        var objectLoadErrors: [String: KernelError] = [:]
+        var programs: [BPFProgramID: ProgramScript] = [:]
+        var objectLoadErrors: [BPFObjectID: KernelError] = [:]
         var pointAttachErrors: [AttachPoint: KernelError] = [:]
-        var objectMaps: [Int: [String: [MapEntry]]] = [:]
+        var objectMaps: [Int: [BPFMapID: [MapEntry]]] = [:]
         var objects: [Int: ObjectRecord] = [:]
         var links: [Int: LinkRecord] = [:]
         var calls: [Call] = []
         var nextID = 1
         var redundantCloses = 0
         var objectsClosedBeforeLinks: [Int] = []
+        var loadDelayMicroseconds: UInt32 = 0
     }
 
     let state = Mutex(State())
@@ -106,27 +107,27 @@ public final class FakeKernel: KernelBackend, Sendable {
     // MARK: Scripting
 
     /// Edits the script of `program`.
-    public func script(_ program: String, _ edit: (inout ProgramScript) -> Void) {
+    public func script(_ program: BPFProgramID, _ edit: (inout ProgramScript) -> Void) {
         state.withLock { edit(&$0.programs[program, default: ProgramScript()]) }
     }
 
     /// Makes loading any spec that contains `program` fail with `error`.
-    public func failLoad(_ program: String, with error: KernelError) {
+    public func failLoad(_ program: BPFProgramID, with error: KernelError) {
         script(program) { $0.loadError = error }
     }
 
     /// Makes loading any spec that contains `program` fail at stage `.load` with `errno`.
-    public func failLoad(_ program: String, errno: Int32, detail: String = "") {
+    public func failLoad(_ program: BPFProgramID, errno: Errno, detail: String = "") {
         failLoad(program, with: KernelError(stage: .load, errno: errno, operation: "load \(program)", detail: detail))
     }
 
     /// Makes loading any spec of embedded object `object` fail with `error`.
-    public func failLoad(object: String, with error: KernelError) {
+    public func failLoad(object: BPFObjectID, with error: KernelError) {
         state.withLock { $0.objectLoadErrors[object] = error }
     }
 
     /// Makes attaching `program` (to any point) fail at stage `.attach` with `errno`.
-    public func failAttach(_ program: String, errno: Int32, detail: String = "") {
+    public func failAttach(_ program: BPFProgramID, errno: Errno, detail: String = "") {
         script(program) {
             $0.attachError = KernelError(stage: .attach, errno: errno, operation: "attach \(program)", detail: detail)
         }
@@ -139,33 +140,39 @@ public final class FakeKernel: KernelBackend, Sendable {
     }
 
     /// Makes attaching any program to `point` fail at stage `.attach` with `errno`.
-    public func failAttach(at point: AttachPoint, errno: Int32, detail: String = "") {
+    public func failAttach(at point: AttachPoint, errno: Errno, detail: String = "") {
         failAttach(at: point, with: KernelError(stage: .attach, errno: errno, operation: "attach to \(point)", detail: detail))
     }
 
     /// Makes `program` attach but never count a hit (the kernel swallows the event).
-    public func neverFires(_ program: String) {
+    public func neverFires(_ program: BPFProgramID) {
         script(program) { $0.fires = false }
     }
 
     /// Sets what `readMap(map)` returns for every object holding `program`, from now on.
-    public func setMap(_ map: String, of program: String, to entries: [MapEntry]) {
+    public func setMap(_ map: BPFMapID, of program: BPFProgramID, to entries: [MapEntry]) {
         script(program) { $0.maps[map] = entries }
     }
 
     /// Makes `readMap(map)` throw `error` for every object holding `program`.
-    public func failMapRead(_ map: String, of program: String, with error: KernelError) {
+    public func failMapRead(_ map: BPFMapID, of program: BPFProgramID, with error: KernelError) {
         script(program) { $0.mapErrors[map] = error }
     }
 
     /// Sets the statistics `programStats()` reports for `program`.
-    public func setStats(_ stats: ProgramStats, of program: String) {
+    public func setStats(_ stats: ProgramStats, of program: BPFProgramID) {
         script(program) { $0.stats = stats }
     }
 
     /// Sets what `readMap(map)` returns for the live object `object` (overrides program scripts).
-    public func setMap(_ map: String, of object: FakeObject, to entries: [MapEntry]) {
+    public func setMap(_ map: BPFMapID, of object: FakeObject, to entries: [MapEntry]) {
         state.withLock { $0.objectMaps[object.id, default: [:]][map] = entries }
+    }
+
+    /// Makes every later `load` take `microseconds` (a slow kernel: lets tests interleave
+    /// operations that wait for an attach).
+    public func slowLoads(microseconds: UInt32) {
+        state.withLock { $0.loadDelayMicroseconds = microseconds }
     }
 
     // MARK: Observation
@@ -211,7 +218,7 @@ public final class FakeKernel: KernelBackend, Sendable {
     /// A sentence listing what is still open or was closed out of order; empty when clean.
     public var leakReport: String {
         var parts: [String] = []
-        for o in openObjects { parts.append("object #\(o.id) (\(o.spec.object): \(o.programs.joined(separator: ", "))) is open") }
+        for o in openObjects { parts.append("object #\(o.id) (\(o.spec.object): \(o.programs.map(\.name).joined(separator: ", "))) is open") }
         for l in openLinks { parts.append("link #\(l.id) (\(l.program) at \(l.point)) is open") }
         for id in objectsClosedBeforeTheirLinks { parts.append("object #\(id) was closed before its links") }
         return parts.joined(separator: "; ")
@@ -220,11 +227,13 @@ public final class FakeKernel: KernelBackend, Sendable {
     // MARK: KernelBackend
 
     public func load(_ spec: LoadSpec) throws(KernelError) -> any LoadedObject {
+        let delay = state.withLock { $0.loadDelayMicroseconds }
+        if delay > 0 { usleep(delay) }
         let outcome: Result<Int, KernelError> = state.withLock { s in
             s.calls.append(.load(spec))
             if let error = s.objectLoadErrors[spec.object] { return .failure(error) }
             for program in spec.programs {
-                if let error = s.programs[program.name]?.loadError { return .failure(error) }
+                if let error = s.programs[program.id]?.loadError { return .failure(error) }
             }
             let id = s.nextID
             s.nextID += 1
@@ -270,11 +279,11 @@ public final class FakeKernel: KernelBackend, Sendable {
         state.withLock { $0.calls.append(call) }
     }
 
-    func attach(object id: Int, program: String, point: AttachPoint) throws(KernelError) -> any AttachedLink {
+    func attach(object id: Int, program: BPFProgramID, point: AttachPoint) throws(KernelError) -> any AttachedLink {
         let outcome: Result<Int, KernelError> = state.withLock { s in
             s.calls.append(.attach(object: id, program: program, point: point))
             guard let object = s.objects[id], object.isOpen else {
-                return .failure(KernelError(stage: .attach, errno: EBADF, operation: "attach \(program) through closed object #\(id)"))
+                return .failure(KernelError(stage: .attach, errno: .EBADF, operation: "attach \(program) through closed object #\(id)"))
             }
             precondition(object.programs.contains(program),
                          "FakeKernel: object #\(id) (\(object.spec.object)) was not loaded with program \(program).")
@@ -290,17 +299,17 @@ public final class FakeKernel: KernelBackend, Sendable {
         }
     }
 
-    func readMap(object id: Int, map: String) throws(KernelError) -> [MapEntry] {
+    func readMap(object id: Int, map: BPFMapID) throws(KernelError) -> [MapEntry] {
         let outcome: Result<[MapEntry], KernelError> = state.withLock { s in
             s.calls.append(.readMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
-                return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
+                return .failure(KernelError(stage: .read, errno: .EBADF, operation: "read map \(map) of closed object #\(id)"))
             }
             let scripts = object.programs.compactMap { s.programs[$0] }
             if let error = scripts.lazy.compactMap({ $0.mapErrors[map] }).first { return .failure(error) }
             if let entries = s.objectMaps[id]?[map] { return .success(entries) }
             if let entries = scripts.lazy.compactMap({ $0.maps[map] }).first { return .success(entries) }
-            if map == "hits" {
+            if map == CapabilityBPF.Maps.hits {
                 let value = withUnsafeBytes(of: object.hits.littleEndian, Array.init)
                 return .success([MapEntry(key: [0, 0, 0, 0], values: [value])])
             }
@@ -310,18 +319,18 @@ public final class FakeKernel: KernelBackend, Sendable {
     }
 
     /// The object's current entries of `map` (its own copy once written, else the script).
-    private static func entries(_ s: State, object: ObjectRecord, map: String) -> [MapEntry] {
+    private static func entries(_ s: State, object: ObjectRecord, map: BPFMapID) -> [MapEntry] {
         if let entries = s.objectMaps[object.id]?[map] { return entries }
         return object.programs.compactMap { s.programs[$0] }.lazy.compactMap { $0.maps[map] }.first ?? []
     }
 
     /// Values of object `id`'s array map for keys `first ..< first + count`, back to back;
     /// keys never written or scripted read as zeros.
-    public func readArrayValues(object id: Int, map: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+    public func readArrayValues(object id: Int, map: BPFMapID, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
         let outcome: Result<[UInt8], KernelError> = state.withLock { s in
             s.calls.append(.readMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
-                return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
+                return .failure(KernelError(stage: .read, errno: .EBADF, operation: "read map \(map) of closed object #\(id)"))
             }
             if let error = object.programs.compactMap({ s.programs[$0]?.mapErrors[map] }).first { return .failure(error) }
             var values = [UInt8](repeating: 0, count: valueSize * count)
@@ -337,11 +346,11 @@ public final class FakeKernel: KernelBackend, Sendable {
     }
 
     /// One key of object `id`'s map, as `LoadedObject.lookup` would return it.
-    public func lookup(object id: Int, map: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+    public func lookup(object id: Int, map: BPFMapID, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
         let outcome: Result<[[UInt8]]?, KernelError> = state.withLock { s in
             s.calls.append(.lookupMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
-                return .failure(KernelError(stage: .read, errno: EBADF, operation: "read map \(map) of closed object #\(id)"))
+                return .failure(KernelError(stage: .read, errno: .EBADF, operation: "read map \(map) of closed object #\(id)"))
             }
             if let error = object.programs.compactMap({ s.programs[$0]?.mapErrors[map] }).first { return .failure(error) }
             return .success(Self.entries(s, object: object, map: map).first { $0.key == key }?.values)
@@ -350,11 +359,11 @@ public final class FakeKernel: KernelBackend, Sendable {
     }
 
     /// Sets one key of object `id`'s map.
-    public func update(object id: Int, map: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
+    public func update(object id: Int, map: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError) {
         let outcome: Result<Void, KernelError> = state.withLock { s in
             s.calls.append(.updateMap(object: id, map: map))
             guard let object = s.objects[id], object.isOpen else {
-                return .failure(KernelError(stage: .attach, errno: EBADF, operation: "update map \(map) of closed object #\(id)"))
+                return .failure(KernelError(stage: .attach, errno: .EBADF, operation: "update map \(map) of closed object #\(id)"))
             }
             var entries = Self.entries(s, object: object, map: map).filter { $0.key != key }
             entries.append(MapEntry(key: key, values: [value]))
@@ -370,7 +379,7 @@ public final class FakeKernel: KernelBackend, Sendable {
             guard let object = s.objects[id], object.isOpen else { return [] }
             return object.programs.map { name in
                 s.programs[name]?.stats
-                    ?? ProgramStats(name: name, id: UInt32(id), runTimeNanoseconds: object.hits * 100, runCount: object.hits)
+                    ?? ProgramStats(name: name.name, id: UInt32(id), runTimeNanoseconds: object.hits * 100, runCount: object.hits)
             }
         }
     }
@@ -428,23 +437,23 @@ public final class FakeObject: LoadedObject {
         self.id = id
     }
 
-    public func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink {
+    public func attach(program: BPFProgramID, to point: AttachPoint) throws(KernelError) -> any AttachedLink {
         try kernel.attach(object: id, program: program, point: point)
     }
 
-    public func readMap(_ name: String) throws(KernelError) -> [MapEntry] {
+    public func readMap(_ name: BPFMapID) throws(KernelError) -> [MapEntry] {
         try kernel.readMap(object: id, map: name)
     }
 
-    public func readArrayValues(map name: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+    public func readArrayValues(map name: BPFMapID, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
         try kernel.readArrayValues(object: id, map: name, first: first, count: count, valueSize: valueSize)
     }
 
-    public func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+    public func lookup(map name: BPFMapID, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
         try kernel.lookup(object: id, map: name, key: key)
     }
 
-    public func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
+    public func update(map name: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError) {
         try kernel.update(object: id, map: name, key: key, value: value)
     }
 
@@ -514,7 +523,7 @@ public final class FakeHost: HostEnvironment, Sendable {
     }
 
     /// Makes `check(feature)` fail at `stage` with `errno`.
-    public func failFeature(_ feature: Feature, errno: Int32, stage: KernelError.Stage = .load, operation: String? = nil) {
+    public func failFeature(_ feature: Feature, errno: Errno, stage: KernelStage = .load, operation: String? = nil) {
         failFeature(feature, with: KernelError(stage: stage, errno: errno, operation: operation ?? "check \(feature.rawValue)"))
     }
 
@@ -547,11 +556,12 @@ extension KernelFacts {
         syscallPrefix: String? = "__x64_",
         eventSources: [String] = ["breakpoint", "kprobe", "software", "tracepoint", "uprobe"],
         kprobeEvents: Bool = true,
-        privileged: Bool = true
+        privileged: Bool = true,
+        taskLayout: TaskLayout? = TaskLayout(groupLeader: 2384, comm: 3000)
     ) -> KernelFacts {
         KernelFacts(release: release, machine: machine, btf: btf, lockdown: lockdown, jit: jit, tracefs: tracefs,
                     bpffs: bpffs, syscallPrefix: syscallPrefix, eventSources: eventSources,
-                    kprobeEvents: kprobeEvents, privileged: privileged)
+                    kprobeEvents: kprobeEvents, privileged: privileged, taskLayout: taskLayout)
     }
 
     /// The development machines of DESIGN.md: Linux 6.18, BTF, lockdown `integrity`, no
@@ -569,11 +579,12 @@ extension FakeKernel {
     /// attach (EOPNOTSUPP); tracepoints, raw tracepoints, tp_btf, uprobes and perf events work.
     public static func developmentMachine(executablePath: String = "/usr/local/bin/traceplane") -> FakeKernel {
         let kernel = FakeKernel(facts: .developmentMachine(), executablePath: executablePath)
-        kernel.failLoad("cap_fentry", errno: EPERM)
-        kernel.failLoad("cap_fexit", errno: EPERM)
-        kernel.failAttach("cap_kprobe", errno: ENOENT)
-        kernel.failAttach("cap_kretprobe", errno: ENOENT)
-        kernel.failAttach("cap_kprobe_multi", errno: EOPNOTSUPP)
+        let p = CapabilityBPF.Programs.self
+        kernel.failLoad(p.capFentry, errno: .EPERM)
+        kernel.failLoad(p.capFexit, errno: .EPERM)
+        kernel.failAttach(p.capKprobe, errno: .ENOENT)
+        kernel.failAttach(p.capKretprobe, errno: .ENOENT)
+        kernel.failAttach(p.capKprobeMulti, errno: .EOPNOTSUPP)
         return kernel
     }
 }

@@ -1,10 +1,14 @@
 import CLibBPF
 import Foundation
 import Glibc
+import TraceCore
 
 /// What the kernel holds, seen through BPF_PROG_GET_NEXT_ID (not through our objects).
 public enum KernelCensus {
-    /// Our programs (lat_*/cnt_*/hub_*) loaded now but not in `before`, after giving the kernel up
+    /// The kernel's names of the probes' programs (BPF keeps 15 characters of a name).
+    static let probeProgramNames = Set((LatencyBPF.Programs.all + SyscallHubBPF.Programs.all).map { String($0.name.prefix(15)) })
+
+    /// Our probes' programs (latency.bpf.c, syscall_hub.bpf.c) loaded now but not in `before`, after giving the kernel up
     /// to 120 s to free closed programs: the kernel tears perf-event links down lazily
     /// (RCU grace periods), which under churn was seen to take about 40 s here.
     public static func settledPrograms(excluding before: Set<UInt32> = []) async -> Set<UInt32> {
@@ -12,10 +16,7 @@ public enum KernelCensus {
         let started = ContinuousClock.now
         defer { print("kernel released our programs after \(ContinuousClock.now - started) (left: \(leaked.count))") }
         for _ in 0..<1_200 {
-            leaked = programIDs().subtracting(before).filter {
-                let name = programName($0)
-                return name.hasPrefix("lat_") || name.hasPrefix("cnt_") || name.hasPrefix("hub_")
-            }
+            leaked = programIDs().subtracting(before).filter { probeProgramNames.contains(programName($0)) }
             if leaked.isEmpty { break }
             try? await Task.sleep(for: .milliseconds(100))
         }

@@ -49,19 +49,20 @@ struct BenchHook: AsyncParsableCommand {
             for object in objects { object.close() }
         }
         for name in hook == .tracepoint ? syscall : Array(syscall.prefix(1)) {
-            let steps: [(program: String, loadTimeTarget: String?, point: AttachPoint)]
+            let p = BenchBPF.Programs.self
+            let steps: [(program: BPFProgramID, loadTimeTarget: String?, point: AttachPoint)]
             switch hook {
             case .tracepoint:
-                steps = [("bench_sys_enter", nil, .tracepoint(category: "syscalls", name: "sys_enter_\(name)")),
-                         ("bench_sys_exit", nil, .tracepoint(category: "syscalls", name: "sys_exit_\(name)"))]
+                steps = [(p.benchSysEnter, nil, .tracepoint(category: "syscalls", name: "sys_enter_\(name)")),
+                         (p.benchSysExit, nil, .tracepoint(category: "syscalls", name: "sys_exit_\(name)"))]
             case .tpBTF:
-                steps = [("bench_btf_sys_enter", "sys_enter", .loadTimeTarget), ("bench_btf_sys_exit", "sys_exit", .loadTimeTarget)]
+                steps = [(p.benchBtfSysEnter, "sys_enter", .loadTimeTarget), (p.benchBtfSysExit, "sys_exit", .loadTimeTarget)]
             case .rawTracepoint:
-                steps = [("bench_raw_sys_enter", nil, .rawTracepoint(name: "sys_enter")),
-                         ("bench_raw_sys_exit", nil, .rawTracepoint(name: "sys_exit"))]
+                steps = [(p.benchRawSysEnter, nil, .rawTracepoint(name: "sys_enter")),
+                         (p.benchRawSysExit, nil, .rawTracepoint(name: "sys_exit"))]
             }
             do {
-                let object = try backend.load(LoadSpec(object: "bench", programs: steps.map { .init($0.program, loadTimeTarget: $0.loadTimeTarget) }))
+                let object = try backend.load(LoadSpec(object: BenchBPF.object, programs: steps.map { .init($0.program, loadTimeTarget: $0.loadTimeTarget) }))
                 objects.append(object)
                 for step in steps { links.append(try object.attach(program: step.program, to: step.point)) }
             } catch {

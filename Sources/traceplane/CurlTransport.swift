@@ -22,7 +22,8 @@ enum CurlTransport {
             "proto = \"=https\"",
             "max-time = \(String(format: "%.3f", max(timeout, 0.001)))",
             "silent", "show-error",
-            "write-out = \"\\n%{http_code}\"",
+            // The outcome header of a PUT, then the status, on lines of their own after the body.
+            "write-out = \"\\n%header{probe-outcome}\\n%{http_code}\"",
         ]
         if let token { config.append("header = \(quote("Authorization: Bearer \(token)"))") }
         if let body {
@@ -38,12 +39,14 @@ enum CurlTransport {
             run.terminate()
         }
         guard status == 0, let newline = output.lastIndex(of: UInt8(ascii: "\n")),
-              let code = Int(String(decoding: output[output.index(after: newline)...], as: UTF8.self)) else {
+              let code = Int(String(decoding: output[output.index(after: newline)...], as: UTF8.self)),
+              let previous = output[..<newline].lastIndex(of: UInt8(ascii: "\n")) else {
             let message = String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             throw .init(description: message.isEmpty ? "curl exited with status \(status)" : message,
                         retryable: retryableExits.contains(status))
         }
-        return AgentClient.Reply(status: code, body: Data(output[..<newline]))
+        let outcome = String(decoding: output[output.index(after: previous)..<newline], as: UTF8.self)
+        return AgentClient.Reply(status: code, headers: outcome.isEmpty ? [:] : ["probe-outcome": outcome], body: Data(output[..<previous]))
     }
 
     /// A double-quoted curl config string.

@@ -51,9 +51,10 @@ struct ProbeCommand: AsyncParsableCommand {
                                  ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels)
             let reply = try await connection.client().send("PUT", "/v1/probes/\(name)", body: try JSONEncoder().encode(spec))
             let probe = try reply.decode(Probe.self)
-            print("\(reply.status == 201 ? "created" : "updated") \(probe.name): \(probe.spec.target.label) via \(probe.mechanism ?? "nothing") (generation \(probe.generation))")
+            let outcome = reply.headers[AgentAPI.outcomeHeader.lowercased()] ?? (reply.status == 201 ? "created" : "updated")
+            print("\(outcome) \(probe.name): \(probe.spec.target.label) via \(probe.mechanism?.rawValue ?? "nothing") (generation \(probe.generation))")
             for attempt in probe.attempts where attempt.outcome != .attached {
-                print("  tried \(attempt.mechanism): \(attempt.outcome.rawValue)\(attempt.errno.map { " \($0)" } ?? "") — \(attempt.message)")
+                print("  tried \(attempt.flavour.rawValue): \(attempt.outcome.rawValue)\(attempt.errno.map { " \($0.name)" } ?? "") — \(attempt.message)")
             }
         }
     }
@@ -68,7 +69,8 @@ struct ProbeCommand: AsyncParsableCommand {
             if json { print(reply.text); return }
             let list = try reply.decode(ProbeList.self)
             let rows = list.probes.map { p in
-                [p.name, p.spec.target.label, p.mechanism ?? "-", p.state, "\(p.generation)", p.expiresAt.map(ReportJSON.rfc3339) ?? "-"]
+                [p.name, p.spec.target.label, p.mechanism?.rawValue ?? "-", p.state.rawValue, "\(p.generation)",
+                 p.expiresAt.map(ReportJSON.rfc3339) ?? "-"]
             }
             print(TextTable.render(header: ["NAME", "TARGET", "MECHANISM", "STATE", "GEN", "EXPIRES"], rows: rows))
         }
@@ -120,6 +122,8 @@ struct AgentClient: Sendable {
 
     struct Reply {
         var status: Int
+        /// Response headers, by lowercased name.
+        var headers: [String: String] = [:]
         var body: Data
         var text: String { String(decoding: body, as: UTF8.self) }
 
@@ -158,7 +162,11 @@ struct AgentClient: Sendable {
         }
         do {
             let (data, response) = try await URLSession.shared.data(for: request)
-            return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: data)
+            var headers: [String: String] = [:]
+            for (name, value) in (response as? HTTPURLResponse)?.allHeaderFields ?? [:] {
+                if let name = name as? String, let value = value as? String { headers[name.lowercased()] = value }
+            }
+            return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, headers: headers, body: data)
         } catch {
             let retryable: Bool
             if let error = error as? URLError {

@@ -53,57 +53,30 @@ struct Serve: AsyncParsableCommand {
             throw StartupError("refusing to listen on \(host): anyone who can reach it could load BPF programs. Give an admin token with --token-file (and optionally --read-token-file), or listen on 127.0.0.1 or ::1.")
         }
         let tls = try loadTLS()
-        let state: StateStore?
-        do { state = try stateDir.map { try StateStore(directory: $0) } } catch { throw StartupError("\(error)") }
         let probeFile: [ProbeSpec]
         do { probeFile = try probes.map { try ProbeFile.load($0) } ?? [] } catch { throw StartupError("\(error)") }
+        let configuration = AgentService.Configuration(
+            core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: try kernel.disabled(), stateDirectory: stateDir,
+                                    probeFile: probeFile),
+            host: host, port: port, tls: tls, tokens: tokens, bpfStats: bpfStats)
+        let service: AgentService
+        do { service = try AgentService(configuration, logger: logger) } catch { throw StartupError("\(error)") }
 
-        // Per-probe BPF run time needs kernel BPF stats: with --bpf-stats, on for the agent's
-        // lifetime only (through an fd, never the global sysctl). Off by default: they are
-        // host-wide and cost every BPF program run two clock reads (BENCHMARKS.md).
-        let statsFD = bpfStats ? tp_enable_runtime_stats() : -1
-        if bpfStats, statsFD < 0 {
-            logger.warning("BPF run-time stats unavailable (\(errnoName(-statsFD))): probe overhead will read 0")
+        // The service runs until cancelled; SIGTERM or SIGINT cancels it.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do { try await service.run() } catch { throw StartupError("cannot listen on \(listen): \(error)") }
+            }
+            group.addTask {
+                let signal = await SignalWaiter.wait(for: [SIGTERM, SIGINT])
+                if !Task.isCancelled { logger.notice("received signal \(signal): detaching every probe and exiting") }
+            }
+            defer { group.cancelAll() }
+            // The first child to end (the signal, or a service that could not listen) ends both.
+            try await group.next()
+            group.cancelAll()
+            try await group.waitForAll()
         }
-        defer { if statsFD >= 0 { close(statsFD) } }
-
-        let backend = LibBPFBackend(logger: Logger(label: "traceplane.libbpf"))
-        // The prober has a reaper of its own: a refresh then waits for its own programs to be
-        // detached (see CapabilityStore.refresh), not for probes deleted meanwhile.
-        let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: try kernel.disabled(), reaper: Reaper()))
-        let manager = ProbeManager(planner: Planner(backend: backend, hubSlots: maxProbes), maxProbes: maxProbes, state: state,
-                                   report: { await store.current })
-        await manager.startExpiry()
-        let requestCounter = HTTPRequestCounter()
-        let exporter = PrometheusExporter(probes: manager, capabilities: store, requests: requestCounter,
-                                          build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"))
-        // Ready once capabilities are probed and saved probes and the probe file are applied.
-        let startupDone = Atomic<Bool>(false)
-        let api = AgentAPI(capabilities: store, probes: manager, metrics: { await exporter.scrape() },
-                           startupDone: { startupDone.load(ordering: .acquiring) })
-        let responder: any HTTPResponder = tokens.enabled ? BearerAuth(tokens: tokens, next: api.router()) : api.router()
-        let server = HTTPServer(configuration: .init(host: host, port: port, tls: tls), responder: responder,
-                                requestCounter: requestCounter, logger: Logger(label: "traceplane.http"))
-        do {
-            try server.start()
-        } catch {
-            throw StartupError("cannot listen on \(listen): \(error)")
-        }
-        logger.notice("listening on \(listen.contains("]") ? "[\(host)]" : host):\(server.port)\(tls == nil ? "" : " (HTTPS)")\(tokens.enabled ? " with bearer tokens" : "")")
-        Task {
-            let report = await store.refresh()
-            logger.notice("capabilities probed in \(Int(report.durationMilliseconds)) ms: \(report.mechanisms.filter { $0.status == .supported }.map(\.name).joined(separator: ", ")) supported")
-            if let state { await Self.restore(from: state, into: manager, logger: logger) }
-            for spec in probeFile { await Self.apply(spec, to: manager, logger: logger) }
-            startupDone.store(true, ordering: .releasing)
-        }
-
-        let signal = await SignalWaiter.wait(for: [SIGTERM, SIGINT])
-        logger.notice("received signal \(signal): detaching every probe and exiting")
-        server.stop()
-        await manager.removeAll()
-        state?.flush()
-        Reaper.shared.drain()
     }
 
     /// libbpf reads the kernel's BTF (about 5 MB here) in one block for every load that
@@ -149,36 +122,6 @@ struct Serve: AsyncParsableCommand {
             return .init(certificatePEM: certificate, privateKeyPEM: privateKey)
         default:
             throw ValidationError("--tls-cert and --tls-key go together")
-        }
-    }
-
-    /// Re-plans saved probes and reports each one.
-    static func restore(from state: StateStore, into manager: ProbeManager, logger: Logger) async {
-        switch state.load() {
-        case .none:
-            logger.info("no saved probes in \(state.directory)")
-        case .corrupt(let reason, let keptAt):
-            logger.error("the state file \(state.path) is corrupt or unreadable (\(reason)); \(keptAt.map { "kept aside as \($0)" } ?? "left in place"); starting with no saved probes")
-        case .loaded(let saved):
-            for outcome in await manager.restore(saved) {
-                if let probe = outcome.probe, probe.state == "active" {
-                    logger.notice("restored probe \(outcome.name) via \(probe.mechanism ?? "?")")
-                } else {
-                    let attempts = outcome.probe?.attempts.map { "\($0.mechanism) \($0.outcome.rawValue)\($0.errno.map { " \($0)" } ?? "")" } ?? []
-                    logger.error("could not restore probe \(outcome.name): \(outcome.problem ?? "unknown reason")\(attempts.isEmpty ? "" : " [\(attempts.joined(separator: ", "))]")")
-                }
-            }
-        }
-    }
-
-    /// Applies one spec of the --probes file, like a PUT.
-    static func apply(_ spec: ProbeSpec, to manager: ProbeManager, logger: Logger) async {
-        guard let name = spec.name else { return }
-        do {
-            let (probe, outcome) = try await manager.put(name: name, spec: spec)
-            logger.notice("probe file: \(name) \(outcome == .created ? "created" : outcome == .unchanged ? "unchanged" : "replaced") via \(probe.mechanism ?? "?")")
-        } catch {
-            logger.error("probe file: \(name) not applied: \(error.detail)")
         }
     }
 }

@@ -34,25 +34,21 @@ struct Trace: AsyncParsableCommand {
         let spec = ProbeSpec(name: "trace", target: try TargetParser.parse(target),
                              mechanisms: mechanism.isEmpty ? nil : mechanism,
                              filter: pid == nil && comm == nil ? nil : ProbeFilter(pid: pid, comm: comm))
-        let backend = LibBPFBackend()
-        let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: try kernel.disabled()))
-        let report = await store.refresh()
-        let manager = ProbeManager(planner: Planner(backend: backend), report: { report })
-        let probe: Probe
-        do {
-            probe = try await manager.create(spec).0
-        } catch {
-            FileHandle.standardError.write(Data("traceplane: \(error.detail)\n".utf8))
-            for a in error.attempts {
-                FileHandle.standardError.write(Data("  \(a.mechanism): \(a.outcome.rawValue) at \(a.stage ?? "-") \(a.errno ?? "") — \(a.message)\n".utf8))
+        let metrics = try await TracingCore.run(CoreConfiguration(disabledMechanisms: try kernel.disabled())) { core in
+            let probe: Probe
+            do throws(ProbeError) {
+                probe = try await core.probes.create(spec).0
+            } catch {
+                FileHandle.standardError.write(Data("traceplane: \(error.detail)\n".utf8))
+                for a in error.attempts {
+                    FileHandle.standardError.write(Data("  \(a.flavour.rawValue): \(a.outcome.rawValue) at \(a.stage?.rawValue ?? "-") \(a.errno?.name ?? "") — \(a.message)\n".utf8))
+                }
+                throw ExitCode(error.kind == .invalid ? 2 : 1)
             }
-            throw ExitCode(error.kind == .invalid ? 2 : 1)
+            FileHandle.standardError.write(Data("Tracing \(spec.target.label) via \(probe.mechanism?.rawValue ?? "nothing") for \(duration)… Ctrl-C to stop early.\n".utf8))
+            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            return try await core.probes.metrics("trace")
         }
-        FileHandle.standardError.write(Data("Tracing \(spec.target.label) via \(probe.mechanism ?? "nothing") for \(duration)… Ctrl-C to stop early.\n".utf8))
-        try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-        let metrics = try await manager.metrics("trace")
-        await manager.removeAll()
-        Reaper.shared.drain()
         if json {
             print(String(decoding: try ReportJSON.encode(metrics), as: UTF8.self))
         } else {

@@ -6,37 +6,37 @@ import TraceCore
 import FoundationNetworking
 #endif
 
-/// The real agent wiring (libbpf backend, capability store, probe manager, API router,
-/// libmicrohttpd server) on 127.0.0.1 with an ephemeral port.
+/// The real agent (``AgentService``: libbpf backend, capability store, probe manager, API
+/// router, libmicrohttpd server) on 127.0.0.1 with an ephemeral port, run exactly as
+/// `serve` runs it.
 final class AgentHarness: Sendable {
-    let store: CapabilityStore
-    let manager: ProbeManager
-    let server: HTTPServer
+    let service: AgentService
+    let running: Task<Void, any Error>
+    var store: CapabilityStore { service.core.capabilities }
+    var manager: ProbeManager { service.core.probes }
+    var server: HTTPServer { service.server }
     let base: String
 
     /// With `tokens`, requests need a bearer token (``BearerAuth``); with `tls`, it serves
-    /// HTTPS; `disabled` switches mechanisms off as `--disable-mechanism` does.
-    init(maxProbes: Int = 256, metrics: (@Sendable () async -> HTTPResponse)? = nil,
-         tokens: AccessTokens? = nil, tls: HTTPServer.Configuration.TLS? = nil, disabled: Set<Mechanism> = []) async throws {
-        let backend = LibBPFBackend()
-        let store = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: disabled))
-        _ = await store.refresh()
-        let manager = ProbeManager(planner: Planner(backend: backend), maxProbes: maxProbes, report: { await store.current })
-        await manager.startExpiry()
-        let api = AgentAPI(capabilities: store, probes: manager, metrics: metrics)
-        let responder: any HTTPResponder = if let tokens { BearerAuth(tokens: tokens, next: api.router()) } else { api.router() }
-        let server = HTTPServer(configuration: .init(host: "127.0.0.1", port: 0, tls: tls), responder: responder)
-        try server.start()
-        self.store = store
-        self.manager = manager
-        self.server = server
-        base = "\(tls == nil ? "http" : "https")://127.0.0.1:\(server.port)"
+    /// HTTPS; `disabled` switches mechanisms off as `--disable-mechanism` does. Returns once
+    /// the agent is ready (capabilities probed, saved probes restored).
+    init(maxProbes: Int = 256, tokens: AccessTokens? = nil, tls: HTTPServer.Configuration.TLS? = nil,
+         disabled: Set<Mechanism> = [], stateDirectory: String? = nil) async throws {
+        let configuration = AgentService.Configuration(
+            core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: disabled, stateDirectory: stateDirectory),
+            host: "127.0.0.1", port: 0, tls: tls, tokens: tokens ?? AccessTokens(admin: nil, readOnly: nil))
+        let service = try AgentService(configuration)
+        self.service = service
+        running = Task { try await service.run() }
+        let port = try await service.listeningPort()
+        base = "\(tls == nil ? "http" : "https")://127.0.0.1:\(port)"
+        try await service.waitUntilStarted()
     }
 
+    /// Stops it as SIGTERM stops `serve`: everything detached, the kernel's objects released.
     func stop() async {
-        server.stop()
-        await manager.removeAll()
-        Reaper.shared.drain()
+        running.cancel()
+        _ = await running.result
     }
 
     struct Reply: Sendable {

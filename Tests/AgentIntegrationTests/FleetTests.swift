@@ -69,7 +69,7 @@ struct FleetTests {
                 let row = try #require(table.row(agent.base, name), "no row for \(agent.base) \(name):\n\(applied.stdout)")
                 let probe = try await agent.manager.get(name)
                 #expect(row["STATE"] == "created")
-                #expect(row["MECHANISM"] == probe.mechanism, "the table shows what the node chose")
+                #expect(row["MECHANISM"] == probe.mechanism?.rawValue, "the table shows what the node chose")
                 #expect(row["ERROR"] == "-")
                 #expect(probe.generation == 1)
             }

@@ -24,7 +24,7 @@ struct ProbeAPITests {
         let attempts = try #require(probe["attempts"] as? [[String: Any]])
         let report = await agent.store.current!
         let chosen = try #require(probe["mechanism"] as? String)
-        #expect(chosen == report.chains["syscall"]?.first { $0.usable }?.mechanism)
+        #expect(chosen == report.chains["syscall"]?.first { $0.usable }?.mechanism.rawValue)
         #expect(attempts.last?["outcome"] as? String == "attached")
         for failed in attempts.dropLast() {
             #expect(failed["outcome"] as? String != "attached")

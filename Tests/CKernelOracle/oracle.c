@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -784,4 +785,46 @@ oracle_outcome oracle_try_uprobe(int retprobe)
 oracle_outcome oracle_try_kprobe(const char *func, int retprobe)
 {
     return oracle_try_pmu_probe("kprobe", retprobe, (uint64_t)(uintptr_t)func, 0, -1, 0, oracle_fire_getpgid);
+}
+
+// MARK: process names and task_struct
+
+int oracle_set_thread_name(const char *name)
+{
+	return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+static long member_offset(const struct btf *btf, const struct btf_type *t, const char *member, int depth)
+{
+	if (depth > 8)
+		return -ENOENT;
+	const struct btf_member *m = btf_members(t);
+	for (int i = 0; i < btf_vlen(t); i++, m++) {
+		long bits = btf_member_bit_offset(t, i);
+		const char *name = btf__name_by_offset(btf, m->name_off);
+		if (name && strcmp(name, member) == 0)
+			return bits % 8 == 0 ? bits / 8 : -EINVAL;
+		if (name && name[0] == 0) {
+			const struct btf_type *inner = btf__type_by_id(btf, btf__resolve_type(btf, m->type));
+			if (inner && (btf_is_struct(inner) || btf_is_union(inner))) {
+				long found = member_offset(btf, inner, member, depth + 1);
+				if (found >= 0)
+					return bits / 8 + found;
+			}
+		}
+	}
+	return -ENOENT;
+}
+
+long oracle_task_struct_offset(const char *member)
+{
+	struct btf *btf = btf__load_vmlinux_btf();
+	if (!btf)
+		return -errno;
+	long result = -ENOENT;
+	int id = btf__find_by_name_kind(btf, "task_struct", BTF_KIND_STRUCT);
+	if (id > 0)
+		result = member_offset(btf, btf__type_by_id(btf, id), member, 0);
+	btf__free(btf);
+	return result;
 }

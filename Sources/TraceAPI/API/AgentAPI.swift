@@ -29,6 +29,9 @@ public struct AgentAPI: Sendable {
             if let startupDone, !startupDone() {
                 return .problem(Problem.serviceUnavailable(detail: "Saved probes and the probe file are still being applied."))
             }
+            if let stateProblem = probes.stateProblem {
+                return .problem(Problem.serviceUnavailable(detail: "Not ready for changes: \(stateProblem)."), headers: ["Retry-After": "1"])
+            }
             return .json(["status": "ready"])
         }
         router.get("/v1/capabilities") { _, _ in .json(await capabilities.get()) }
@@ -37,28 +40,28 @@ public struct AgentAPI: Sendable {
         router.post("/v1/probes") { request, _ in
             await Self.write(request) { spec in
                 let (probe, created) = try await probes.create(spec)
-                return (probe, created ? .created : .ok)
+                return (probe, created ? .created : .ok, [:])
             }
         }
         router.put("/v1/probes/{name}") { request, params in
             await Self.write(request) { spec in
                 let (probe, outcome) = try await probes.put(name: params["name"] ?? "", spec: spec)
-                return (probe, outcome == .created ? .created : .ok)
+                return (probe, outcome == .created ? .created : .ok, [Self.outcomeHeader: outcome.rawValue])
             }
         }
         router.get("/v1/probes/{name}") { _, params in
-            do { return .json(try await probes.get(params["name"] ?? "")) } catch { return .problem(Self.problem(error)) }
+            do { return .json(try await probes.get(params["name"] ?? "")) } catch { return Self.response(error) }
         }
         router.delete("/v1/probes/{name}") { _, params in
             do {
                 try await probes.delete(params["name"] ?? "")
                 return .empty()
             } catch {
-                return .problem(Self.problem(error))
+                return Self.response(error)
             }
         }
         router.get("/v1/probes/{name}/metrics") { _, params in
-            do { return .json(try await probes.metrics(params["name"] ?? "")) } catch { return .problem(Self.problem(error)) }
+            do { return .json(try await probes.metrics(params["name"] ?? "")) } catch { return Self.response(error) }
         }
         if let metrics {
             router.get("/metrics", { _, _ in await metrics() })
@@ -66,10 +69,27 @@ public struct AgentAPI: Sendable {
         return router
     }
 
-    static func problem(_ error: any Error) -> Problem {
-        if let error = error as? ProbeError { return problem(error) }
-        if let problem = error as? Problem { return problem }
-        return Problem.internalError(detail: "\(error)")
+    /// The response header that says how a PUT ended: `created`, `unchanged` or `replaced`.
+    public static let outcomeHeader = "Probe-Outcome"
+
+    /// Seconds a client should wait before retrying a 503 or 507 of the probe API.
+    static func retryAfter(_ error: ProbeError) -> Int? {
+        switch error.kind {
+        case .exhausted, .notSaved: 5
+        case .unavailable: 1
+        default: nil
+        }
+    }
+
+    /// The problem response for any error of a handler: probe errors with `Retry-After`
+    /// where waiting helps.
+    static func response(_ error: any Error) -> HTTPResponse {
+        guard let error = error as? ProbeError else {
+            if let problem = error as? Problem { return .problem(problem) }
+            return .problem(Problem.internalError(detail: "\(error)"))
+        }
+        let headers: HTTPHeaders = retryAfter(error).map { ["Retry-After": String($0)] } ?? [:]
+        return .problem(problem(error), headers: headers)
     }
 
     /// The problem+json for a probe error.
@@ -85,6 +105,14 @@ public struct AgentAPI: Sendable {
             return Problem(slug: "too-many-probes", title: "Too Many Probes", status: .tooManyRequests, detail: error.detail)
         case .attachFailed:
             return attachFailed(detail: error.detail, attempts: error.attempts)
+        case .exhausted:
+            return Problem(slug: "agent-resources-exhausted", title: "Agent Out Of Resources", status: .serviceUnavailable,
+                           detail: error.detail, extensions: ["attempts": .array(error.attempts.map(attemptJSON))])
+        case .notSaved:
+            let full = error.errno == .ENOSPC || error.errno == .EDQUOT
+            return Problem(slug: "state-not-saved", title: full ? "Insufficient Storage" : "State Not Saved",
+                           status: full ? .insufficientStorage : .serviceUnavailable, detail: error.detail,
+                           extensions: ["errno": error.errno.map { .string($0.name) } ?? .null])
         case .unavailable:
             return Problem.serviceUnavailable(detail: error.detail)
         }
@@ -94,23 +122,27 @@ public struct AgentAPI: Sendable {
 extension AgentAPI {
     /// The 422 problem when no mechanism attached: `attempts` lists every one tried.
     static func attachFailed(detail: String, attempts: [AttachAttempt]) -> Problem {
-        let attempts: [JSONValue] = attempts.map { a in
-            .object(["mechanism": .string(a.mechanism), "outcome": .string(a.outcome.rawValue),
-                     "stage": a.stage.map(JSONValue.string) ?? .null, "errno": a.errno.map(JSONValue.string) ?? .null,
-                     "message": .string(a.message)])
-        }
-        return Problem(slug: "attach-failed", title: "No Mechanism Could Attach", status: .unprocessableContent,
-                       detail: detail, extensions: ["attempts": .array(attempts)])
+        Problem(slug: "attach-failed", title: "No Mechanism Could Attach", status: .unprocessableContent,
+                detail: detail, extensions: ["attempts": .array(attempts.map(attemptJSON))])
     }
 
-    /// Decodes a probe spec from `request`, applies it, and answers with the probe and a
-    /// `Location` header, or the problem.
-    static func write(_ request: HTTPRequest, _ apply: (ProbeSpec) async throws -> (Probe, HTTPStatus)) async -> HTTPResponse {
+    /// An attempt as the problem's `attempts` member shows it (as in a Probe's `attempts`).
+    static func attemptJSON(_ a: AttachAttempt) -> JSONValue {
+        .object(["mechanism": .string(a.flavour.rawValue), "outcome": .string(a.outcome.rawValue),
+                 "stage": a.stage.map { .string($0.rawValue) } ?? .null, "errno": a.errno.map { .string($0.name) } ?? .null,
+                 "message": .string(a.message)])
+    }
+
+    /// Decodes a probe spec from `request`, applies it, and answers with the probe, a
+    /// `Location` header and the extra headers `apply` returns, or the problem.
+    static func write(_ request: HTTPRequest, _ apply: (ProbeSpec) async throws -> (Probe, HTTPStatus, HTTPHeaders)) async -> HTTPResponse {
         do {
-            let (probe, status) = try await apply(try SpecDecoder.decode(request.body))
-            return .json(status: status, probe, headers: ["Location": "/v1/probes/\(probe.name)"])
+            let (probe, status, extra) = try await apply(try SpecDecoder.decode(request.body))
+            var headers = extra
+            headers["Location"] = "/v1/probes/\(probe.name)"
+            return .json(status: status, probe, headers: headers)
         } catch {
-            return .problem(problem(error))
+            return response(error)
         }
     }
 }

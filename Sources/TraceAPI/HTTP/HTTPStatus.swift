@@ -39,6 +39,7 @@ public struct HTTPStatus: RawRepresentable, Hashable, Comparable, Sendable,
     public static let internalServerError: HTTPStatus = 500
     public static let notImplemented: HTTPStatus = 501
     public static let serviceUnavailable: HTTPStatus = 503
+    public static let insufficientStorage: HTTPStatus = 507
 
     /// The RFC 9110 reason phrase, or a generic one for unregistered codes.
     public var reasonPhrase: String {
@@ -76,6 +77,7 @@ public struct HTTPStatus: RawRepresentable, Hashable, Comparable, Sendable,
         case 502: "Bad Gateway"
         case 503: "Service Unavailable"
         case 504: "Gateway Timeout"
+        case 507: "Insufficient Storage"
         default:
             switch code / 100 {
             case 1: "Informational"

@@ -24,18 +24,21 @@ public struct MetricsSnapshot: Sendable {
     /// Attach attempts since start, by mechanism and outcome, sorted.
     public var attachAttempts: [(mechanism: String, outcome: String, count: Int)]
     public var httpRequests: HTTPRequestCounts
+    /// Failed saves of the desired probes (nil: no state directory, no series).
+    public var stateSaveFailures: Int?
     public var process: ProcessStats
     public var build: BuildInfo
 
     public init(probes: [ProbeSeries] = [], probesByState: [(state: String, count: Int)] = [],
                 capabilities: [(name: String, supported: Bool)] = [],
                 attachAttempts: [(mechanism: String, outcome: String, count: Int)] = [],
-                httpRequests: HTTPRequestCounts = HTTPRequestCounts(), process: ProcessStats = ProcessStats(),
-                build: BuildInfo) {
+                httpRequests: HTTPRequestCounts = HTTPRequestCounts(), stateSaveFailures: Int? = nil,
+                process: ProcessStats = ProcessStats(), build: BuildInfo) {
         self.probes = probes
         self.probesByState = probesByState
         self.capabilities = capabilities
         self.attachAttempts = attachAttempts
+        self.stateSaveFailures = stateSaveFailures
         self.httpRequests = httpRequests
         self.process = process
         self.build = build
@@ -64,21 +67,22 @@ public struct MetricsSnapshot: Sendable {
     ///   `traceplane_probe_bpf_runs_total`: `probe`, `target`, `mechanism`.
     /// - `traceplane_probes{state}`, `traceplane_capability_supported{capability}`,
     ///   `traceplane_attach_attempts_total{mechanism,outcome}`,
-    ///   `traceplane_http_requests_total{method,code}`,
+    ///   `traceplane_http_requests_total{method,code}`, `traceplane_state_save_failures_total`
+    ///   (with a state directory),
     ///   `traceplane_process_resident_memory_bytes`, `traceplane_process_open_fds`,
     ///   `traceplane_build_info{version,libbpf_version,swift_version}`.
     /// - Last, `traceplane_scrape_duration_seconds` (gauge): the time from `scrapeStarted`
     ///   to that line, i.e. this scrape's map reads and rendering.
     public func render(into writer: inout ExpositionWriter, scrapeStarted: ContinuousClock.Instant) {
         let identities = probes.map { p in
-            LabelSet(["probe": p.metrics.name, "target": p.metrics.target, "mechanism": p.metrics.mechanism])
+            LabelSet(["probe": p.metrics.name, "target": p.metrics.target, "mechanism": p.metrics.mechanism.rawValue])
         }
 
         writer.family("traceplane_probe_info", type: .gauge,
                       help: "Always 1 for each probe; carries the probe's user labels as label_<key>.")
         for probe in probes {
             var pairs: [(name: String, value: String)] = [
-                ("probe", probe.metrics.name), ("target", probe.metrics.target), ("mechanism", probe.metrics.mechanism),
+                ("probe", probe.metrics.name), ("target", probe.metrics.target), ("mechanism", probe.metrics.mechanism.rawValue),
             ]
             for (key, value) in probe.userLabels.sorted(by: { $0.key < $1.key }) { pairs.append(("label_" + key, value)) }
             writer.sample()
@@ -155,6 +159,13 @@ public struct MetricsSnapshot: Sendable {
             writer.label("method", key.method)
             writer.label("code", String(key.status))
             writer.value(count)
+        }
+
+        if let failures = stateSaveFailures {
+            writer.family("traceplane_state_save_failures_total", type: .counter,
+                          help: "Saves of the desired probes to the state directory that failed (each refused change and each retry); while saves fail, changes are refused and /readyz answers 503.")
+            writer.sample()
+            writer.value(failures)
         }
 
         writer.family("traceplane_process_resident_memory_bytes", type: .gauge, help: "Resident memory of the agent process in bytes.")

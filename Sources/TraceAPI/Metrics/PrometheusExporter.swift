@@ -13,12 +13,16 @@ public struct PrometheusExporter: Sendable {
     public let capabilities: CapabilityStore
     public let requests: HTTPRequestCounter?
     public let build: BuildInfo
+    /// Whether the agent saves its desired probes (then the save-failure counter is exposed).
+    public let stateTracked: Bool
 
     /// - Parameters:
     ///   - requests: the counter the ``HTTPServer`` records into; nil exposes no HTTP series.
     ///   - build: the versions `traceplane_build_info` reports.
-    public init(probes: ProbeManager, capabilities: CapabilityStore, requests: HTTPRequestCounter?, build: BuildInfo) {
+    public init(probes: ProbeManager, capabilities: CapabilityStore, requests: HTTPRequestCounter?, build: BuildInfo,
+                stateTracked: Bool = false) {
         self.probes = probes
+        self.stateTracked = stateTracked
         self.capabilities = capabilities
         self.requests = requests
         self.build = build
@@ -42,8 +46,8 @@ public struct PrometheusExporter: Sendable {
         let report = await capabilities.current
 
         // The states a probe can be in today are always exposed, so their series never vanish.
-        var states: [String: Int] = ["active": 0, "failed": 0]
-        for probe in listed { states[probe.state, default: 0] += 1 }
+        var states = Dictionary(uniqueKeysWithValues: ProbeState.allCases.map { ($0.rawValue, 0) })
+        for probe in listed { states[probe.state.rawValue, default: 0] += 1 }
         var capabilityValues: [(name: String, supported: Bool)] = []
         if let report {
             for result in report.mechanisms + report.features {
@@ -59,6 +63,7 @@ public struct PrometheusExporter: Sendable {
                 return (mechanism: String(parts[0]), outcome: parts.count > 1 ? String(parts[1]) : "", count: count)
             },
             httpRequests: requests?.snapshot() ?? HTTPRequestCounts(),
+            stateSaveFailures: stateTracked ? probes.stateSaveFailures : nil,
             process: ProcessStats.current(),
             build: build)
     }

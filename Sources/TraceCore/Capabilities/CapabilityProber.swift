@@ -17,13 +17,10 @@ public struct CapabilityProber: Sendable {
         self.reaper = reaper
     }
 
-    /// The programs in `bpf/capability.bpf.c`, by mechanism.
-    static func programName(_ mechanism: Mechanism) -> String {
-        "cap_\(mechanism.rawValue)"
-    }
-
-    /// How each mechanism is exercised: where it attaches and what fires it.
+    /// How each mechanism is exercised: its program in `bpf/capability.bpf.c`, where it
+    /// attaches (a target that is always there) and what fires it from this process.
     struct Plan {
+        var program: BPFProgramID
         var loadTimeTarget: String?
         var point: AttachPoint
         var trigger: Trigger
@@ -32,27 +29,32 @@ public struct CapabilityProber: Sendable {
     static func plan(_ mechanism: Mechanism, facts: KernelFacts, executable: String) -> Plan {
         let entry = "\(facts.syscallPrefix ?? "")sys_getpgid"
         let pid = getpid()
+        let p = CapabilityBPF.Programs.self
         switch mechanism {
-        case .fentry, .fexit:
-            return Plan(loadTimeTarget: entry, point: .loadTimeTarget, trigger: .getpgid)
+        case .fentry:
+            return Plan(program: p.capFentry, loadTimeTarget: entry, point: .loadTimeTarget, trigger: .getpgid)
+        case .fexit:
+            return Plan(program: p.capFexit, loadTimeTarget: entry, point: .loadTimeTarget, trigger: .getpgid)
         case .kprobe:
-            return Plan(point: .kprobe(function: entry, retprobe: false), trigger: .getpgid)
+            return Plan(program: p.capKprobe, point: .kprobe(function: entry, retprobe: false), trigger: .getpgid)
         case .kretprobe:
-            return Plan(point: .kprobe(function: entry, retprobe: true), trigger: .getpgid)
+            return Plan(program: p.capKretprobe, point: .kprobe(function: entry, retprobe: true), trigger: .getpgid)
         case .kprobeMulti:
-            return Plan(point: .kprobeMulti(pattern: entry, retprobe: false), trigger: .getpgid)
+            return Plan(program: p.capKprobeMulti, point: .kprobeMulti(pattern: entry, retprobe: false), trigger: .getpgid)
         case .tracepoint:
-            return Plan(point: .tracepoint(category: "syscalls", name: "sys_enter_getpgid"), trigger: .getpgid)
+            return Plan(program: p.capTracepoint, point: .tracepoint(category: "syscalls", name: "sys_enter_getpgid"), trigger: .getpgid)
         case .rawTracepoint:
-            return Plan(point: .rawTracepoint(name: "sys_enter"), trigger: .getpgid)
+            return Plan(program: p.capRawTracepoint, point: .rawTracepoint(name: "sys_enter"), trigger: .getpgid)
         case .tpBTF:
-            return Plan(loadTimeTarget: "sys_enter", point: .loadTimeTarget, trigger: .getpgid)
+            return Plan(program: p.capTpBtf, loadTimeTarget: "sys_enter", point: .loadTimeTarget, trigger: .getpgid)
         case .uprobe:
-            return Plan(point: .uprobe(binary: executable, symbol: "traceplane_uprobe_target", pid: pid, retprobe: false), trigger: .uprobeTarget)
+            return Plan(program: p.capUprobe, point: .uprobe(binary: executable, symbol: "traceplane_uprobe_target", pid: pid, retprobe: false),
+                        trigger: .uprobeTarget)
         case .uretprobe:
-            return Plan(point: .uprobe(binary: executable, symbol: "traceplane_uprobe_target", pid: pid, retprobe: true), trigger: .uprobeTarget)
+            return Plan(program: p.capUretprobe, point: .uprobe(binary: executable, symbol: "traceplane_uprobe_target", pid: pid, retprobe: true),
+                        trigger: .uprobeTarget)
         case .perfEvent:
-            return Plan(point: .cpuClock(periodNanoseconds: 100_000), trigger: .spin(milliseconds: 3))
+            return Plan(program: p.capPerfEvent, point: .cpuClock(periodNanoseconds: 100_000), trigger: .spin(milliseconds: 3))
         }
     }
 
@@ -83,36 +85,31 @@ public struct CapabilityProber: Sendable {
             kernel: facts,
             mechanisms: mechanismResults,
             features: Array(all[mechanisms.count...]),
-            chains: Flavour.reportChains(mechanismResults))
+            chains: FlavourCatalog.reportChains(mechanismResults))
     }
 
     /// Loads, attaches and fires the minimal program for `mechanism`.
     public func probe(_ mechanism: Mechanism, facts: KernelFacts, executable: String) -> CapabilityResult {
-        let aliases = mechanism.aliases.isEmpty ? nil : mechanism.aliases
         if disabled.contains(mechanism) {
-            return CapabilityResult(name: mechanism.rawValue, aliases: aliases, status: .unsupported, stage: nil, errno: nil,
+            return CapabilityResult(.mechanism(mechanism), status: .unsupported, stage: nil, errno: nil,
                                     message: "disabled by configuration (--disable-mechanism \(mechanism.rawValue))",
                                     durationMicroseconds: 0, disabled: true)
         }
         let started = ContinuousClock.now
         let plan = Self.plan(mechanism, facts: facts, executable: executable)
-        let program = Self.programName(mechanism)
-        func result(_ status: CapabilityStatus, _ stage: KernelError.Stage?, _ errno: String?, _ message: String) -> CapabilityResult {
-            let elapsed = ContinuousClock.now - started
-            let micros = Int(elapsed.components.seconds) * 1_000_000 + Int(elapsed.components.attoseconds / 1_000_000_000_000)
-            return CapabilityResult(name: mechanism.rawValue, aliases: aliases, status: status, stage: stage?.rawValue,
-                                    errno: errno, message: message, durationMicroseconds: micros)
+        let program = plan.program
+        func result(_ status: CapabilityStatus, _ stage: KernelStage?, _ errno: Errno?, _ message: String) -> CapabilityResult {
+            CapabilityResult(.mechanism(mechanism), status: status, stage: stage, errno: errno, message: message,
+                             durationMicroseconds: Self.microseconds(since: started))
         }
-        let spec = LoadSpec(
-            object: "capability",
-            programs: [.init(program, loadTimeTarget: plan.loadTimeTarget)],
-            readOnly: ["target_tgid": withUnsafeBytes(of: UInt32(getpid()).littleEndian, Array.init)])
+        var spec = LoadSpec(object: CapabilityBPF.object, programs: [.init(program, loadTimeTarget: plan.loadTimeTarget)])
+        spec.set(CapabilityBPF.Globals.targetTgid, UInt32(getpid()))
         let object: any LoadedObject
         do {
             object = try backend.load(spec)
         } catch {
             let verdict = Classifier.classify(mechanism, error, facts: facts)
-            return result(verdict.status, error.stage == .open ? .load : error.stage, error.errnoName, verdict.message)
+            return result(verdict.status, error.stage == .open ? .load : error.stage, error.errno, verdict.message)
         }
         let link: any AttachedLink
         do {
@@ -120,7 +117,7 @@ public struct CapabilityProber: Sendable {
         } catch {
             reaper.dispose(links: [], objects: [object])
             let verdict = Classifier.classify(mechanism, error, facts: facts)
-            return result(verdict.status, .attach, error.errnoName, verdict.message)
+            return result(verdict.status, .attach, error.errno, verdict.message)
         }
         defer { reaper.dispose(links: [link], objects: [object]) }
         var fired: UInt64 = 0
@@ -130,7 +127,7 @@ public struct CapabilityProber: Sendable {
                 fired = try Self.hits(object)
             } catch {
                 let verdict = Classifier.classify(mechanism, error, facts: facts)
-                return result(verdict.status, .attach, error.errnoName, verdict.message)
+                return result(verdict.status, .attach, error.errno, verdict.message)
             }
         }
         if fired == 0 {
@@ -140,10 +137,13 @@ public struct CapabilityProber: Sendable {
     }
 
     static func hits(_ object: any LoadedObject) throws(KernelError) -> UInt64 {
-        let entries = try object.readMap("hits")
-        return entries.reduce(0) { sum, entry in
-            entry.values.reduce(sum) { $0 + $1.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } }
-        }
+        let entries = try object.readMap(CapabilityBPF.Maps.hits)
+        return entries.reduce(0) { sum, entry in entry.values.reduce(sum) { $0 + $1.load(as: UInt64.self) } }
+    }
+
+    static func microseconds(since started: ContinuousClock.Instant) -> Int {
+        let elapsed = ContinuousClock.now - started
+        return Int(elapsed.components.seconds) * 1_000_000 + Int(elapsed.components.attoseconds / 1_000_000_000_000)
     }
 
     /// Checks one kernel feature.
@@ -152,7 +152,7 @@ public struct CapabilityProber: Sendable {
         let outcome: Result<Void, KernelError>
         if feature == .bpfKfuncCalls {
             do {
-                let object = try backend.load(LoadSpec(object: "kfunc", programs: [.init("kfunc_probe")]))
+                let object = try backend.load(LoadSpec(object: FeaturesBPF.object, programs: [.init(FeaturesBPF.Programs.featKfuncCalls)]))
                 reaper.dispose(links: [], objects: [object])
                 outcome = .success(())
             } catch {
@@ -161,16 +161,16 @@ public struct CapabilityProber: Sendable {
         } else {
             outcome = backend.host.check(feature, facts: facts)
         }
-        let elapsed = ContinuousClock.now - started
-        let micros = Int(elapsed.components.seconds) * 1_000_000 + Int(elapsed.components.attoseconds / 1_000_000_000_000)
+        let micros = Self.microseconds(since: started)
         switch outcome {
         case .success:
-            return CapabilityResult(name: feature.rawValue, status: .supported, stage: "load", errno: nil,
+            return CapabilityResult(.feature(feature), status: .supported, stage: .load, errno: nil,
                                     message: Self.supportedMessage(feature), durationMicroseconds: micros)
         case .failure(let error):
-            let denied = error.errno == EPERM || error.errno == EACCES
-            let status: CapabilityStatus = denied ? .denied : ([EINVAL, ENOENT, EOPNOTSUPP, ESRCH, E2BIG, 524].contains(error.errno) ? .unsupported : .error)
-            return CapabilityResult(name: feature.rawValue, status: status, stage: error.stage.rawValue, errno: error.errnoName,
+            let denied = error.errno == .EPERM || error.errno == .EACCES
+            let unsupported: Set<Errno> = [.EINVAL, .ENOENT, .EOPNOTSUPP, .ESRCH, .E2BIG, .ENOTSUPP]
+            let status: CapabilityStatus = denied ? .denied : (error.errno.map(unsupported.contains) == true ? .unsupported : .error)
+            return CapabilityResult(.feature(feature), status: status, stage: error.stage, errno: error.errno,
                                     message: Self.failureMessage(feature, error, denied: denied), durationMicroseconds: micros)
         }
     }
@@ -193,7 +193,7 @@ public struct CapabilityProber: Sendable {
         case .vmlinuxBTF: return "no usable vmlinux BTF (/sys/kernel/btf/vmlinux missing or unreadable): kernel built without CONFIG_DEBUG_INFO_BTF"
         case .taskStorage: return "task storage maps are not supported: entry timestamps fall back to a hash keyed by thread id"
         case .bpfKfuncCalls: return "the kernel rejected a program calling bpf_rcu_read_lock: BPF kfunc calls are not available here\(error.detail.isEmpty ? "" : " (\(error.detail))")"
-        default: return "\(error.operation) failed: \(error.errnoName ?? "no errno")"
+        default: return "\(error.operation) failed: \(error.errno?.name ?? "no errno")"
         }
     }
 }

@@ -5,25 +5,42 @@ public enum CapabilityStatus: String, Sendable, Codable, Hashable {
     case supported, unsupported, denied, error
 }
 
+/// What a capability result is about: an attach mechanism or a kernel feature.
+public enum CapabilitySubject: Sendable, Hashable {
+    case mechanism(Mechanism)
+    case feature(Feature)
+
+    /// The name in the report (`fentry`, `task_storage`).
+    public var name: String {
+        switch self {
+        case .mechanism(let m): m.rawValue
+        case .feature(let f): f.rawValue
+        }
+    }
+
+    /// Parses a report name: mechanisms and features have distinct names.
+    public init?(name: String) {
+        if let m = Mechanism(rawValue: name) { self = .mechanism(m) } else if let f = Feature(rawValue: name) { self = .feature(f) } else { return nil }
+    }
+}
+
 /// One checked mechanism or feature.
 public struct CapabilityResult: Sendable, Codable, Hashable {
-    public var name: String
-    public var aliases: [String]?
+    public var subject: CapabilitySubject
     public var status: CapabilityStatus
-    /// `load` or `attach` (where it failed, or the last stage reached), null when not probed.
-    public var stage: String?
-    /// The errno name (`EPERM`), null when there is none.
-    public var errno: String?
+    /// `load` or `attach` (where it failed, or the last stage reached), nil when not probed.
+    public var stage: KernelStage?
+    /// The errno of the failure, nil when there is none.
+    public var errno: Errno?
     /// What happened and the likely cause, in one sentence.
     public var message: String
     public var durationMicroseconds: Int
     /// True when the operator switched the mechanism off (`--disable-mechanism`).
     public var disabled: Bool?
 
-    public init(name: String, aliases: [String]? = nil, status: CapabilityStatus, stage: String?, errno: String?,
+    public init(_ subject: CapabilitySubject, status: CapabilityStatus, stage: KernelStage?, errno: Errno?,
                 message: String, durationMicroseconds: Int, disabled: Bool? = nil) {
-        self.name = name
-        self.aliases = aliases
+        self.subject = subject
         self.status = status
         self.stage = stage
         self.errno = errno
@@ -32,9 +49,37 @@ public struct CapabilityResult: Sendable, Codable, Hashable {
         self.disabled = disabled
     }
 
+    /// The name in the report.
+    public var name: String { subject.name }
+
+    /// Other names of a mechanism (`kfunc` for fentry); nil when it has none.
+    public var aliases: [String]? {
+        guard case .mechanism(let m) = subject, !m.aliases.isEmpty else { return nil }
+        return m.aliases
+    }
+
+    /// The result failed only because the agent ran out of something of its own (fds,
+    /// memory): it says nothing about the kernel, so the planner tries the mechanism anyway.
+    public var isResourceExhaustion: Bool { status != .supported && errno?.isResourceExhaustion == true }
+
     enum CodingKeys: String, CodingKey {
         case name, aliases, status, stage, errno, message, disabled
         case durationMicroseconds = "duration_us"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try c.decode(String.self, forKey: .name)
+        guard let subject = CapabilitySubject(name: name) else {
+            throw DecodingError.dataCorruptedError(forKey: .name, in: c, debugDescription: "'\(name)' is neither a mechanism nor a feature")
+        }
+        self.subject = subject
+        status = try c.decode(CapabilityStatus.self, forKey: .status)
+        stage = try c.decodeIfPresent(KernelStage.self, forKey: .stage)
+        errno = try c.decodeIfPresent(Errno.self, forKey: .errno)
+        message = try c.decode(String.self, forKey: .message)
+        durationMicroseconds = try c.decode(Int.self, forKey: .durationMicroseconds)
+        disabled = try c.decodeIfPresent(Bool.self, forKey: .disabled)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -99,9 +144,13 @@ public struct KernelFacts: Sendable, Codable, Hashable {
     public var kprobeEvents: Bool
     /// Whether the agent runs with full privileges (effective uid 0).
     public var privileged: Bool
+    /// Offsets in `struct task_struct` from vmlinux BTF (nil without BTF). Not part of the
+    /// report's JSON: it configures the BPF programs.
+    public var taskLayout: TaskLayout? = nil
 
     public init(release: String, machine: String, btf: Bool, lockdown: String?, jit: String?, tracefs: MountFact,
-                bpffs: MountFact, syscallPrefix: String?, eventSources: [String], kprobeEvents: Bool, privileged: Bool) {
+                bpffs: MountFact, syscallPrefix: String?, eventSources: [String], kprobeEvents: Bool, privileged: Bool,
+                taskLayout: TaskLayout? = nil) {
         self.release = release
         self.machine = machine
         self.btf = btf
@@ -113,6 +162,7 @@ public struct KernelFacts: Sendable, Codable, Hashable {
         self.eventSources = eventSources
         self.kprobeEvents = kprobeEvents
         self.privileged = privileged
+        self.taskLayout = taskLayout
     }
 
     enum CodingKeys: String, CodingKey {
@@ -141,15 +191,15 @@ public struct KernelFacts: Sendable, Codable, Hashable {
 /// One step of a target type's default fallback chain.
 public struct ChainStep: Sendable, Codable, Hashable {
     /// The name used in probe specs (`fentry`, `kprobe`, `tracepoint`, …).
-    public var mechanism: String
+    public var mechanism: Flavour
     /// The mechanisms this step needs (e.g. fentry and fexit).
-    public var requires: [String]
+    public var requires: [Mechanism]
     /// What it attaches to for this target type.
     public var via: String
     /// Whether every required mechanism is supported here.
     public var usable: Bool
 
-    public init(mechanism: String, requires: [String], via: String, usable: Bool) {
+    public init(mechanism: Flavour, requires: [Mechanism], via: String, usable: Bool) {
         self.mechanism = mechanism
         self.requires = requires
         self.via = via
@@ -185,7 +235,15 @@ public struct CapabilityReport: Sendable, Codable, Hashable {
 
     /// The result for `mechanism`.
     public func result(for mechanism: Mechanism) -> CapabilityResult? {
-        mechanisms.first { $0.name == mechanism.rawValue }
+        mechanisms.first { $0.subject == .mechanism(mechanism) }
+    }
+
+    /// The mechanisms the operator switched off.
+    public var disabledMechanisms: Set<Mechanism> {
+        Set(mechanisms.compactMap { r in
+            guard r.disabled == true, case .mechanism(let m) = r.subject else { return nil }
+            return m
+        })
     }
 
     /// Whether `mechanism` loaded, attached and fired here.
@@ -195,7 +253,7 @@ public struct CapabilityReport: Sendable, Codable, Hashable {
 
     /// The result for `feature`.
     public func result(for feature: Feature) -> CapabilityResult? {
-        features.first { $0.name == feature.rawValue }
+        features.first { $0.subject == .feature(feature) }
     }
 
     public func supports(_ feature: Feature) -> Bool {

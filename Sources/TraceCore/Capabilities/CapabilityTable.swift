@@ -23,8 +23,9 @@ public enum CapabilityTable {
 
     static func table(title: String, _ rows: [CapabilityResult]) -> String {
         let header = [title, "STATUS", "STAGE", "ERRNO", "REASON"]
-        let cells = rows.map { r in
-            [r.name + (r.aliases.map { " (\($0.joined(separator: ",")))" } ?? ""), r.status.rawValue, r.stage ?? "-", r.errno ?? "-", r.message]
+        let cells = rows.map { r -> [String] in
+            [r.name + (r.aliases.map { " (\($0.joined(separator: ",")))" } ?? ""), r.status.rawValue, r.stage?.rawValue ?? "-",
+             r.errno?.name ?? "-", r.message]
         }
         var widths = header.map(\.count)
         for row in cells { for (i, c) in row.enumerated() where i < 4 { widths[i] = max(widths[i], c.count) } }

@@ -49,7 +49,8 @@ public struct LinuxHost: HostEnvironment {
         return KernelFacts(
             release: release, machine: machine, btf: btfResult >= 0, lockdown: lockdownMode(), jit: jitMode(),
             tracefs: tracefs, bpffs: bpffs, syscallPrefix: prefix, eventSources: sources,
-            kprobeEvents: kprobeEvents, privileged: geteuid() == 0)
+            kprobeEvents: kprobeEvents, privileged: geteuid() == 0,
+            taskLayout: VmlinuxBTF.read().flatMap(TaskLayout.init(btf:)))
     }
 
     func ensureMounted(path: String, type: String, source: String, magic: Int, options: String?) -> MountFact {
@@ -66,7 +67,7 @@ public struct LinuxHost: HostEnvironment {
             switch code {
             case EPERM: why = "mounting \(type) at \(path) was refused (EPERM): the agent needs CAP_SYS_ADMIN in the initial mount namespace"
             case ENODEV: why = "the kernel has no \(type) file system (ENODEV)"
-            default: why = "mounting \(type) at \(path) failed: \(errnoName(code)) (\(String(cString: strerror(code))))"
+            default: why = "mounting \(type) at \(path) failed: \(Errno(rawValue: code).name) (\(Errno(rawValue: code).message))"
             }
             return MountFact(path: path, mounted: false, mountedByAgent: false, error: why)
         }
@@ -122,11 +123,11 @@ public struct LinuxHost: HostEnvironment {
     public func check(_ feature: Feature, facts: KernelFacts) -> Result<Void, KernelError> {
         func probe(_ rc: Int32, _ what: String) -> Result<Void, KernelError> {
             if rc == 1 { return .success(()) }
-            return .failure(KernelError(stage: .load, errno: rc < 0 ? -rc : EINVAL, operation: what))
+            return .failure(KernelError(stage: .load, code: rc < 0 ? -rc : EINVAL, operation: what))
         }
         switch feature {
         case .vmlinuxBTF:
-            return facts.btf ? .success(()) : .failure(KernelError(stage: .load, errno: ENOENT, operation: "load /sys/kernel/btf/vmlinux"))
+            return facts.btf ? .success(()) : .failure(KernelError(stage: .load, errno: .ENOENT, operation: "load /sys/kernel/btf/vmlinux"))
         case .ringBuffer:
             return probe(tp_probe_map_type(Int32(TP_MAP_TYPE_RINGBUF)), "create a ring buffer map")
         case .taskStorage:
@@ -137,14 +138,14 @@ public struct LinuxHost: HostEnvironment {
             var stage: Int32 = 0
             let rc = tp_probe_perf_link(&stage)
             if rc == 0 { return .success(()) }
-            return .failure(KernelError(stage: stage == 0 ? .load : .attach, errno: -rc, operation: "create a BPF link (BPF_LINK_CREATE) for a perf event"))
+            return .failure(KernelError(stage: stage == 0 ? .load : .attach, code: -rc, operation: "create a BPF link (BPF_LINK_CREATE) for a perf event"))
         case .bpfStats:
             let fd = tp_enable_runtime_stats()
             if fd >= 0 {
                 Glibc.close(fd)
                 return .success(())
             }
-            return .failure(KernelError(stage: .load, errno: -fd, operation: "enable BPF run-time stats (BPF_ENABLE_STATS)"))
+            return .failure(KernelError(stage: .load, code: -fd, operation: "enable BPF run-time stats (BPF_ENABLE_STATS)"))
         case .bpfKfuncCalls:
             preconditionFailure("bpf_kfunc_calls is checked by the prober with a real program, not by the host.")
         }

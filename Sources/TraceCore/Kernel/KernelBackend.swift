@@ -23,30 +23,30 @@ public protocol LoadedObject: AnyObject, Sendable {
     /// Attaches the loaded program `program` at `point`.
     ///
     /// - Throws: ``KernelError`` with stage `.attach`.
-    func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink
+    func attach(program: BPFProgramID, to point: AttachPoint) throws(KernelError) -> any AttachedLink
 
-    /// Every entry of map `name`; per-CPU maps give one value per possible CPU.
+    /// Every entry of map `map`; per-CPU maps give one value per possible CPU.
     ///
     /// - Throws: ``KernelError`` with stage `.read`.
-    func readMap(_ name: String) throws(KernelError) -> [MapEntry]
+    func readMap(_ map: BPFMapID) throws(KernelError) -> [MapEntry]
 
-    /// The values of entries `first ..< first + count` of array map `name` (not per-CPU),
+    /// The values of entries `first ..< first + count` of array map `map` (not per-CPU),
     /// back to back, `valueSize` bytes each: one batched read where the kernel has it, and
     /// no per-entry allocation (a scrape reads thousands of them).
     ///
     /// - Throws: ``KernelError`` with stage `.read`.
-    func readArrayValues(map name: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8]
+    func readArrayValues(map: BPFMapID, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8]
 
-    /// The value of one key of map `name` (one per possible CPU for per-CPU maps), or nil
+    /// The value of one key of map `map` (one per possible CPU for per-CPU maps), or nil
     /// when the key is absent.
     ///
     /// - Throws: ``KernelError`` with stage `.read`.
-    func lookup(map name: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]?
+    func lookup(map: BPFMapID, key: [UInt8]) throws(KernelError) -> [[UInt8]]?
 
-    /// Sets one key of map `name` to `value` (on every CPU, for per-CPU maps).
+    /// Sets one key of map `map` to `value` (on every CPU, for per-CPU maps).
     ///
     /// - Throws: ``KernelError`` with stage `.attach` (map updates configure attached probes).
-    func update(map name: String, key: [UInt8], value: [UInt8]) throws(KernelError)
+    func update(map: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError)
 
     /// Run-time statistics of the loaded programs (zero unless BPF stats are enabled).
     func programStats() -> [ProgramStats]
@@ -61,17 +61,20 @@ public protocol AttachedLink: AnyObject, Sendable {
     func close()
 }
 
-/// What to load: an embedded object (by name, see `BPFObjects`) and how to prepare it.
+/// What to load: an embedded object and how to prepare it. Programs, maps and globals are
+/// the object's generated bindings (`LatencyBPF.Programs.latFentry`, …), so only names the
+/// compiled object holds can be given.
 public struct LoadSpec: Sendable, Hashable {
     /// A program to load, with the kernel function or BTF tracepoint it binds to at load
     /// time (fentry, fexit and tp_btf need one; others attach later).
     public struct Program: Sendable, Hashable {
-        public var name: String
+        public var id: BPFProgramID
         public var loadTimeTarget: String?
-        public init(_ name: String, loadTimeTarget: String? = nil) {
-            self.name = name
+        public init(_ id: BPFProgramID, loadTimeTarget: String? = nil) {
+            self.id = id
             self.loadTimeTarget = loadTimeTarget
         }
+        public var name: String { id.name }
     }
 
     /// A change to a map's definition before load.
@@ -82,17 +85,39 @@ public struct LoadSpec: Sendable, Hashable {
         case maxEntries(UInt32)
     }
 
-    public var object: String
+    public var object: BPFObjectID
     public var programs: [Program]
-    /// Values of `const volatile` globals, by name, as raw little-endian bytes.
-    public var readOnly: [String: [UInt8]]
-    public var mapChanges: [String: MapChange]
+    /// Values of `const volatile` globals, as raw little-endian bytes of the global's size.
+    public private(set) var readOnly: [BPFGlobalID: [UInt8]] = [:]
+    public private(set) var mapChanges: [BPFMapID: MapChange] = [:]
 
-    public init(object: String, programs: [Program], readOnly: [String: [UInt8]] = [:], mapChanges: [String: MapChange] = [:]) {
+    public init(object: BPFObjectID, programs: [Program]) {
+        precondition(programs.allSatisfy { $0.id.object == object }, "LoadSpec: every program must belong to \(object).")
         self.object = object
         self.programs = programs
-        self.readOnly = readOnly
-        self.mapChanges = mapChanges
+    }
+
+    /// Sets global `global` before load. The value's width must be the global's size.
+    public mutating func set<T: FixedWidthInteger>(_ global: BPFGlobalID, _ value: T) {
+        precondition(MemoryLayout<T>.size == global.size, "LoadSpec: a \(T.self) for \(global), which is \(global.size) bytes.")
+        set(global, bytes: Swift.withUnsafeBytes(of: value.littleEndian) { [UInt8]($0) })
+    }
+
+    public mutating func set(_ global: BPFGlobalID, _ value: Bool) {
+        set(global, bytes: [value ? 1 : 0])
+    }
+
+    /// Sets global `global` to raw bytes (a string or struct setting), padded with zeros to its size.
+    public mutating func set(_ global: BPFGlobalID, bytes: [UInt8]) {
+        precondition(global.object == object, "LoadSpec: global \(global) belongs to \(global.object), not \(object).")
+        precondition(bytes.count <= global.size, "LoadSpec: \(bytes.count) bytes for \(global), which holds \(global.size).")
+        readOnly[global] = bytes + [UInt8](repeating: 0, count: global.size - bytes.count)
+    }
+
+    /// Changes map `map`'s definition before load.
+    public mutating func change(_ map: BPFMapID, _ change: MapChange) {
+        precondition(map.object == object, "LoadSpec: map \(map) belongs to \(map.object), not \(object).")
+        mapChanges[map] = change
     }
 }
 

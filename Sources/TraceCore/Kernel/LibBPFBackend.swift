@@ -103,13 +103,13 @@ final class LibBPFObject: LoadedObject {
     private let programNames: [String]
 
     init(spec: LoadSpec) throws(KernelError) {
-        name = spec.object
+        name = spec.object.name
         programNames = spec.programs.map(\.name)
         // libbpf may keep pointers into the ELF image while the object lives: the embedded
         // image is immortal, shared by every load of the object.
         let image = BPFObjects.image(spec.object)
-        guard let object = tp_object_open_mem(image.base, image.count, spec.object) else {
-            throw KernelError(stage: .open, errno: errno, operation: "open BPF object \(spec.object)")
+        guard let object = tp_object_open_mem(image.base, image.count, spec.object.name) else {
+            throw KernelError(stage: .open, errno: .current, operation: "open BPF object \(spec.object)")
         }
         var handle = ObjectHandle(object: object)
         do throws(KernelError) {
@@ -117,7 +117,7 @@ final class LibBPFObject: LoadedObject {
             let (rc, log) = LibBPFLog.capturing { tp_object_load(object) }
             if rc != 0 {
                 let what = spec.programs.map(\.name).joined(separator: ", ")
-                throw KernelError(stage: .load, errno: -rc, operation: "load \(what)", detail: log)
+                throw KernelError(stage: .load, code: -rc, operation: "load \(what)", detail: log)
             }
         } catch {
             Self.free(&handle)
@@ -138,7 +138,7 @@ final class LibBPFObject: LoadedObject {
                 if let target = want.loadTimeTarget {
                     let rc = bpf_program__set_attach_target(p, 0, target)
                     if rc != 0 {
-                        throw KernelError(stage: .load, errno: -rc, operation: "set attach target \(target) for \(name)")
+                        throw KernelError(stage: .load, code: -rc, operation: "set attach target \(target) for \(name)")
                     }
                 }
             } else {
@@ -150,12 +150,12 @@ final class LibBPFObject: LoadedObject {
             preconditionFailure("BPF object \(spec.object) has no program named \(missing).")
         }
         for (variable, value) in spec.readOnly {
-            let rc = value.withUnsafeBytes { tp_object_set_rodata(object, variable, $0.baseAddress, $0.count) }
+            let rc = value.withUnsafeBytes { tp_object_set_rodata(object, variable.name, $0.baseAddress, $0.count) }
             precondition(rc == 0, "BPF object \(spec.object) has no read-only global \(variable) of \(value.count) bytes.")
         }
-        for (mapName, change) in spec.mapChanges {
-            guard let map = bpf_object__find_map_by_name(object, mapName) else {
-                preconditionFailure("BPF object \(spec.object) has no map named \(mapName).")
+        for (mapID, change) in spec.mapChanges {
+            guard let map = bpf_object__find_map_by_name(object, mapID.name) else {
+                preconditionFailure("BPF object \(spec.object) has no map named \(mapID).")
             }
             switch change {
             case .taskStorageToHash(let maxEntries):
@@ -181,19 +181,19 @@ final class LibBPFObject: LoadedObject {
         state.withLock { Self.free(&$0) }
     }
 
-    private func withProgram<T>(_ program: String, stage: KernelError.Stage, _ body: (OpaquePointer) throws(KernelError) -> T) throws(KernelError) -> T {
+    private func withProgram<T>(_ program: BPFProgramID, stage: KernelStage, _ body: (OpaquePointer) throws(KernelError) -> T) throws(KernelError) -> T {
         try state.withLock { (handle) throws(KernelError) -> T in
             guard let object = handle.object else {
-                throw KernelError(stage: stage, errno: EBADF, operation: "use closed BPF object \(name)")
+                throw KernelError(stage: stage, errno: .EBADF, operation: "use closed BPF object \(name)")
             }
-            guard let prog = bpf_object__find_program_by_name(object, program) else {
+            guard let prog = bpf_object__find_program_by_name(object, program.name) else {
                 preconditionFailure("BPF object \(name) has no program named \(program).")
             }
             return try body(prog)
         }
     }
 
-    func attach(program: String, to point: AttachPoint) throws(KernelError) -> any AttachedLink {
+    func attach(program: BPFProgramID, to point: AttachPoint) throws(KernelError) -> any AttachedLink {
         try withProgram(program, stage: .attach) { (prog) throws(KernelError) -> any AttachedLink in
             var perfFD: Int32 = -1
             let (link, log): (OpaquePointer?, String) = LibBPFLog.capturing {
@@ -220,47 +220,47 @@ final class LibBPFObject: LoadedObject {
             guard let link else {
                 let code = errno
                 if perfFD >= 0 { Glibc.close(perfFD) }
-                throw KernelError(stage: .attach, errno: code, operation: "attach \(program) to \(point.summary)", detail: log)
+                throw KernelError(stage: .attach, code: code, operation: "attach \(program) to \(point.summary)", detail: log)
             }
             return LibBPFLink(link: link, perfFD: perfFD)
         }
     }
 
-    func readMap(_ mapName: String) throws(KernelError) -> [MapEntry] {
+    func readMap(_ mapID: BPFMapID) throws(KernelError) -> [MapEntry] {
         try state.withLock { (handle) throws(KernelError) -> [MapEntry] in
-            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapName) else {
-                throw KernelError(stage: .read, errno: EBADF, operation: "read map \(mapName) of \(name)")
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapID.name) else {
+                throw KernelError(stage: .read, errno: .EBADF, operation: "read map \(mapID) of \(name)")
             }
-            return try MapReader.readAll(map, name: mapName)
+            return try MapReader.readAll(map, name: mapID.name)
         }
     }
 
     /// Runs `body` with the map's layout, under the object's lock.
-    private func withMap<T>(_ mapName: String, stage: KernelError.Stage,
+    private func withMap<T>(_ mapID: BPFMapID, stage: KernelStage,
                             _ body: (MapReader.Layout) throws(KernelError) -> T) throws(KernelError) -> T {
         try state.withLock { (handle) throws(KernelError) -> T in
-            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapName) else {
-                throw KernelError(stage: stage, errno: EBADF, operation: "use map \(mapName) of \(name)")
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapID.name) else {
+                throw KernelError(stage: stage, errno: .EBADF, operation: "use map \(mapID) of \(name)")
             }
             return try body(MapReader.layout(of: map))
         }
     }
 
-    func readArrayValues(map mapName: String, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
+    func readArrayValues(map mapName: BPFMapID, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
         try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [UInt8] in
             precondition(!layout.perCPU && layout.valueSize == valueSize && layout.keySize == 4,
                          "map \(mapName): not a plain array of \(valueSize)-byte values")
-            return try MapReader.readArrayValues(layout, first: first, count: count, name: mapName)
+            return try MapReader.readArrayValues(layout, first: first, count: count, name: mapName.name)
         }
     }
 
-    func lookup(map mapName: String, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
+    func lookup(map mapName: BPFMapID, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
         try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [[UInt8]]? in
             precondition(key.count == layout.keySize, "map \(mapName): key of \(key.count) bytes, expected \(layout.keySize)")
             var value = [UInt8](repeating: 0, count: layout.stride * layout.cpus)
             if bpf_map_lookup_elem(layout.fd, key, &value) != 0 {
                 if errno == ENOENT { return nil }
-                throw KernelError(stage: .read, errno: errno, operation: "read map \(mapName)")
+                throw KernelError(stage: .read, errno: .current, operation: "read map \(mapName)")
             }
             return (0..<layout.cpus).map { cpu in
                 Array(value[(cpu * layout.stride)..<(cpu * layout.stride + layout.valueSize)])
@@ -268,14 +268,14 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
-    func update(map mapName: String, key: [UInt8], value: [UInt8]) throws(KernelError) {
+    func update(map mapName: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError) {
         try withMap(mapName, stage: .attach) { (layout) throws(KernelError) in
             precondition(key.count == layout.keySize && value.count == layout.valueSize,
                          "map \(mapName): key/value of \(key.count)/\(value.count) bytes, expected \(layout.keySize)/\(layout.valueSize)")
             var all = [UInt8](repeating: 0, count: layout.stride * layout.cpus)
             for cpu in 0..<layout.cpus { all.replaceSubrange((cpu * layout.stride)..<(cpu * layout.stride + value.count), with: value) }
             if bpf_map_update_elem(layout.fd, key, all, 0) != 0 {
-                throw KernelError(stage: .attach, errno: errno, operation: "update map \(mapName)")
+                throw KernelError(stage: .attach, errno: .current, operation: "update map \(mapName)")
             }
         }
     }

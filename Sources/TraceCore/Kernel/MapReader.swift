@@ -85,8 +85,8 @@ enum MapReader {
                 continue
             }
             if code != 0 && code != ENOENT {
-                if first && (code == EINVAL || code == ENOTSUPP || code == EOPNOTSUPP) { return nil }
-                throw KernelError(stage: .read, errno: code, operation: "batch-read map \(name)")
+                if first && (code == EINVAL || code == Errno.ENOTSUPP.rawValue || code == EOPNOTSUPP) { return nil }
+                throw KernelError(stage: .read, code: code, operation: "batch-read map \(name)")
             }
             // ENOENT ends the map, and still returns its last `count` entries.
             for i in 0..<Int(count) {
@@ -121,14 +121,14 @@ enum MapReader {
             : bpf_map_lookup_batch(layout.fd, &cursor, &outBatch, &keys, &values, &got, &opts)
         let code = rc < 0 ? -rc : 0
         if code == 0 || code == ENOENT { return values }
-        guard code == EINVAL || code == ENOTSUPP || code == EOPNOTSUPP else {
-            throw KernelError(stage: .read, errno: code, operation: "batch-read map \(name)")
+        guard code == EINVAL || code == Errno.ENOTSUPP.rawValue || code == EOPNOTSUPP else {
+            throw KernelError(stage: .read, code: code, operation: "batch-read map \(name)")
         }
         var value = [UInt8](repeating: 0, count: layout.valueSize)
         for i in 0..<count {
             var key = first + UInt32(i)
             if bpf_map_lookup_elem(layout.fd, &key, &value) != 0 {
-                throw KernelError(stage: .read, errno: errno, operation: "read map \(name)")
+                throw KernelError(stage: .read, errno: .current, operation: "read map \(name)")
             }
             values.replaceSubrange((i * layout.valueSize)..<((i + 1) * layout.valueSize), with: value)
         }
@@ -149,12 +149,12 @@ enum MapReader {
             first = false
             if rc != 0 {
                 if errno == ENOENT { break }
-                throw KernelError(stage: .read, errno: errno, operation: "iterate map \(name)")
+                throw KernelError(stage: .read, errno: .current, operation: "iterate map \(name)")
             }
             key = next
             if bpf_map_lookup_elem(layout.fd, key, &value) != 0 {
                 if errno == ENOENT { continue }  // deleted meanwhile
-                throw KernelError(stage: .read, errno: errno, operation: "read map \(name)")
+                throw KernelError(stage: .read, errno: .current, operation: "read map \(name)")
             }
             let values = (0..<layout.cpus).map { cpu in
                 Array(value[(cpu * layout.stride)..<(cpu * layout.stride + layout.valueSize)])
@@ -165,5 +165,3 @@ enum MapReader {
     }
 }
 
-/// The kernel's "operation not supported" (524), which glibc does not name.
-private let ENOTSUPP: Int32 = 524

@@ -14,7 +14,12 @@ public final class Reaper: Sendable {
     // BlockingWork). Each disposal stays ordered (links, then objects).
     private let queues = BlockingWork(label: "traceplane.reaper", width: 8)
     private let group = DispatchGroup()
-    private let backlog = Mutex(0)
+    private struct Backlog {
+        var pending = 0
+        /// Creators waiting for the backlog to shrink below their limit.
+        var waiters: [(limit: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    }
+    private let backlog = Mutex(Backlog())
 
     public init() {}
 
@@ -23,26 +28,39 @@ public final class Reaper: Sendable {
 
     /// Closes `links`, then `objects`, in the background.
     public func dispose(links: [any AttachedLink], objects: [any LoadedObject]) {
-        backlog.withLock { $0 += 1 }
+        backlog.withLock { $0.pending += 1 }
         queues.async(group: group) {
             for link in links { link.close() }
             for object in objects { object.close() }
-            self.backlog.withLock { $0 -= 1 }
+            let ready = self.backlog.withLock { b -> [CheckedContinuation<Void, Never>] in
+                b.pending -= 1
+                let pending = b.pending
+                let ready = b.waiters.filter { pending < $0.limit }.map(\.continuation)
+                b.waiters.removeAll { pending < $0.limit }
+                return ready
+            }
+            for continuation in ready { continuation.resume() }
         }
     }
 
     /// How many disposals are not finished yet.
-    public var pending: Int { backlog.withLock { $0 } }
+    public var pending: Int { backlog.withLock { $0.pending } }
 
     /// Waits until everything handed over so far is closed.
     public func drain() {
         group.wait()
     }
 
-    /// Suspends while `limit` or more disposals are pending.
+    /// Suspends while `limit` or more disposals are pending (resumed by the disposal that
+    /// brings the backlog below it).
     public func waitForRoom(below limit: Int) async {
-        while pending >= limit {
-            try? await Task.sleep(for: .milliseconds(2))
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = backlog.withLock { b -> Bool in
+                if b.pending < limit { return true }
+                b.waiters.append((limit, continuation))
+                return false
+            }
+            if now { continuation.resume() }
         }
     }
 }

@@ -2,7 +2,7 @@
 /// funclatency draws it.
 public enum HistogramText {
     public static func render(_ m: ProbeMetrics) -> String {
-        var out = "probe \(m.name)  target \(m.target)  mechanism \(m.mechanism)\n"
+        var out = "probe \(m.name)  target \(m.target)  mechanism \(m.mechanism.rawValue)\n"
         out += "calls \(m.calls)  errors \(m.errors)"
         if let lat = m.latencyNanoseconds, lat.count > 0 {
             out += "  avg \(lat.sum / lat.count) ns"

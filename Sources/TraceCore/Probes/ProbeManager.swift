@@ -1,117 +1,20 @@
-import Dispatch
 import Foundation
-
-/// A probe as the API shows it.
-public struct Probe: Sendable, Codable, Hashable {
-    public var name: String
-    public var spec: ProbeSpec
-    /// `active`, or `failed` for a restored probe that no longer attaches (kept, so the
-    /// desired state is not lost; a PUT retries it).
-    public var state: String
-    /// The mechanism attached; null when the probe is not attached.
-    public var mechanism: String?
-    public var attempts: [AttachAttempt]
-    public var createdAt: Date
-    public var updatedAt: Date
-    public var expiresAt: Date?
-    public var generation: Int
-
-    enum CodingKeys: String, CodingKey {
-        case name, spec, state, mechanism, attempts, generation
-        case createdAt = "created_at"
-        case updatedAt = "updated_at"
-        case expiresAt = "expires_at"
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(name, forKey: .name)
-        try c.encode(spec, forKey: .spec)
-        try c.encode(state, forKey: .state)
-        try c.encode(mechanism, forKey: .mechanism)
-        try c.encode(attempts, forKey: .attempts)
-        try c.encode(createdAt, forKey: .createdAt)
-        try c.encode(updatedAt, forKey: .updatedAt)
-        try c.encode(expiresAt, forKey: .expiresAt)
-        try c.encode(generation, forKey: .generation)
-    }
-}
-
-/// A probe's aggregates as the API shows them.
-public struct ProbeMetrics: Sendable, Codable, Hashable {
-    public struct Latency: Sendable, Codable, Hashable {
-        public var count: UInt64
-        public var sum: UInt64
-        public var buckets: [ProbeCounters.Bucket]
-    }
-    public struct Overhead: Sendable, Codable, Hashable {
-        public var runTimeNanoseconds: UInt64
-        public var runCount: UInt64
-        enum CodingKeys: String, CodingKey {
-            case runTimeNanoseconds = "run_time_ns"
-            case runCount = "run_count"
-        }
-    }
-    public var name: String
-    public var mechanism: String
-    public var target: String
-    public var since: Date
-    public var calls: UInt64
-    public var errors: UInt64
-    public var latencyNanoseconds: Latency?
-    public var byProcess: [ProbeCounters.Process]
-    public var overhead: Overhead
-
-    enum CodingKeys: String, CodingKey {
-        case name, mechanism, target, since, calls, errors, overhead
-        case latencyNanoseconds = "latency_ns"
-        case byProcess = "by_process"
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(name, forKey: .name)
-        try c.encode(mechanism, forKey: .mechanism)
-        try c.encode(target, forKey: .target)
-        try c.encode(since, forKey: .since)
-        try c.encode(calls, forKey: .calls)
-        try c.encode(errors, forKey: .errors)
-        try c.encode(latencyNanoseconds, forKey: .latencyNanoseconds)
-        try c.encode(byProcess, forKey: .byProcess)
-        try c.encode(overhead, forKey: .overhead)
-    }
-
-    public init(name: String, mechanism: String, target: String, since: Date, counters: ProbeCounters, countsOnly: Bool) {
-        self.name = name
-        self.mechanism = mechanism
-        self.target = target
-        self.since = since
-        calls = counters.calls
-        errors = counters.errors
-        latencyNanoseconds = countsOnly ? nil : Latency(count: counters.latencyCount, sum: counters.latencySumNanoseconds, buckets: counters.buckets)
-        byProcess = counters.processes
-        overhead = Overhead(runTimeNanoseconds: counters.runTimeNanoseconds, runCount: counters.runCount)
-    }
-}
-
-/// Why a probe operation failed. Public struct over a private code so cases can grow.
-public struct ProbeError: Error, Sendable {
-    public enum Kind: Sendable, Hashable {
-        case invalid, notFound, conflict, tooMany, attachFailed, unavailable
-    }
-    public var kind: Kind
-    public var detail: String
-    public var fieldErrors: [FieldError] = []
-    public var attempts: [AttachAttempt] = []
-}
-
-/// How a PUT ended.
-public enum PutOutcome: Sendable, Hashable {
-    case created, unchanged, replaced
-}
+import Logging
 
 /// Owns every probe of the agent: the desired specs and their kernel attachments.
-/// Kernel work runs off the actor (names are reserved first), so reads never wait on attach.
+///
+/// Contract:
+/// - **Linearizable per name.** Operations that change a name (POST, PUT, DELETE, restore)
+///   take that name's lock in arrival order and hold it until they answer, the kernel work
+///   included; expiry skips a name while an operation holds it. The final state is always
+///   the one the last answered operation implies.
+/// - **Durable before acknowledged.** With a state store, a change is made (committed to
+///   the list, the old attachment detached) only once the desired state that includes it is
+///   on disk. If the save fails, nothing changes (a probe attached for it is detached again)
+///   and the caller gets ``ProbeError/Kind-swift.enum/notSaved``; the manager then saves
+///   the current state again every second until it works.
+/// - Reads (list, get, metrics) never wait for kernel work: BPF loads run off the actor, on
+///   ``BlockingWork``, and reads see only committed probes.
 public actor ProbeManager {
     struct Entry {
         var spec: ProbeSpec
@@ -120,22 +23,14 @@ public actor ProbeManager {
         var failedAttempts: [AttachAttempt] = []
         var createdAt: Date
         var updatedAt: Date
+        /// Wall-clock expiry, as shown and saved.
         var expiresAt: Date?
+        /// Monotonic expiry, which a wall clock step does not move.
+        var deadline: Duration?
         var generation: Int
 
-        init(spec: ProbeSpec, probe: AttachedProbe?, failedAttempts: [AttachAttempt] = [], createdAt: Date, updatedAt: Date,
-             expiresAt: Date?, generation: Int) {
-            self.spec = spec
-            self.probe = probe
-            self.failedAttempts = failedAttempts
-            self.createdAt = createdAt
-            self.updatedAt = updatedAt
-            self.expiresAt = expiresAt
-            self.generation = generation
-        }
-
         func view(name: String) -> Probe {
-            Probe(name: name, spec: spec, state: probe == nil ? "failed" : "active", mechanism: probe?.flavour.rawValue,
+            Probe(name: name, spec: spec, state: probe == nil ? .failed : .active, mechanism: probe?.flavour,
                   attempts: probe?.attempts ?? failedAttempts,
                   createdAt: createdAt, updatedAt: updatedAt, expiresAt: expiresAt, generation: generation)
         }
@@ -152,102 +47,43 @@ public actor ProbeManager {
     public nonisolated let maxProbes: Int
     private let planner: Planner
     private let reaper: Reaper
+    private let clock: any ProbeClock
+    private let logger: Logger
     private let report: @Sendable () async -> CapabilityReport?
     private let state: StateStore?
+
+    /// Committed probes: what reads see and what is on disk.
     private var entries: [String: Entry] = [:]
-    private var pending: Set<String> = []
+    /// Changes being saved: included in every snapshot saved meanwhile, committed (or
+    /// dropped) when their own save answers.
+    private enum Change { case set(Entry), remove }
+    private var proposals: [String: Change] = [:]
+    /// Names an operation holds, and the operations waiting for each, in arrival order.
+    private var held: Set<String> = []
+    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
+    /// Creations between their capacity check and their commit.
+    private var creating = 0
+    private var shuttingDown = false
     private var expiryTask: Task<Void, Never>?
-    /// Attach attempts by mechanism and outcome, for self-metrics.
+    private var recoveryTask: Task<Void, Never>?
+    /// Attach attempts by flavour and outcome, for self-metrics.
     public private(set) var attemptCounts: [String: Int] = [:]
 
     /// - Parameter report: the current capability report (syscall prefix, task storage,
     ///   disabled mechanisms); nil while capabilities are not probed yet.
-    /// - Parameter state: where desired probes are saved after every change (nil: nowhere).
-    public init(planner: Planner, reaper: Reaper = .shared, maxProbes: Int = 256, state: StateStore? = nil,
-                report: @escaping @Sendable () async -> CapabilityReport?) {
+    /// - Parameter state: where desired probes are saved before a change is acknowledged (nil: nowhere).
+    public init(planner: Planner, maxProbes: Int = 256, state: StateStore? = nil, clock: any ProbeClock = SystemClock(),
+                logger: Logger = Logger(label: "traceplane.probes"), report: @escaping @Sendable () async -> CapabilityReport?) {
         self.planner = planner
-        self.reaper = reaper
+        reaper = planner.reaper
         self.maxProbes = maxProbes
         self.state = state
+        self.clock = clock
+        self.logger = logger
         self.report = report
     }
 
-    /// Saves the desired probes and waits until they are on disk, so that an acknowledged
-    /// change survives a crash (saves from concurrent changes share one write).
-    private func persistDurably() async {
-        persist()
-        await state?.flushed()
-    }
-
-    /// Requests a save of the desired probes (active and failed) if a state store is configured.
-    private func persist() {
-        guard let state else { return }
-        let probes = entries.sorted { $0.key < $1.key }.map { name, entry in
-            var spec = entry.spec
-            spec.name = name
-            return PersistedState.Probe(spec: spec, createdAt: entry.createdAt, expiresAt: entry.expiresAt, generation: entry.generation)
-        }
-        state.save(PersistedState(savedAt: Date(), probes: probes))
-    }
-
-    /// Re-plans saved probes on the current kernel, keeping their names, labels, generation
-    /// and remaining TTL. A probe that no longer attaches is kept as `failed` with its attempts.
-    public func restore(_ saved: PersistedState) async -> [RestoreOutcome] {
-        var outcomes: [RestoreOutcome] = []
-        let now = Date()
-        for item in saved.probes {
-            guard let name = item.spec.name else { continue }
-            if let expiry = item.expiresAt, expiry <= now {
-                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "its TTL expired while the agent was down"))
-                continue
-            }
-            if entries[name] != nil || entries.count >= maxProbes {
-                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: entries[name] != nil ? "a probe with this name already exists" : "the probe limit (\(maxProbes)) is reached"))
-                continue
-            }
-            let spec: ProbeSpec
-            do { spec = try Self.normalize(item.spec) } catch {
-                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "the saved spec is no longer valid: \(error.detail)"))
-                continue
-            }
-            var entry = Entry(spec: spec, probe: nil, createdAt: item.createdAt, updatedAt: now, expiresAt: item.expiresAt,
-                              generation: item.generation)
-            var problem: String?
-            do {
-                entry.probe = try await plan(spec)
-            } catch {
-                entry.failedAttempts = error.attempts
-                problem = error.detail
-            }
-            entries[name] = entry
-            outcomes.append(RestoreOutcome(name: name, probe: entry.view(name: name), problem: problem))
-        }
-        await persistDurably()
-        return outcomes
-    }
-
-    /// Starts detaching expired probes (checked every 200 ms, so within a second of expiry).
-    public func startExpiry() {
-        guard expiryTask == nil else { return }
-        expiryTask = Task { [weak self] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(200))
-                await self?.expire(now: Date())
-            }
-        }
-    }
-
-    func expire(now: Date) {
-        var changed = false
-        for (name, entry) in entries {
-            if let expiry = entry.expiresAt, expiry <= now {
-                entries[name] = nil
-                entry.probe?.detach(reaper: reaper)
-                changed = true
-            }
-        }
-        if changed { persist() }
-    }
+    // MARK: - Reads
 
     public func list() -> [Probe] {
         entries.sorted { $0.key < $1.key }.map { $0.value.view(name: $0.key) }
@@ -260,69 +96,14 @@ public actor ProbeManager {
 
     public var count: Int { entries.count }
 
-    /// POST: creates a probe; the same spec under an existing name returns the existing probe.
-    /// - Returns: the probe and whether it was created.
-    public func create(_ input: ProbeSpec) async throws(ProbeError) -> (Probe, Bool) {
-        var spec = try Self.normalize(input)
-        let name = spec.name ?? generateName()
-        spec.name = name
-        if let existing = entries[name] {
-            guard Self.sameProbe(existing.spec, spec) else {
-                throw ProbeError(kind: .conflict, detail: "a probe named '\(name)' exists with another spec; PUT /v1/probes/\(name) replaces it")
-            }
-            return (existing.view(name: name), false)
-        }
-        return (try await attachNew(name: name, spec: spec), true)
+    /// Why changes cannot be saved now (nil when they can, or when nothing is saved).
+    public nonisolated var stateProblem: String? {
+        guard let state, case .failing(let since, let error) = state.health else { return nil }
+        return "saving the desired probes to \(state.path) fails since \(ReportJSON.rfc3339(since)) (\(error)); changes are refused until it works again"
     }
 
-    /// PUT: creates, leaves alone (renewing the lease), or replaces.
-    public func put(name: String, spec input: ProbeSpec) async throws(ProbeError) -> (Probe, PutOutcome) {
-        var input = input
-        if let bodyName = input.name, bodyName != name {
-            throw ProbeError(kind: .invalid, detail: "the body names '\(bodyName)' but the path names '\(name)'",
-                             fieldErrors: [FieldError(field: "name", message: "must equal the name in the path")])
-        }
-        input.name = name
-        let spec = try Self.normalize(input)
-        guard var existing = entries[name] else {
-            return (try await attachNew(name: name, spec: spec), .created)
-        }
-        let now = Date()
-        if existing.spec == spec, existing.probe != nil {
-            existing.expiresAt = spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }
-            entries[name] = existing
-            await persistDurably()
-            return (existing.view(name: name), .unchanged)
-        }
-        if Self.sameAttachment(existing.spec, spec), existing.probe != nil {
-            // Only the lease or labels changed: keep the kernel attachment.
-            existing.spec = spec
-            existing.generation += 1
-            existing.updatedAt = now
-            existing.expiresAt = spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }
-            entries[name] = existing
-            await persistDurably()
-            return (existing.view(name: name), .replaced)
-        }
-        guard pending.insert(name).inserted else { throw Self.busy(name) }
-        defer { pending.remove(name) }
-        let attached = try await plan(spec)
-        // The old attachment goes only once the new one works: a failed replace keeps it.
-        if let old = entries[name] { old.probe?.detach(reaper: reaper) }
-        let entry = Entry(spec: spec, probe: attached, createdAt: existing.createdAt, updatedAt: now,
-                          expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) },
-                          generation: existing.generation + 1)
-        entries[name] = entry
-        await persistDurably()
-        return (entry.view(name: name), .replaced)
-    }
-
-    /// DELETE: forgets the probe now; the kernel detach happens in the background.
-    public func delete(_ name: String) async throws(ProbeError) {
-        guard let entry = entries.removeValue(forKey: name) else { throw Self.notFound(name) }
-        entry.probe?.detach(reaper: reaper)
-        await persistDurably()
-    }
+    /// Failed state saves since start-up.
+    public nonisolated var stateSaveFailures: Int { state?.failureCount ?? 0 }
 
     /// Reads a probe's aggregates.
     public func metrics(_ name: String) throws(ProbeError) -> ProbeMetrics {
@@ -339,42 +120,271 @@ public actor ProbeManager {
         }
     }
 
-    /// Detaches everything (shutdown). The saved desired state is left as it is, so a
-    /// restart with the same state directory brings the probes back.
+    // MARK: - Changes
+
+    /// POST: creates a probe; the same spec under an existing name returns the existing probe.
+    /// - Returns: the probe and whether it was created.
+    public func create(_ input: ProbeSpec) async throws(ProbeError) -> (Probe, Bool) {
+        var spec = try Self.normalize(input)
+        let name = spec.name ?? generateName()
+        spec.name = name
+        await lock(name)
+        defer { unlock(name) }
+        if let existing = entries[name] {
+            guard existing.spec == spec else {
+                throw ProbeError(kind: .conflict, detail: "a probe named '\(name)' exists with another spec; PUT /v1/probes/\(name) replaces it")
+            }
+            return (existing.view(name: name), false)
+        }
+        return (try await attachNew(name: name, spec: spec), true)
+    }
+
+    /// PUT: creates, leaves alone (renewing the lease), or replaces.
+    public func put(name: String, spec input: ProbeSpec) async throws(ProbeError) -> (Probe, PutOutcome) {
+        var input = input
+        if let bodyName = input.name, bodyName != name {
+            throw ProbeError(kind: .invalid, detail: "the body names '\(bodyName)' but the path names '\(name)'",
+                             fieldErrors: [FieldError(field: "name", message: "must equal the name in the path")])
+        }
+        input.name = name
+        let spec = try Self.normalize(input)
+        await lock(name)
+        defer { unlock(name) }
+        guard let existing = entries[name] else {
+            return (try await attachNew(name: name, spec: spec), .created)
+        }
+        if existing.probe != nil, existing.spec == spec || Self.sameAttachment(existing.spec, spec) {
+            // Only the lease (and perhaps the labels) changed: keep the kernel attachment.
+            var kept = existing
+            leased(&kept, spec.ttlSeconds)
+            let outcome: PutOutcome = existing.spec == spec ? .unchanged : .replaced
+            if outcome == .replaced {
+                kept.spec = spec
+                kept.generation += 1
+                kept.updatedAt = clock.now()
+            }
+            try await commit(name, .set(kept))
+            return (kept.view(name: name), outcome)
+        }
+        let attached = try await plan(spec)
+        var replacement = Entry(spec: spec, probe: attached, createdAt: existing.createdAt, updatedAt: clock.now(),
+                                generation: existing.generation + 1)
+        leased(&replacement, spec.ttlSeconds)
+        do {
+            try await commit(name, .set(replacement))
+        } catch {
+            attached.detach(reaper: reaper)
+            throw error
+        }
+        // The old attachment goes only once the new one works and is saved: a failed replace keeps it.
+        existing.probe?.detach(reaper: reaper)
+        return (replacement.view(name: name), .replaced)
+    }
+
+    /// DELETE: forgets the probe once that is saved; the kernel detach happens in the background.
+    public func delete(_ name: String) async throws(ProbeError) {
+        await lock(name)
+        defer { unlock(name) }
+        guard let entry = entries[name] else { throw Self.notFound(name) }
+        try await commit(name, .remove)
+        entry.probe?.detach(reaper: reaper)
+    }
+
+    /// Re-plans saved probes on the current kernel, keeping their names, labels, generation
+    /// and remaining TTL. A probe that no longer attaches is kept as `failed` with its attempts.
+    public func restore(_ saved: PersistedState) async -> [RestoreOutcome] {
+        var outcomes: [RestoreOutcome] = []
+        for item in saved.probes {
+            guard let name = item.spec.name else { continue }
+            await lock(name)
+            defer { unlock(name) }
+            let now = clock.now()
+            if let expiry = item.expiresAt, expiry <= now {
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "its TTL expired while the agent was down"))
+                continue
+            }
+            if entries[name] != nil || entries.count + creating >= maxProbes {
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: entries[name] != nil ? "a probe with this name already exists" : "the probe limit (\(maxProbes)) is reached"))
+                continue
+            }
+            let spec: ProbeSpec
+            do { spec = try Self.normalize(item.spec) } catch {
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "the saved spec is no longer valid: \(error.detail)"))
+                continue
+            }
+            var entry = Entry(spec: spec, probe: nil, createdAt: item.createdAt, updatedAt: now, expiresAt: item.expiresAt,
+                              deadline: item.expiresAt.map { clock.uptime() + .seconds($0.timeIntervalSince(now)) },
+                              generation: item.generation)
+            var problem: String?
+            do {
+                entry.probe = try await plan(spec)
+            } catch {
+                entry.failedAttempts = error.attempts
+                problem = error.detail
+            }
+            if shuttingDown {
+                entry.probe?.detach(reaper: reaper)
+                continue
+            }
+            // Restoring changes nothing the disk does not already say; a later save brings
+            // the rest (remaining TTLs are the same instants).
+            entries[name] = entry
+            outcomes.append(RestoreOutcome(name: name, probe: entry.view(name: name), problem: problem))
+        }
+        rescheduleExpiry()
+        await saveOrRecover()
+        return outcomes
+    }
+
+    /// Detaches everything (shutdown) and refuses later changes. The saved desired state is
+    /// left as it is, so a restart with the same state directory brings the probes back.
     public func removeAll() {
+        shuttingDown = true
         for (_, entry) in entries { entry.probe?.detach(reaper: reaper) }
         entries.removeAll()
         expiryTask?.cancel()
         expiryTask = nil
+        recoveryTask?.cancel()
+        recoveryTask = nil
     }
 
-    // MARK: - Internals
+    // MARK: - Per-name locks
 
-    static func metrics(name: String, entry: Entry, topProcesses: Int = 10) throws(ProbeError) -> ProbeMetrics {
-        guard let probe = entry.probe else {
-            throw ProbeError(kind: .conflict, detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry")
+    private func lock(_ name: String) async {
+        if held.insert(name).inserted { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            waiting[name, default: []].append(continuation)
         }
-        do {
-            let counters = try probe.read(topProcesses: topProcesses)
-            return ProbeMetrics(name: name, mechanism: probe.flavour.rawValue, target: entry.spec.target.label,
-                                since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
-        } catch {
-            throw ProbeError(kind: .unavailable, detail: "reading the probe's maps failed: \(error)")
+        // Handed over by unlock: the name stays held.
+    }
+
+    private func unlock(_ name: String) {
+        if var queue = waiting[name], !queue.isEmpty {
+            let next = queue.removeFirst()
+            waiting[name] = queue.isEmpty ? nil : queue
+            next.resume()
+        } else {
+            held.remove(name)
         }
     }
+
+    // MARK: - Durability
+
+    /// Saves the state with `change` and commits it, or changes nothing and throws.
+    private func commit(_ name: String, _ change: Change) async throws(ProbeError) {
+        guard !shuttingDown else { throw ProbeError(kind: .unavailable, detail: "the agent is shutting down") }
+        if let state {
+            proposals[name] = change
+            let result = await state.commit(snapshot())
+            proposals[name] = nil
+            if case .failure(let error) = result {
+                logger.warning("probe \(name): change refused, the desired state could not be saved: \(error)")
+                startRecovery()
+                throw ProbeError(kind: .notSaved, detail: "the change was not made because the desired probes could not be saved to \(state.path): \(error)",
+                                 errno: error.errno)
+            }
+            guard !shuttingDown else { throw ProbeError(kind: .unavailable, detail: "the agent is shutting down") }
+        }
+        switch change {
+        case .set(let entry): entries[name] = entry
+        case .remove: entries[name] = nil
+        }
+        rescheduleExpiry()
+    }
+
+    /// The committed probes with every change being saved.
+    private func snapshot() -> PersistedState {
+        var merged = entries
+        for (name, change) in proposals {
+            switch change {
+            case .set(let entry): merged[name] = entry
+            case .remove: merged[name] = nil
+            }
+        }
+        let probes = merged.sorted { $0.key < $1.key }.map { name, entry in
+            var spec = entry.spec
+            spec.name = name
+            return PersistedState.Probe(spec: spec, createdAt: entry.createdAt, expiresAt: entry.expiresAt, generation: entry.generation)
+        }
+        return PersistedState(savedAt: clock.now(), probes: probes)
+    }
+
+    /// Saves what is committed now (after expiry or restore: nothing to refuse); a failure
+    /// starts the recovery loop.
+    private func saveOrRecover() async {
+        guard let state, !shuttingDown else { return }
+        if case .failure = await state.commit(snapshot()) { startRecovery() }
+    }
+
+    /// Saves again every second until a save works, so the disk catches up by itself once
+    /// the fault is gone (space freed, file system writable again).
+    private func startRecovery() {
+        guard recoveryTask == nil, let state, !shuttingDown else { return }
+        recoveryTask = Task { [clock] in
+            while !Task.isCancelled {
+                do { try await clock.sleep(until: clock.uptime() + .seconds(1)) } catch { return }
+                if case .success = await state.commit(self.snapshot()) {
+                    await self.recovered()
+                    return
+                }
+            }
+        }
+    }
+
+    private func recovered() { recoveryTask = nil }
+
+    // MARK: - Expiry
+
+    /// Sleeps until the earliest TTL deadline, then detaches what expired.
+    private func rescheduleExpiry() {
+        expiryTask?.cancel()
+        expiryTask = nil
+        guard !shuttingDown, let next = entries.values.compactMap(\.deadline).min() else { return }
+        expiryTask = Task { [clock] in
+            do { try await clock.sleep(until: next) } catch { return }
+            await self.expire()
+        }
+    }
+
+    /// Detaches every expired probe that no operation holds (an operation holding one
+    /// reschedules expiry when it ends).
+    func expire() async {
+        let now = clock.uptime()
+        var changed = false
+        for (name, entry) in entries where !held.contains(name) {
+            guard let deadline = entry.deadline, deadline <= now else { continue }
+            entries[name] = nil
+            entry.probe?.detach(reaper: reaper)
+            logger.info("probe \(name) expired (ttl_seconds \(entry.spec.ttlSeconds ?? 0)) and was detached")
+            changed = true
+        }
+        rescheduleExpiry()
+        if changed { await saveOrRecover() }
+    }
+
+    private func leased(_ entry: inout Entry, _ ttl: Int?) {
+        entry.expiresAt = ttl.map { clock.now().addingTimeInterval(TimeInterval($0)) }
+        entry.deadline = ttl.map { clock.uptime() + .seconds($0) }
+    }
+
+    // MARK: - Attaching
 
     private func attachNew(name: String, spec: ProbeSpec) async throws(ProbeError) -> Probe {
-        guard entries.count + pending.count < maxProbes else {
+        guard entries.count + creating < maxProbes else {
             throw ProbeError(kind: .tooMany, detail: "the agent holds at most \(maxProbes) probes; delete some first")
         }
-        guard pending.insert(name).inserted else { throw Self.busy(name) }
-        defer { pending.remove(name) }
+        creating += 1
+        defer { creating -= 1 }
         let attached = try await plan(spec)
-        let now = Date()
-        let entry = Entry(spec: spec, probe: attached, createdAt: now, updatedAt: now,
-                          expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(TimeInterval($0)) }, generation: 1)
-        entries[name] = entry
-        await persistDurably()
+        let now = clock.now()
+        var entry = Entry(spec: spec, probe: attached, createdAt: now, updatedAt: now, generation: 1)
+        leased(&entry, spec.ttlSeconds)
+        do {
+            try await commit(name, .set(entry))
+        } catch {
+            attached.detach(reaper: reaper)
+            throw error
+        }
         return entry.view(name: name)
     }
 
@@ -392,14 +402,34 @@ public actor ProbeManager {
         case .success(let probe): attempts = probe.attempts
         case .failure(let failure): attempts = failure.attempts
         }
-        for attempt in attempts { attemptCounts["\(attempt.mechanism)|\(attempt.outcome.rawValue)", default: 0] += 1 }
+        for attempt in attempts { attemptCounts["\(attempt.flavour.rawValue)|\(attempt.outcome.rawValue)", default: 0] += 1 }
         switch result {
         case .success(let probe):
             return probe
         case .failure(let failure):
-            throw ProbeError(kind: .attachFailed,
-                             detail: "no mechanism could attach \(spec.target.label): " + failure.attempts.map { "\($0.mechanism) \($0.outcome.rawValue)" }.joined(separator: ", "),
-                             attempts: failure.attempts)
+            let summary = failure.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)" }.joined(separator: ", ")
+            if failure.exhausted {
+                let errno = failure.attempts.last?.errno
+                throw ProbeError(kind: .exhausted,
+                                 detail: "the agent ran out of \(errno == .ENOMEM ? "memory" : "file descriptors") (\(errno?.name ?? "?")) while attaching \(spec.target.label); nothing was kept, retry later (\(summary))",
+                                 attempts: failure.attempts, errno: errno)
+            }
+            throw ProbeError(kind: .attachFailed, detail: "no mechanism could attach \(spec.target.label): \(summary)", attempts: failure.attempts)
+        }
+    }
+
+    // MARK: - Helpers
+
+    static func metrics(name: String, entry: Entry, topProcesses: Int = 10) throws(ProbeError) -> ProbeMetrics {
+        guard let probe = entry.probe else {
+            throw ProbeError(kind: .conflict, detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry")
+        }
+        do {
+            let counters = try probe.read(topProcesses: topProcesses)
+            return ProbeMetrics(name: name, mechanism: probe.flavour, target: entry.spec.target.label,
+                                since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
+        } catch {
+            throw ProbeError(kind: .unavailable, detail: "reading the probe's maps failed: \(error)")
         }
     }
 
@@ -415,24 +445,19 @@ public actor ProbeManager {
         return normalized
     }
 
+    /// Whether two specs attach the same way (they differ at most in TTL and labels).
     static func sameAttachment(_ a: ProbeSpec, _ b: ProbeSpec) -> Bool {
         a.target == b.target && a.mechanisms == b.mechanisms && a.filter == b.filter
     }
 
-    static func sameProbe(_ a: ProbeSpec, _ b: ProbeSpec) -> Bool { a == b }
-
     private func generateName() -> String {
         while true {
             let candidate = "probe-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
-            if entries[candidate] == nil && !pending.contains(candidate) { return candidate }
+            if entries[candidate] == nil && !held.contains(candidate) { return candidate }
         }
     }
 
     static func notFound(_ name: String) -> ProbeError {
         ProbeError(kind: .notFound, detail: "no probe named '\(name)'")
-    }
-
-    static func busy(_ name: String) -> ProbeError {
-        ProbeError(kind: .conflict, detail: "another request is changing probe '\(name)' right now; retry")
     }
 }

@@ -169,11 +169,11 @@ extension ProbeSpec {
             }
             for (i, m) in mechanisms.prefix(16).enumerated() {
                 guard let flavour = Flavour(specName: m) else {
-                    errors.append(FieldError(field: "mechanisms[\(i)]", message: "unknown mechanism '\(m.prefix(64))'; known: fentry (kfunc), fexit (kretfunc), kprobe, kretprobe, tracepoint, tp_btf, raw_tracepoint, uprobe, uretprobe"))
+                    errors.append(FieldError(field: "mechanisms[\(i)]", message: "unknown mechanism '\(m.prefix(64))'; known: \(Flavour.specNames)"))
                     continue
                 }
-                if !flavour.applies(to: target.type) {
-                    errors.append(FieldError(field: "mechanisms[\(i)]", message: "\(m) cannot trace a \(target.type.rawValue) target; usable: \(Flavour.defaultChain(for: target.type).map(\.rawValue).joined(separator: ", "))"))
+                if FlavourCatalog.descriptor(flavour, for: target.type) == nil {
+                    errors.append(FieldError(field: "mechanisms[\(i)]", message: "\(m) cannot trace a \(target.type.rawValue) target; usable: \(FlavourCatalog.chain(for: target.type).map(\.flavour.rawValue).joined(separator: ", "))"))
                 }
             }
         }
@@ -204,9 +204,10 @@ extension ProbeSpec {
         return errors
     }
 
-    /// The chain to try: the spec's mechanisms (aliases resolved, duplicates dropped) or the default.
+    /// The flavour names to try: the spec's mechanisms (aliases resolved, duplicates
+    /// dropped) or the default chain's.
     public var flavours: [Flavour] {
-        guard let mechanisms else { return Flavour.defaultChain(for: target.type) }
+        guard let mechanisms else { return FlavourCatalog.chain(for: target.type).map(\.flavour) }
         var seen = Set<Flavour>()
         return mechanisms.compactMap(Flavour.init(specName:)).filter { seen.insert($0).inserted }
     }
@@ -223,8 +224,8 @@ extension ProbeTarget {
     /// The stage is null: the kernel was not asked.
     public func uprobeBinaryProblem() -> AttachAttempt? {
         guard type == .uprobe, let path else { return nil }
-        func problem(_ errno: String, _ message: String) -> AttachAttempt {
-            AttachAttempt(mechanism: Flavour.uprobe.rawValue, outcome: .unsupported, stage: nil, errno: errno,
+        func problem(_ errno: Errno, _ message: String) -> AttachAttempt {
+            AttachAttempt(flavour: .uprobe, outcome: .unsupported, stage: nil, errno: errno,
                           message: "\(path) \(message); uprobes attach to ELF executables and shared libraries")
         }
         func failure(_ code: Int32) -> AttachAttempt {
@@ -234,18 +235,18 @@ extension ProbeTarget {
             case EACCES, EPERM: "cannot be read by the agent"
             case ELOOP: "is a symbolic link loop"
             case ENAMETOOLONG: "is too long a path"
-            default: "cannot be opened (\(String(cString: strerror(code))))"
+            default: "cannot be opened (\(Errno(rawValue: code).message))"
             }
-            return problem(errnoName(code), reason)
+            return problem(Errno(rawValue: code), reason)
         }
         func kind(_ mode: mode_t) -> AttachAttempt? {
             switch mode & S_IFMT {
             case S_IFREG: nil
-            case S_IFDIR: problem("EISDIR", "is a directory")
-            case S_IFIFO: problem("ENOEXEC", "is a FIFO, not a regular file")
-            case S_IFCHR, S_IFBLK: problem("ENOEXEC", "is a device, not a regular file")
-            case S_IFSOCK: problem("ENOEXEC", "is a socket, not a regular file")
-            default: problem("ENOEXEC", "is not a regular file")
+            case S_IFDIR: problem(.EISDIR, "is a directory")
+            case S_IFIFO: problem(.ENOEXEC, "is a FIFO, not a regular file")
+            case S_IFCHR, S_IFBLK: problem(.ENOEXEC, "is a device, not a regular file")
+            case S_IFSOCK: problem(.ENOEXEC, "is a socket, not a regular file")
+            default: problem(.ENOEXEC, "is not a regular file")
             }
         }
         var info = stat()
@@ -261,11 +262,11 @@ extension ProbeTarget {
         var header = [UInt8](repeating: 0, count: 18)
         let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
         guard count == 18, header[0..<4] == [0x7F, 0x45, 0x4C, 0x46] else {
-            return problem("ENOEXEC", "is not an ELF file (it does not start with \\x7fELF)")
+            return problem(.ENOEXEC, "is not an ELF file (it does not start with \\x7fELF)")
         }
         let elfType = header[5] == 2 ? UInt16(header[16]) << 8 | UInt16(header[17]) : UInt16(header[17]) << 8 | UInt16(header[16])
         guard elfType == 2 || elfType == 3 else {  // ET_EXEC, ET_DYN
-            return problem("ENOEXEC", "is an ELF file but not an executable or shared object (e_type \(elfType))")
+            return problem(.ENOEXEC, "is an ELF file but not an executable or shared object (e_type \(elfType))")
         }
         return nil
     }

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Glibc
+import Logging
 import Synchronization
 
 /// The desired probes as saved on disk.
@@ -33,14 +34,49 @@ public struct PersistedState: Sendable, Codable, Hashable {
     }
 }
 
-/// Saves the desired probes atomically (temp file, fsync, rename, fsync of the directory)
-/// in a state directory, off the caller's path, and loads them at start-up.
+/// A save that did not reach the disk.
+public struct StateSaveError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The errno of the step that failed (`ENOSPC`, `EROFS`, …), when there is one.
+    public var errno: Errno?
+    public var description: String
+
+    /// The disk (or the quota) is full: HTTP's 507 Insufficient Storage.
+    public var isOutOfSpace: Bool { errno == .ENOSPC || errno == .EDQUOT }
+}
+
+/// Saves the desired probes in a state directory and loads them at start-up.
+///
+/// Contract: ``commit(_:)`` returns success only once the state it was given (or a newer
+/// one, which includes it) is on disk: written to a temporary file, fsynced, renamed over
+/// `probes.json`, and the directory fsynced. Commits that arrive while a write runs share
+/// the next write. A failure is logged and counted and makes ``health`` say so until a
+/// later save works; the caller decides what to undo (``ProbeManager`` changes nothing
+/// that was not saved, and saves again until one works).
 public final class StateStore: Sendable {
     public let directory: String
     public var path: String { directory + "/probes.json" }
-    private let queue = DispatchQueue(label: "traceplane.state")
-    private let pending = Mutex<PersistedState?>(nil)
-    private let lastError = Mutex<String?>(nil)
+    private let logger: Logger
+    private let writer = DispatchQueue(label: "traceplane.state")
+
+    private struct Queue {
+        var newest: PersistedState?
+        var waiting: [CheckedContinuation<Result<Void, StateSaveError>, Never>] = []
+        var writing = false
+    }
+    private let queue = Mutex(Queue())
+
+    /// Whether saves work now.
+    public enum Health: Sendable, Hashable {
+        case ok
+        /// Saving has failed since `since`; `error` is the latest failure.
+        case failing(since: Date, error: StateSaveError)
+    }
+    private struct Books {
+        var health = Health.ok
+        var failures = 0
+        var saves = 0
+    }
+    private let books = Mutex(Books())
 
     /// Outcome of reading the state file at start-up.
     public enum Loaded: Sendable {
@@ -51,18 +87,19 @@ public final class StateStore: Sendable {
     }
 
     /// - Throws: ``StateError`` when the directory cannot be created or written.
-    public init(directory: String) throws(StateError) {
+    public init(directory: String, logger: Logger = Logger(label: "traceplane.state")) throws(StateError) {
         self.directory = directory.hasSuffix("/") && directory.count > 1 ? String(directory.dropLast()) : directory
+        self.logger = logger
         var isDirectory: ObjCBool = false
         if !FileManager.default.fileExists(atPath: self.directory, isDirectory: &isDirectory) {
             if mkdir(self.directory, 0o700) != 0 {
-                throw StateError(description: "cannot create state directory \(self.directory): \(String(cString: strerror(errno)))")
+                throw StateError(description: "cannot create state directory \(self.directory): \(Errno.current.message)")
             }
         } else if !isDirectory.boolValue {
             throw StateError(description: "state directory \(self.directory) is not a directory")
         }
         if access(self.directory, W_OK) != 0 {
-            throw StateError(description: "state directory \(self.directory) is not writable: \(String(cString: strerror(errno)))")
+            throw StateError(description: "state directory \(self.directory) is not writable: \(Errno.current.message)")
         }
     }
 
@@ -79,83 +116,140 @@ public final class StateStore: Sendable {
                 reason = "cannot be decoded: \(error)"
             }
         } else {
-            reason = "cannot be read: \(String(cString: strerror(errno)))"
+            reason = "cannot be read: \(Errno.current.message)"
         }
         let stamp = ReportJSON.rfc3339(Date()).replacingOccurrences(of: ":", with: "")
         let aside = "\(path).corrupt-\(stamp)"
         if rename(path, aside) == 0 { return .corrupt(reason: reason, keptAt: aside) }
-        return .corrupt(reason: reason + "; moving it aside failed: \(String(cString: strerror(errno)))", keptAt: nil)
+        return .corrupt(reason: reason + "; moving it aside failed: \(Errno.current.message)", keptAt: nil)
     }
 
-    /// Saves `state` in the background; saves requested meanwhile coalesce to the newest.
-    public func save(_ state: PersistedState) {
-        let first = pending.withLock { slot -> Bool in
-            defer { slot = state }
-            return slot == nil
+    /// Saves `state` and returns once it, or a newer state, is durably on disk, or the
+    /// write that would have carried it failed.
+    public func commit(_ state: PersistedState) async -> Result<Void, StateSaveError> {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, StateSaveError>, Never>) in
+            let start = queue.withLock { q -> Bool in
+                q.newest = state
+                q.waiting.append(continuation)
+                defer { q.writing = true }
+                return !q.writing
+            }
+            if start { writer.async { self.drain() } }
         }
-        guard first else { return }
-        queue.async {
-            guard let newest = self.pending.withLock({ slot -> PersistedState? in
-                defer { slot = nil }
-                return slot
-            }) else { return }
+    }
+
+    /// Writes the newest requested state until none is left, answering every commit that
+    /// was waiting when each write started.
+    private func drain() {
+        while true {
+            let (state, waiting) = queue.withLock { q -> (PersistedState?, [CheckedContinuation<Result<Void, StateSaveError>, Never>]) in
+                defer {
+                    q.newest = nil
+                    q.waiting = []
+                }
+                if q.newest == nil { q.writing = false }
+                return (q.newest, q.waiting)
+            }
+            guard let state else { return }
+            let result: Result<Void, StateSaveError>
             do {
-                try self.write(newest)
-                self.lastError.withLock { $0 = nil }
+                try write(state)
+                result = .success(())
             } catch {
-                self.lastError.withLock { $0 = "\(error)" }
+                result = .failure(error)
+            }
+            record(result)
+            for continuation in waiting { continuation.resume(returning: result) }
+        }
+    }
+
+    private func record(_ result: Result<Void, StateSaveError>) {
+        let transition = books.withLock { b -> (failed: StateSaveError?, recovered: Date?) in
+            switch (result, b.health) {
+            case (.success, .ok):
+                b.saves += 1
+                return (nil, nil)
+            case (.success, .failing(let since, _)):
+                b.saves += 1
+                b.health = .ok
+                return (nil, since)
+            case (.failure(let error), .ok):
+                b.failures += 1
+                b.health = .failing(since: Date(), error: error)
+                return (error, nil)
+            case (.failure(let error), .failing(let since, _)):
+                b.failures += 1
+                b.health = .failing(since: since, error: error)
+                return (nil, nil)
             }
         }
-    }
-
-    /// Waits for every requested save to reach the disk.
-    public func flush() {
-        queue.sync {}
-    }
-
-    /// Suspends until every save requested so far has reached the disk (or failed).
-    public func flushed() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            queue.async { continuation.resume() }
+        if let error = transition.failed {
+            logger.error("saving the desired probes to \(path) failed: \(error); changes are refused until a save works again")
+        }
+        if let since = transition.recovered {
+            logger.notice("saving the desired probes to \(path) works again (it failed from \(ReportJSON.rfc3339(since)))")
         }
     }
 
-    /// The last save failure, if the last save failed.
-    public var failure: String? { lastError.withLock { $0 } }
+    /// Waits for every requested save to reach the disk (or fail).
+    public func flush() {
+        writer.sync {}
+    }
+
+    /// Whether saves work now.
+    public var health: Health { books.withLock { $0.health } }
+
+    /// Failed writes since start-up (each save and each retry that failed).
+    public var failureCount: Int { books.withLock { $0.failures } }
+
+    /// Writes that reached the disk since start-up.
+    public var saveCount: Int { books.withLock { $0.saves } }
 
     /// Writes `state` now: temp file, fsync, rename over the old file, fsync the directory.
-    public func write(_ state: PersistedState) throws(StateError) {
+    /// A state directory that disappeared is created again.
+    public func write(_ state: PersistedState) throws(StateSaveError) {
         let data: Data
-        do { data = try ReportJSON.encoder(pretty: true).encode(state) } catch { throw StateError(description: "cannot encode state: \(error)") }
+        do { data = try ReportJSON.encoder(pretty: true).encode(state) } catch {
+            throw StateSaveError(errno: nil, description: "cannot encode the state: \(error)")
+        }
+        func failure(_ what: String, _ code: Int32) -> StateSaveError {
+            StateSaveError(errno: Errno(rawValue: code), description: "\(what): \(Errno(rawValue: code).name) (\(Errno(rawValue: code).message))")
+        }
         let temp = "\(path).tmp-\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw StateError(description: "cannot create \(temp): \(String(cString: strerror(errno)))") }
-        var ok = data.withUnsafeBytes { raw -> Bool in
+        var fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if fd < 0, errno == ENOENT, mkdir(directory, 0o700) == 0 {
+            fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        }
+        guard fd >= 0 else { throw failure("cannot create \(temp)", errno) }
+        var code: Int32 = 0
+        data.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
                 let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 { if errno == EINTR { continue }; return false }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    code = errno
+                    return
+                }
                 offset += n
             }
-            return true
         }
-        let code = errno
-        ok = ok && fsync(fd) == 0
+        if code == 0, fsync(fd) != 0 { code = errno }
         close(fd)
-        guard ok else {
+        guard code == 0 else {
             unlink(temp)
-            throw StateError(description: "cannot write \(temp): \(String(cString: strerror(code)))")
+            throw failure("cannot write \(temp)", code)
         }
         guard rename(temp, path) == 0 else {
             let code = errno
             unlink(temp)
-            throw StateError(description: "cannot rename \(temp) to \(path): \(String(cString: strerror(code)))")
+            throw failure("cannot rename \(temp) to \(path)", code)
         }
         let dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 {
-            fsync(dir)
-            close(dir)
-        }
+        guard dir >= 0 else { throw failure("cannot open \(directory) to fsync it", errno) }
+        defer { close(dir) }
+        // A file system that cannot fsync a directory (EINVAL) has nothing more to flush.
+        if fsync(dir) != 0, errno != EINVAL { throw failure("cannot fsync \(directory)", errno) }
     }
 }
 

@@ -121,6 +121,13 @@ int oracle_count_programs_with_prefix(const char *prefix);
 /// 524), from glibc's strerrorname_np; "E<n>" when glibc has no name.
 const char *oracle_errno_name(int err);
 
+/// Names the calling thread (prctl PR_SET_NAME, at most 15 bytes kept). Returns 0 or -errno.
+int oracle_set_thread_name(const char *name);
+
+/// The byte offset of `member` in `struct task_struct` according to libbpf's BTF parser
+/// (looking into anonymous structs and unions), or -errno (-ENOENT when absent).
+long oracle_task_struct_offset(const char *member);
+
 /// The function the uprobe trials attach to. Returns `x + 1`.
 int oracle_uprobe_target(int x);
 

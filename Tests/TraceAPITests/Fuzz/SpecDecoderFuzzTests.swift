@@ -156,7 +156,7 @@ enum Oracle {
         }
         if let mechanisms = spec.mechanisms {
             #expect((1...16).contains(mechanisms.count), "\(shown())")
-            #expect(!spec.flavours.isEmpty && spec.flavours.allSatisfy { $0.applies(to: target.type) }, "\(shown())")
+            #expect(!spec.flavours.isEmpty && spec.flavours.allSatisfy { FlavourCatalog.descriptor($0, for: target.type) != nil }, "\(shown())")
         }
         if let pid = spec.filter?.pid { #expect((1...4_194_304).contains(pid), "\(shown())") }
         if let comm = spec.filter?.comm { #expect((1...15).contains(comm.utf8.count) && !comm.utf8.contains(0), "\(shown())") }

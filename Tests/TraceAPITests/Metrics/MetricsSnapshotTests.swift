@@ -23,7 +23,7 @@ struct MetricsSnapshotTests {
         counters.latencySumNanoseconds = sumNanoseconds
         counters.runTimeNanoseconds = runTime
         counters.runCount = runCount
-        let metrics = ProbeMetrics(name: name, mechanism: mechanism, target: target, since: Date(timeIntervalSince1970: 0),
+        let metrics = ProbeMetrics(name: name, mechanism: Flavour(rawValue: mechanism)!, target: target, since: Date(timeIntervalSince1970: 0),
                                    counters: counters, countsOnly: countsOnly)
         return .init(metrics: metrics, userLabels: labels)
     }

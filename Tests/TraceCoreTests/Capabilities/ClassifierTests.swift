@@ -6,11 +6,11 @@ import TraceCoreTestSupport
 private let ENOTSUPP: Int32 = 524
 
 private func load(_ errno: Int32, detail: String = "") -> KernelError {
-    KernelError(stage: .load, errno: errno, operation: "load cap_x", detail: detail)
+    KernelError(stage: .load, code: errno, operation: "load cap_x", detail: detail)
 }
 
 private func attach(_ errno: Int32, detail: String = "") -> KernelError {
-    KernelError(stage: .attach, errno: errno, operation: "attach cap_x", detail: detail)
+    KernelError(stage: .attach, code: errno, operation: "attach cap_x", detail: detail)
 }
 
 @Suite("Classifier: load failures")
@@ -92,7 +92,7 @@ struct ClassifierLoadTests {
         #expect(verdict.message.contains("not supported"))
     }
 
-    @Test("Unexpected errnos at load are errors", arguments: [EBADF, ENOMEM, EBUSY, EFAULT])
+    @Test("Unexpected errnos at load are errors", arguments: [EBADF, EBUSY, EFAULT])
     func unexpectedLoadErrnoIsError(errno: Int32) {
         let verdict = Classifier.classify(.tracepoint, load(errno), facts: .canned())
         #expect(verdict.status == .error)
@@ -232,7 +232,7 @@ struct ClassifierAttachTests {
         #expect(verdict.message.contains("does not support this attachment"))
     }
 
-    @Test("Unexpected errnos at attach are errors", arguments: [ENOMEM, EBADF, EFAULT])
+    @Test("Unexpected errnos at attach are errors", arguments: [EBADF, EFAULT])
     func unexpectedAttachErrnoIsError(errno: Int32) {
         let verdict = Classifier.classify(.tracepoint, attach(errno), facts: .canned())
         #expect(verdict.status == .error)
@@ -244,7 +244,7 @@ struct ClassifierAttachTests {
 struct ClassifierOtherStageTests {
     @Test("A failure to open the embedded object is an error")
     func openFailureIsError() {
-        let error = KernelError(stage: .open, errno: EINVAL, operation: "open BPF object capability", detail: "bad ELF")
+        let error = KernelError(stage: .open, errno: .EINVAL, operation: "open BPF object capability", detail: "bad ELF")
         let verdict = Classifier.classify(.tracepoint, error, facts: .canned())
         #expect(verdict.status == .error)
         #expect(verdict.message == "could not open the embedded BPF object (bad ELF)")
@@ -252,7 +252,7 @@ struct ClassifierOtherStageTests {
 
     @Test("A failure to read the counter map is an error")
     func readFailureIsError() {
-        let error = KernelError(stage: .read, errno: EFAULT, operation: "read map hits")
+        let error = KernelError(stage: .read, errno: .EFAULT, operation: "read map hits")
         let verdict = Classifier.classify(.uprobe, error, facts: .canned())
         #expect(verdict.status == .error)
         #expect(verdict.message.contains("counter map"))
@@ -263,5 +263,19 @@ struct ClassifierOtherStageTests {
         let verdict = Classifier.neverFired(mechanism)
         #expect(verdict.status == .unsupported)
         #expect(verdict.message.contains("never ran"))
+    }
+}
+
+@Suite("Classifier: the agent's own exhaustion")
+struct ClassifierExhaustionTests {
+    @Test("EMFILE, ENFILE and ENOMEM are errors that blame the agent's resources, not the kernel, at either stage",
+          arguments: [EMFILE, ENFILE, ENOMEM])
+    func exhaustionIsTheAgents(code: Int32) {
+        for error in [load(code), attach(code)] {
+            let verdict = Classifier.classify(.tpBTF, error, facts: .developmentMachine())
+            #expect(verdict.status == .error)
+            #expect(verdict.message.contains("the agent ran out of"))
+            #expect(verdict.message.contains("says nothing about the kernel"))
+        }
     }
 }

@@ -50,7 +50,7 @@ struct SyscallHubKernelTests {
         for _ in 0..<m { _ = getpgid(0) }
         for (name, expected) in [("by-pid", n), ("by-comm", n), ("no-one", 0), ("other", m)] {
             let metrics = try await manager.metrics(name)
-            #expect(metrics.mechanism == mechanism)
+            #expect(metrics.mechanism.rawValue == mechanism)
             #expect(metrics.calls == UInt64(expected), "\(name)")
             let latency = try #require(metrics.latencyNanoseconds)
             #expect(latency.count == UInt64(expected) && latency.buckets.reduce(0) { $0 + $1.count } == UInt64(expected), "\(name)")

@@ -123,8 +123,8 @@ struct CapabilityReportJSONTests {
 
     @Test("A capability result decodes back from its own JSON")
     func resultRoundTrip() throws {
-        let original = CapabilityResult(name: "fentry", aliases: ["kfunc"], status: .denied, stage: "load",
-                                        errno: "EPERM", message: "denied", durationMicroseconds: 12)
+        let original = CapabilityResult(.mechanism(.fentry), status: .denied, stage: .load,
+                                        errno: .EPERM, message: "denied", durationMicroseconds: 12)
         let decoded = try JSONDecoder().decode(CapabilityResult.self, from: try ReportJSON.encode(original))
         #expect(decoded == original)
     }

@@ -20,7 +20,7 @@ private func result(_ report: CapabilityReport, _ feature: Feature) throws -> Ca
 }
 
 private func chain(_ report: CapabilityReport, _ target: TargetType) -> [String: Bool] {
-    Dictionary(uniqueKeysWithValues: (report.chains[target.rawValue] ?? []).map { ($0.mechanism, $0.usable) })
+    Dictionary(uniqueKeysWithValues: (report.chains[target.rawValue] ?? []).map { ($0.mechanism.rawValue, $0.usable) })
 }
 
 @Suite("CapabilityProber on the development machine fake")
@@ -31,8 +31,8 @@ struct CapabilityProberDevelopmentMachineTests {
         let report = probe(.developmentMachine())
         let entry = try result(report, mechanism)
         #expect(entry.status == .denied)
-        #expect(entry.stage == "load")
-        #expect(entry.errno == "EPERM")
+        #expect(entry.stage == .load)
+        #expect(entry.errno == .EPERM)
         #expect(entry.message.contains("function tracing denied by the kernel"))
         #expect(entry.disabled == nil)
     }
@@ -42,8 +42,8 @@ struct CapabilityProberDevelopmentMachineTests {
     func kprobesUnsupported(mechanism: Mechanism) throws {
         let entry = try result(probe(.developmentMachine()), mechanism)
         #expect(entry.status == .unsupported)
-        #expect(entry.stage == "attach")
-        #expect(entry.errno == "ENOENT")
+        #expect(entry.stage == .attach)
+        #expect(entry.errno == .ENOENT)
         #expect(entry.message.contains("CONFIG_KPROBES"))
     }
 
@@ -51,8 +51,8 @@ struct CapabilityProberDevelopmentMachineTests {
     func kprobeMultiUnsupported() throws {
         let entry = try result(probe(.developmentMachine()), .kprobeMulti)
         #expect(entry.status == .unsupported)
-        #expect(entry.stage == "attach")
-        #expect(entry.errno == "EOPNOTSUPP")
+        #expect(entry.stage == .attach)
+        #expect(entry.errno == .EOPNOTSUPP)
     }
 
     @Test("tracepoints, raw tracepoints, tp_btf, uprobes and perf events are supported after firing",
@@ -60,7 +60,7 @@ struct CapabilityProberDevelopmentMachineTests {
     func workingMechanismsSupported(mechanism: Mechanism) throws {
         let entry = try result(probe(.developmentMachine()), mechanism)
         #expect(entry.status == .supported)
-        #expect(entry.stage == "attach")
+        #expect(entry.stage == .attach)
         #expect(entry.errno == nil)
         #expect(entry.message == "loaded, attached and fired")
         #expect(entry.durationMicroseconds >= 0)
@@ -92,8 +92,8 @@ struct CapabilityProberDevelopmentMachineTests {
         #expect(chain(report, .syscall) == ["fentry": false, "kprobe": false, "tracepoint": true, "tp_btf": true, "raw_tracepoint": true])
         #expect(chain(report, .tracepoint) == ["tp_btf": true, "raw_tracepoint": true, "tracepoint": true])
         #expect(chain(report, .uprobe) == ["uprobe": true])
-        #expect(report.chains["syscall"]?.map(\.mechanism) == ["fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"])
-        #expect(report.chains["function"]?.first?.requires == ["fentry", "fexit"])
+        #expect(report.chains["syscall"]?.map(\.mechanism.rawValue) == ["fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"])
+        #expect(report.chains["function"]?.first?.requires == [.fentry, .fexit])
     }
 
     @Test("Every object and link is closed after the reaper drains, links before their objects")
@@ -115,9 +115,9 @@ struct CapabilityProberDevelopmentMachineTests {
     func attachFailureClosesObject() throws {
         let kernel = FakeKernel.developmentMachine()
         _ = probe(kernel)
-        let kprobeObject = try #require(kernel.objects.first { $0.programs == ["cap_kprobe"] })
+        let kprobeObject = try #require(kernel.objects.first { $0.programs.map(\.name) == ["cap_kprobe"] })
         #expect(!kprobeObject.isOpen)
-        #expect(!kernel.links.contains { $0.program == "cap_kprobe" })
+        #expect(!kernel.links.contains { $0.program.name == "cap_kprobe" })
     }
 }
 
@@ -127,7 +127,7 @@ struct CapabilityProberScriptedTests {
     func everythingSupported() {
         let report = probe(FakeKernel())
         #expect(report.mechanisms.allSatisfy { $0.status == .supported })
-        #expect(report.features.allSatisfy { $0.status == .supported && $0.stage == "load" && $0.errno == nil })
+        #expect(report.features.allSatisfy { $0.status == .supported && $0.stage == .load && $0.errno == nil })
         #expect(report.chains.values.allSatisfy { $0.allSatisfy(\.usable) })
     }
 
@@ -135,27 +135,27 @@ struct CapabilityProberScriptedTests {
     func loadSpecs() throws {
         let kernel = FakeKernel()
         _ = probe(kernel)
-        let specs = kernel.loadedSpecs.filter { $0.object == "capability" }
+        let specs = kernel.loadedSpecs.filter { $0.object == CapabilityBPF.object }
         #expect(specs.count == Mechanism.allCases.count)
-        let pid = withUnsafeBytes(of: UInt32(getpid()).littleEndian, Array.init)
+        let pid = withUnsafeBytes(of: UInt32(getpid()).littleEndian) { [UInt8]($0) }
         for mechanism in Mechanism.allCases {
             let spec = try #require(specs.first { $0.programs.map(\.name) == ["cap_\(mechanism.rawValue)"] },
                                     "no load of cap_\(mechanism.rawValue)")
-            #expect(spec.readOnly == ["target_tgid": pid])
+            #expect(spec.readOnly == [CapabilityBPF.Globals.targetTgid: pid])
         }
         let targets = Dictionary(uniqueKeysWithValues: specs.map { ($0.programs[0].name, $0.programs[0].loadTimeTarget) })
         #expect(targets["cap_fentry"] == "__x64_sys_getpgid")
         #expect(targets["cap_fexit"] == "__x64_sys_getpgid")
         #expect(targets["cap_tp_btf"] == "sys_enter")
         #expect(targets["cap_kprobe"] == .some(nil))
-        #expect(kernel.loadedSpecs.contains { $0.object == "kfunc" && $0.programs.map(\.name) == ["kfunc_probe"] })
+        #expect(kernel.loadedSpecs.contains { $0.object == FeaturesBPF.object && $0.programs.map(\.name) == ["feat_kfunc_calls"] })
     }
 
     @Test("Each mechanism attaches at the planned point: getpgid's kernel entry, its tracepoint, sys_enter, our executable")
     func attachPoints() {
         let kernel = FakeKernel(executablePath: "/opt/agent/traceplane")
         _ = probe(kernel)
-        let points = Dictionary(uniqueKeysWithValues: kernel.links.map { ($0.program, $0.point) })
+        let points = Dictionary(uniqueKeysWithValues: kernel.links.map { ($0.program.name, $0.point) })
         let pid = getpid()
         #expect(points["cap_fentry"] == .loadTimeTarget)
         #expect(points["cap_kprobe"] == .kprobe(function: "__x64_sys_getpgid", retprobe: false))
@@ -177,7 +177,7 @@ struct CapabilityProberScriptedTests {
         let kernel = FakeKernel(facts: .canned(syscallPrefix: nil))
         _ = probe(kernel)
         #expect(kernel.loadedSpecs.first { $0.programs.first?.name == "cap_fentry" }?.programs.first?.loadTimeTarget == "sys_getpgid")
-        #expect(kernel.links.first { $0.program == "cap_kprobe" }?.point == .kprobe(function: "sys_getpgid", retprobe: false))
+        #expect(kernel.links.first { $0.program.name == "cap_kprobe" }?.point == .kprobe(function: "sys_getpgid", retprobe: false))
     }
 
     @Test("A mechanism switched off by the operator is reported disabled by configuration and never loaded")
@@ -202,24 +202,24 @@ struct CapabilityProberScriptedTests {
     @Test("A program that attaches but never fires is unsupported at attach, without errno, and is cleaned up")
     func neverFired() throws {
         let kernel = FakeKernel()
-        kernel.neverFires("cap_tracepoint")
+        kernel.neverFires(CapabilityBPF.Programs.capTracepoint)
         let report = probe(kernel)
         let entry = try result(report, .tracepoint)
         #expect(entry.status == .unsupported)
-        #expect(entry.stage == "attach")
+        #expect(entry.stage == .attach)
         #expect(entry.errno == nil)
         #expect(entry.message == Classifier.neverFired(.tracepoint).message)
         #expect(chain(report, .tracepoint)["tracepoint"] == false)
         #expect(kernel.isClean, "\(kernel.leakReport)")
         // It was fired three times before giving up.
-        #expect(kernel.links.contains { $0.program == "cap_tracepoint" })
+        #expect(kernel.links.contains { $0.program.name == "cap_tracepoint" })
         #expect(kernel.calls.filter { $0 == .fire(.getpgid) }.count >= 3)
     }
 
     @Test("A uretprobe failure makes the uprobe chain step unusable although uprobe works")
     func chainNeedsBothHalves() throws {
         let kernel = FakeKernel()
-        kernel.failAttach("cap_uretprobe", errno: EINVAL)
+        kernel.failAttach(CapabilityBPF.Programs.capUretprobe, errno: .EINVAL)
         let report = probe(kernel)
         #expect(try result(report, .uprobe).status == .supported)
         #expect(try result(report, .uretprobe).status == .error)
@@ -229,12 +229,12 @@ struct CapabilityProberScriptedTests {
     @Test("A failure to read the hits map is an error at attach, with the read errno")
     func hitsReadFailure() throws {
         let kernel = FakeKernel()
-        kernel.failMapRead("hits", of: "cap_raw_tracepoint",
-                           with: KernelError(stage: .read, errno: EFAULT, operation: "read map hits"))
+        kernel.failMapRead(CapabilityBPF.Maps.hits, of: CapabilityBPF.Programs.capRawTracepoint,
+                           with: KernelError(stage: .read, errno: .EFAULT, operation: "read map hits"))
         let entry = try result(probe(kernel), .rawTracepoint)
         #expect(entry.status == .error)
-        #expect(entry.stage == "attach")
-        #expect(entry.errno == "EFAULT")
+        #expect(entry.stage == .attach)
+        #expect(entry.errno == .EFAULT)
         #expect(entry.message.contains("counter map"))
         #expect(kernel.isClean, "\(kernel.leakReport)")
     }
@@ -242,28 +242,28 @@ struct CapabilityProberScriptedTests {
     @Test("A failure to open the embedded object is reported at stage load as an error")
     func openFailureReportedAtLoad() throws {
         let kernel = FakeKernel()
-        kernel.failLoad("cap_uprobe", with: KernelError(stage: .open, errno: EINVAL, operation: "open BPF object capability"))
+        kernel.failLoad(CapabilityBPF.Programs.capUprobe, with: KernelError(stage: .open, errno: .EINVAL, operation: "open BPF object capability"))
         let entry = try result(probe(kernel), .uprobe)
         #expect(entry.status == .error)
-        #expect(entry.stage == "load")
-        #expect(entry.errno == "EINVAL")
+        #expect(entry.stage == .load)
+        #expect(entry.errno == .EINVAL)
     }
 
     @Test("ESRCH at load of fentry is unsupported: the function is not in BTF")
     func fentryMissingFromBTF() throws {
         let kernel = FakeKernel()
-        kernel.failLoad("cap_fentry", errno: ESRCH)
+        kernel.failLoad(CapabilityBPF.Programs.capFentry, errno: .ESRCH)
         let entry = try result(probe(kernel), .fentry)
         #expect(entry.status == .unsupported)
-        #expect(entry.stage == "load")
-        #expect(entry.errno == "ESRCH")
+        #expect(entry.stage == .load)
+        #expect(entry.errno == .ESRCH)
         #expect(entry.message.contains("not in the kernel's BTF"))
     }
 
     @Test("An unprivileged agent's EPERM is denied for lack of privileges")
     func unprivileged() throws {
         let kernel = FakeKernel(facts: .developmentMachine(privileged: false))
-        kernel.failLoad("cap_tracepoint", errno: EPERM)
+        kernel.failLoad(CapabilityBPF.Programs.capTracepoint, errno: .EPERM)
         let entry = try result(probe(kernel), .tracepoint)
         #expect(entry.status == .denied)
         #expect(entry.message.contains("lacks privileges"))
@@ -272,11 +272,11 @@ struct CapabilityProberScriptedTests {
     @Test("EBUSY at attach is an error")
     func busyIsError() throws {
         let kernel = FakeKernel()
-        kernel.failAttach(at: .rawTracepoint(name: "sys_enter"), errno: EBUSY)
+        kernel.failAttach(at: .rawTracepoint(name: "sys_enter"), errno: .EBUSY)
         let entry = try result(probe(kernel), .rawTracepoint)
         #expect(entry.status == .error)
-        #expect(entry.stage == "attach")
-        #expect(entry.errno == "EBUSY")
+        #expect(entry.stage == .attach)
+        #expect(entry.errno == .EBUSY)
         #expect(entry.message.contains("busy"))
     }
 }
@@ -286,30 +286,30 @@ struct CapabilityProberFeatureTests {
     @Test("Host feature failures map EPERM/EACCES to denied, 'not there' errnos to unsupported, others to error")
     func featureStatuses() throws {
         let kernel = FakeKernel()
-        kernel.fakeHost.failFeature(.ringBuffer, errno: EPERM, operation: "create a ring buffer map")
-        kernel.fakeHost.failFeature(.taskStorage, errno: EINVAL)
-        kernel.fakeHost.failFeature(.bpfLink, errno: EBUSY, stage: .attach)
-        kernel.fakeHost.failFeature(.bpfCookie, errno: 524)
+        kernel.fakeHost.failFeature(.ringBuffer, errno: .EPERM, operation: "create a ring buffer map")
+        kernel.fakeHost.failFeature(.taskStorage, errno: .EINVAL)
+        kernel.fakeHost.failFeature(.bpfLink, errno: .EBUSY, stage: .attach)
+        kernel.fakeHost.failFeature(.bpfCookie, errno: .ENOTSUPP)
         let report = probe(kernel)
 
         let ring = try result(report, .ringBuffer)
         #expect(ring.status == .denied)
-        #expect(ring.errno == "EPERM")
+        #expect(ring.errno == .EPERM)
         #expect(ring.message == "create a ring buffer map was denied by the kernel")
 
         let task = try result(report, .taskStorage)
         #expect(task.status == .unsupported)
-        #expect(task.errno == "EINVAL")
+        #expect(task.errno == .EINVAL)
         #expect(task.message.contains("hash keyed by thread id"))
 
         let link = try result(report, .bpfLink)
         #expect(link.status == .error)
-        #expect(link.stage == "attach")
-        #expect(link.errno == "EBUSY")
+        #expect(link.stage == .attach)
+        #expect(link.errno == .EBUSY)
 
         let cookie = try result(report, .bpfCookie)
         #expect(cookie.status == .unsupported)
-        #expect(cookie.errno == "ENOTSUPP")
+        #expect(cookie.errno == .ENOTSUPP)
 
         #expect(try result(report, .vmlinuxBTF).status == .supported)
     }
@@ -326,11 +326,11 @@ struct CapabilityProberFeatureTests {
     @Test("BPF kfunc calls are unsupported when the kfunc program is rejected, and the detail is kept")
     func kfuncCallsRejected() throws {
         let kernel = FakeKernel()
-        kernel.failLoad("kfunc_probe", errno: EINVAL, detail: "verifier: calling kernel function is not supported")
+        kernel.failLoad(FeaturesBPF.Programs.featKfuncCalls, errno: .EINVAL, detail: "verifier: calling kernel function is not supported")
         let entry = try result(probe(kernel), .bpfKfuncCalls)
         #expect(entry.status == .unsupported)
-        #expect(entry.stage == "load")
-        #expect(entry.errno == "EINVAL")
+        #expect(entry.stage == .load)
+        #expect(entry.errno == .EINVAL)
         #expect(entry.message.contains("BPF kfunc calls are not available"))
         #expect(entry.message.contains("calling kernel function is not supported"))
     }
@@ -339,7 +339,7 @@ struct CapabilityProberFeatureTests {
     func kfuncObjectClosed() {
         let kernel = FakeKernel()
         _ = probe(kernel)
-        let kfunc = kernel.objects.filter { $0.spec.object == "kfunc" }
+        let kfunc = kernel.objects.filter { $0.spec.object == FeaturesBPF.object }
         #expect(kfunc.count == 1)
         #expect(kfunc.allSatisfy { !$0.isOpen })
     }

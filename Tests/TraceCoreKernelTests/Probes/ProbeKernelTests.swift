@@ -1,3 +1,4 @@
+import CKernelOracle
 import CLibBPF
 import Foundation
 import Glibc
@@ -32,7 +33,7 @@ struct ProbeKernelTests {
         let spec = ProbeSpec(name: "getppid-exact", target: ProbeTarget(type: .syscall, name: "getppid"),
                              mechanisms: mechanism.map { [$0] }, filter: ProbeFilter(pid: Self.pid))
         let probe = try await manager.create(spec).0
-        if let mechanism { #expect(probe.mechanism == mechanism) }
+        if let mechanism { #expect(probe.mechanism?.rawValue == mechanism) }
         let n = 2_345
         for _ in 0..<n { _ = getppid() }
         let metrics = try await manager.metrics("getppid-exact")
@@ -54,7 +55,7 @@ struct ProbeKernelTests {
         let probe = try await manager.create(ProbeSpec(name: "read-default", target: ProbeTarget(type: .syscall, name: "read"))).0
         let attached = try #require(probe.attempts.last)
         #expect(attached.outcome == .attached)
-        #expect(attached.mechanism == probe.mechanism)
+        #expect(attached.flavour == probe.mechanism)
         // Every mechanism before the attached one failed, and each failure says why.
         for attempt in probe.attempts.dropLast() {
             #expect(attempt.outcome != .attached)
@@ -86,7 +87,7 @@ struct ProbeKernelTests {
         let metrics = try await manager.metrics("switches")
         #expect(metrics.calls >= 20)
         #expect(metrics.latencyNanoseconds == nil)
-        #expect(["tp_btf", "raw_tracepoint", "tracepoint"].contains(probe.mechanism))
+        #expect(["tp_btf", "raw_tracepoint", "tracepoint"].contains(probe.mechanism?.rawValue))
         await manager.removeAll()
     }
 
@@ -96,7 +97,7 @@ struct ProbeKernelTests {
         let probe = try await manager.create(ProbeSpec(name: "switches-\(mechanism.replacingOccurrences(of: "_", with: "-"))",
                                                        target: ProbeTarget(type: .tracepoint, name: "sched:sched_switch"),
                                                        mechanisms: [mechanism])).0
-        #expect(probe.mechanism == mechanism)
+        #expect(probe.mechanism?.rawValue == mechanism)
         for _ in 0..<10 { usleep(1000) }
         #expect(try await manager.metrics(probe.name).calls >= 10)
         await manager.removeAll()
@@ -109,7 +110,7 @@ struct ProbeKernelTests {
         let probe = try await manager.create(ProbeSpec(name: "uprobe-exact",
                                                        target: ProbeTarget(type: .uprobe, path: exe, symbol: "traceplane_uprobe_target"),
                                                        filter: ProbeFilter(pid: Self.pid))).0
-        #expect(probe.mechanism == "uprobe")
+        #expect(probe.mechanism == .uprobe)
         var sink: Int32 = 0
         for i in 0..<1_234 { sink &+= traceplane_uprobe_target(Int32(i)) }
         #expect(sink != 0)
@@ -128,21 +129,21 @@ struct ProbeKernelTests {
         let kprobeWorks = report.supports(.kprobe) && report.supports(.kretprobe)
         Reaper.shared.drain()
         let before = FDCensus.take()
-        do {
+        do throws(ProbeError) {
             let probe = try await manager.create(spec).0
             #expect(fentryWorks || kprobeWorks, "attached although the capability report says neither works")
-            #expect(probe.mechanism == (fentryWorks ? "fentry" : "kprobe"))
+            #expect(probe.mechanism == (fentryWorks ? .fentry : .kprobe))
         } catch {
             #expect(!fentryWorks && !kprobeWorks)
             #expect(error.kind == .attachFailed)
-            #expect(error.attempts.map(\.mechanism) == ["fentry", "kprobe"])
+            #expect(error.attempts.map(\.flavour) == [.fentry, .kprobe])
             let fentry = error.attempts[0], kprobe = error.attempts[1]
             // The fentry verdict matches the capability report's (denied with EPERM on the dev kernel).
             #expect(fentry.outcome.rawValue == report.result(for: .fentry)?.status.rawValue)
             #expect(fentry.stage == report.result(for: .fentry)?.stage)
             #expect(fentry.errno == report.result(for: .fentry)?.errno)
             #expect(kprobe.outcome == .unsupported)
-            #expect(kprobe.stage == "attach")
+            #expect(kprobe.stage == .attach)
             #expect(await manager.count == 0)
         }
         await manager.removeAll()
@@ -162,7 +163,7 @@ struct ProbeKernelTests {
             // Per-probe objects and perf links (the shared hook has its own cycle test).
             let spec = ProbeSpec(name: "cycle", target: ProbeTarget(type: .syscall, name: i % 2 == 0 ? "getppid" : "getpid"),
                                  mechanisms: ["tracepoint"])
-            mechanisms[try await manager.create(spec).0.mechanism ?? "none", default: 0] += 1
+            mechanisms[try await manager.create(spec).0.mechanism?.rawValue ?? "none", default: 0] += 1
             try await manager.delete("cycle")
         }
         Reaper.shared.drain()
@@ -189,7 +190,6 @@ struct ProbeKernelTests {
     @Test("A probe with a TTL is detached within a second of expiring")
     func ttlExpiry() async throws {
         let manager = await manager()
-        await manager.startExpiry()
         Reaper.shared.drain()
         let before = FDCensus.take()
         _ = try await manager.create(ProbeSpec(name: "short-lived", target: ProbeTarget(type: .syscall, name: "getppid"), ttlSeconds: 1))
@@ -198,6 +198,69 @@ struct ProbeKernelTests {
         #expect(await manager.count == 0)
         Reaper.shared.drain()
         #expect(FDCensus.take().kernelObjects == before.kernelObjects)
+        await manager.removeAll()
+    }
+
+    @Test("by_process names the process (its leader's comm), not the thread that made the first call",
+          arguments: ["tracepoint", "tp_btf"])
+    func processNamesAreTheLeaders(mechanism: String) async throws {
+        let manager = await manager()
+        _ = try await manager.create(ProbeSpec(name: "names", target: ProbeTarget(type: .syscall, name: "getppid"),
+                                               mechanisms: [mechanism], filter: ProbeFilter(pid: Self.pid)))
+        // Only renamed threads make the calls: the first one claims the process's entry.
+        let threads = 3, calls = 400
+        let done = DispatchGroup()
+        for i in 0..<threads {
+            done.enter()
+            Thread {
+                _ = oracle_set_thread_name("renamed-\(i)")
+                for _ in 0..<calls { _ = getppid() }
+                done.leave()
+            }.start()
+        }
+        done.wait()
+        // The oracle: /proc/PID/comm of a thread group is its leader's name.
+        let leader = try String(contentsOfFile: "/proc/\(Self.pid)/comm", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let metrics = try await manager.metrics("names")
+        #expect(metrics.byProcess.count == 1)
+        #expect(metrics.byProcess.first?.pid == Self.pid)
+        #expect(metrics.byProcess.first?.calls == UInt64(threads * calls))
+        #expect(metrics.byProcess.first?.comm == leader, "named after a thread instead of the process (leader: \(leader))")
+        #expect(!(metrics.byProcess.first?.comm.hasPrefix("renamed-") ?? true))
+        await manager.removeAll()
+    }
+
+    @Test("A process that execs after its first traced call shows its new name", arguments: ["tracepoint", "tp_btf"])
+    func processNamesFollowExec(mechanism: String) async throws {
+        // perl makes 3 traced calls, then execs perl again under another name (a symlink),
+        // which makes 100 more and waits: /proc/PID/comm is then the oracle.
+        let dir = NSTemporaryDirectory() + "exec-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createSymbolicLink(atPath: dir + "/after-exec", withDestinationPath: "/usr/bin/perl")
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/usr/bin/perl")
+        child.arguments = ["-e", "$|=1; <STDIN>; getppid() for 1..3; exec '\(dir)/after-exec', '-e', '$|=1; getppid() for 1..100; print qq(ready\\n); <STDIN>'"]
+        let input = Pipe(), output = Pipe()
+        child.standardInput = input
+        child.standardOutput = output
+        try child.run()
+        defer { if child.isRunning { child.terminate() } }
+        let pid = Int(child.processIdentifier)
+        let manager = await manager()
+        _ = try await manager.create(ProbeSpec(name: "exec-names", target: ProbeTarget(type: .syscall, name: "getppid"),
+                                               mechanisms: [mechanism], filter: ProbeFilter(pid: pid)))
+        input.fileHandleForWriting.write(Data("go\n".utf8))
+        let ready = output.fileHandleForReading.availableData
+        #expect(String(decoding: ready, as: UTF8.self) == "ready\n")
+        let oracle = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(oracle == "after-exec")
+        let metrics = try await manager.metrics("exec-names")
+        #expect(metrics.byProcess.map(\.pid) == [pid])
+        #expect(metrics.byProcess.first?.calls == 103)
+        #expect(metrics.byProcess.first?.comm == oracle, "still named \(metrics.byProcess.first?.comm ?? "-") after exec")
+        try input.fileHandleForWriting.close()
+        child.waitUntilExit()
         await manager.removeAll()
     }
 }

@@ -36,22 +36,22 @@ struct CapabilityKernelTests {
 
     /// Checks `entry` against a full oracle trial (load, attach, fire).
     static func expect(_ entry: CapabilityResult, matches oracle: oracle_outcome, sourceLocation: SourceLocation = #_sourceLocation) {
-        let context = "\(entry.name): oracle stage \(oracle.stage) \(oracle.err == 0 ? "" : errnoName(oracle.err)), report \(entry.status.rawValue) at \(entry.stage ?? "-") \(entry.errno ?? "-"): \(entry.message)"
+        let context = "\(entry.name): oracle stage \(oracle.stage) \(oracle.err == 0 ? "" : errnoName(oracle.err)), report \(entry.status.rawValue) at \(entry.stage?.rawValue ?? "-") \(entry.errno?.name ?? "-"): \(entry.message)"
         switch Int(oracle.stage) {
         case ORACLE_STAGE_NONE:
             #expect(entry.status == .supported, "\(context)", sourceLocation: sourceLocation)
-            #expect(entry.stage == "attach", "\(context)", sourceLocation: sourceLocation)
+            #expect(entry.stage == .attach, "\(context)", sourceLocation: sourceLocation)
             #expect(entry.errno == nil, "\(context)", sourceLocation: sourceLocation)
         case ORACLE_STAGE_LOAD, ORACLE_STAGE_ATTACH:
             #expect(entry.status != .supported, "\(context)", sourceLocation: sourceLocation)
-            #expect(entry.stage == (Int(oracle.stage) == ORACLE_STAGE_LOAD ? "load" : "attach"), "\(context)", sourceLocation: sourceLocation)
-            #expect(entry.errno == errnoName(oracle.err), "\(context)", sourceLocation: sourceLocation)
+            #expect(entry.stage?.rawValue == (Int(oracle.stage) == ORACLE_STAGE_LOAD ? "load" : "attach"), "\(context)", sourceLocation: sourceLocation)
+            #expect(entry.errno?.name == errnoName(oracle.err), "\(context)", sourceLocation: sourceLocation)
             if oracle.err == EPERM || oracle.err == EACCES {
                 #expect(entry.status == .denied, "\(context)", sourceLocation: sourceLocation)
             }
         case ORACLE_STAGE_FIRE:
             #expect(entry.status == .unsupported, "\(context)", sourceLocation: sourceLocation)
-            #expect(entry.stage == "attach", "\(context)", sourceLocation: sourceLocation)
+            #expect(entry.stage == .attach, "\(context)", sourceLocation: sourceLocation)
             #expect(entry.errno == nil, "\(context)", sourceLocation: sourceLocation)
         default:
             // The oracle could not even set up (no BTF type, no tracefs id, no PMU).
@@ -67,8 +67,8 @@ struct CapabilityKernelTests {
         let loaded = fexit == 1 ? oracle_load_fexit(function) : oracle_load_fentry(function)
         let entry = try Self.entry(mechanism)
         if loaded < 0 {
-            #expect(entry.stage == "load", "\(entry)")
-            #expect(entry.errno == Self.errnoName(-loaded), "\(entry)")
+            #expect(entry.stage == .load, "\(entry)")
+            #expect(entry.errno?.name == Self.errnoName(-loaded), "\(entry)")
             #expect(entry.status != .supported)
             if -loaded == EPERM {
                 #expect(entry.status == .denied)
@@ -89,7 +89,7 @@ struct CapabilityKernelTests {
         let entry = try Self.entry(mechanism)
         if !available {
             #expect(entry.status == .unsupported)
-            #expect(entry.stage == "attach")
+            #expect(entry.stage == .attach)
             #expect(entry.errno != nil)
             #expect(entry.message.contains("CONFIG_KPROBES"))
         } else if oracle_pmu_type("kprobe") >= 0 {
@@ -140,14 +140,14 @@ struct CapabilityKernelTests {
         for entry in Self.report.mechanisms + Self.report.features where entry.status != .supported {
             #expect(!entry.message.isEmpty, "\(entry.name) has no message")
             guard entry.disabled != true else { continue }
-            #expect(entry.stage == "load" || entry.stage == "attach", "\(entry.name) has stage \(entry.stage ?? "nil")")
+            #expect(entry.stage == .load || entry.stage == .attach, "\(entry.name) has stage \(entry.stage?.rawValue ?? "nil")")
             if !neverFired.contains(entry.message) {
-                let name = entry.errno ?? ""
-                #expect(name.hasPrefix("E") && name.count > 1, "\(entry.name) has no errno name: \(entry.errno ?? "nil")")
+                let name = entry.errno?.name ?? ""
+                #expect(name.hasPrefix("E") && name.count > 1, "\(entry.name) has no errno name: \(entry.errno?.name ?? "nil")")
             }
         }
         for entry in Self.report.mechanisms + Self.report.features where entry.status == .supported {
-            #expect(entry.errno == nil, "\(entry.name) is supported but carries errno \(entry.errno ?? "")")
+            #expect(entry.errno == nil, "\(entry.name) is supported but carries errno \(entry.errno?.name ?? "")")
         }
     }
 
@@ -191,7 +191,7 @@ struct CapabilityKernelTests {
     func chainsFollowStatuses() {
         for (target, steps) in Self.report.chains {
             for step in steps {
-                let usable = step.requires.allSatisfy { Self.report.result(for: Mechanism(rawValue: $0)!)?.status == .supported }
+                let usable = step.requires.allSatisfy { Self.report.result(for: $0)?.status == .supported }
                 #expect(step.usable == usable, "\(target)/\(step.mechanism)")
             }
         }

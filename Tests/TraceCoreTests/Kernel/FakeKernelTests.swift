@@ -5,13 +5,13 @@ import TraceCore
 import TraceCoreTestSupport
 
 private func hits(_ object: any LoadedObject) throws -> UInt64 {
-    let entries = try object.readMap("hits")
+    let entries = try object.readMap(CapabilityBPF.Maps.hits)
     return entries.reduce(0) { sum, entry in
         entry.values.reduce(sum) { $0 + $1.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } }
     }
 }
 
-private let spec = LoadSpec(object: "capability", programs: [.init("cap_tracepoint")])
+private let spec = LoadSpec(object: CapabilityBPF.object, programs: [.init(CapabilityBPF.Programs.capTracepoint)])
 private let point = AttachPoint.tracepoint(category: "syscalls", name: "sys_enter_getpgid")
 
 @Suite("FakeKernel test double")
@@ -22,7 +22,7 @@ struct FakeKernelTests {
         let object = try kernel.load(spec)
         kernel.fire(.getpgid)
         #expect(try hits(object) == 0)
-        let link = try object.attach(program: "cap_tracepoint", to: point)
+        let link = try object.attach(program: CapabilityBPF.Programs.capTracepoint, to: point)
         kernel.fire(.getpgid)
         kernel.fire(.uprobeTarget)
         kernel.fire(.getpgid)
@@ -37,14 +37,14 @@ struct FakeKernelTests {
     @Test("Scripted load and attach failures are thrown as scripted")
     func scriptedFailures() throws {
         let kernel = FakeKernel()
-        kernel.failLoad("cap_fentry", errno: EPERM)
-        kernel.failAttach(at: point, errno: ENOENT)
-        #expect(throws: KernelError(stage: .load, errno: EPERM, operation: "load cap_fentry")) {
-            _ = try kernel.load(LoadSpec(object: "capability", programs: [.init("cap_fentry")]))
+        kernel.failLoad(CapabilityBPF.Programs.capFentry, errno: .EPERM)
+        kernel.failAttach(at: point, errno: .ENOENT)
+        #expect(throws: KernelError(stage: .load, errno: .EPERM, operation: "load cap_fentry")) {
+            _ = try kernel.load(LoadSpec(object: CapabilityBPF.object, programs: [.init(CapabilityBPF.Programs.capFentry)]))
         }
         let object = try kernel.load(spec)
-        #expect(throws: KernelError(stage: .attach, errno: ENOENT, operation: "attach to \(point)")) {
-            _ = try object.attach(program: "cap_tracepoint", to: point)
+        #expect(throws: KernelError(stage: .attach, errno: .ENOENT, operation: "attach to \(point)")) {
+            _ = try object.attach(program: CapabilityBPF.Programs.capTracepoint, to: point)
         }
         object.close()
         #expect(kernel.isClean)
@@ -55,22 +55,22 @@ struct FakeKernelTests {
     func scriptedMaps() throws {
         let kernel = FakeKernel()
         let stats = [MapEntry(key: [0, 0, 0, 0], values: [[1, 0, 0, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0, 0, 0]])]
-        kernel.setMap("stats", of: "cap_tracepoint", to: stats)
+        kernel.setMap(LatencyBPF.Maps.stats, of: CapabilityBPF.Programs.capTracepoint, to: stats)
         let object = try kernel.load(spec)
-        #expect(try object.readMap("stats") == stats)
-        #expect(try object.readMap("procs") == [])
+        #expect(try object.readMap(LatencyBPF.Maps.stats) == stats)
+        #expect(try object.readMap(LatencyBPF.Maps.procs) == [])
         let fake = try #require(object as? FakeObject)
-        kernel.setMap("stats", of: fake, to: [])
-        #expect(try object.readMap("stats") == [])
+        kernel.setMap(LatencyBPF.Maps.stats, of: fake, to: [])
+        #expect(try object.readMap(LatencyBPF.Maps.stats) == [])
         object.close()
-        #expect(throws: KernelError.self) { _ = try object.readMap("stats") }
+        #expect(throws: KernelError.self) { _ = try object.readMap(LatencyBPF.Maps.stats) }
     }
 
     @Test("Leaks and out-of-order closes are reported; repeated close is harmless")
     func leakTracking() throws {
         let kernel = FakeKernel()
         let object = try kernel.load(spec)
-        let link = try object.attach(program: "cap_tracepoint", to: point)
+        let link = try object.attach(program: CapabilityBPF.Programs.capTracepoint, to: point)
         #expect(kernel.openObjects.count == 1)
         #expect(kernel.openLinks.count == 1)
         #expect(!kernel.isClean)
@@ -99,11 +99,11 @@ struct FakeKernelTests {
         let kernel = FakeKernel()
         let object = try kernel.load(spec)
         object.close()
-        do {
-            _ = try object.attach(program: "cap_tracepoint", to: point)
+        do throws(KernelError) {
+            _ = try object.attach(program: CapabilityBPF.Programs.capTracepoint, to: point)
             Issue.record("attach through a closed object succeeded")
         } catch {
-            #expect(error.errno == EBADF)
+            #expect(error.errno == .EBADF)
             #expect(error.stage == .attach)
         }
     }
@@ -112,11 +112,11 @@ struct FakeKernelTests {
     func concurrentUse() {
         let kernel = FakeKernel()
         DispatchQueue.concurrentPerform(iterations: 64) { _ in
-            guard let object = try? kernel.load(spec), let link = try? object.attach(program: "cap_tracepoint", to: point) else {
+            guard let object = try? kernel.load(spec), let link = try? object.attach(program: CapabilityBPF.Programs.capTracepoint, to: point) else {
                 return
             }
             kernel.fire(.getpgid)
-            _ = try? object.readMap("hits")
+            _ = try? object.readMap(CapabilityBPF.Maps.hits)
             link.close()
             object.close()
         }
@@ -129,10 +129,10 @@ struct FakeKernelTests {
     func programStats() throws {
         let kernel = FakeKernel()
         let object = try kernel.load(spec)
-        let link = try object.attach(program: "cap_tracepoint", to: point)
+        let link = try object.attach(program: CapabilityBPF.Programs.capTracepoint, to: point)
         kernel.fire(.getpgid)
         #expect(object.programStats().map(\.runCount) == [1])
-        kernel.setStats(ProgramStats(name: "cap_tracepoint", id: 7, runTimeNanoseconds: 900, runCount: 3), of: "cap_tracepoint")
+        kernel.setStats(ProgramStats(name: "cap_tracepoint", id: 7, runTimeNanoseconds: 900, runCount: 3), of: CapabilityBPF.Programs.capTracepoint)
         #expect(object.programStats() == [ProgramStats(name: "cap_tracepoint", id: 7, runTimeNanoseconds: 900, runCount: 3)])
         link.close()
         object.close()

@@ -1,0 +1,130 @@
+/// Everything the agent knows about one attach flavour, in one value: its name, the
+/// mechanisms it needs, where it sits in each target type's default chain, how it loads and
+/// attaches (its recipe and strategy), what its programs measure, and what it binds to in
+/// the kernel's BTF. ``FlavourCatalog`` lists them; the planner, spec validation, the
+/// capability report's chains and `selftest` all read that one table.
+///
+/// Adding a flavour is a descriptor (a file in `Flavours/`), its entry in
+/// ``FlavourCatalog/all``, its BPF program, and its test.
+public struct FlavourDescriptor: Sendable {
+    /// Unique per descriptor (one ``Flavour`` name can have a descriptor per target type).
+    public enum ID: String, Sendable, Hashable, CaseIterable {
+        case fentry, kprobe, syscallTracepoints, syscallHubBTF, syscallHubRaw, uprobe
+        case eventTpBTF, eventRawTracepoint, eventTracepoint
+    }
+
+    /// How probes of this flavour hold their kernel resources.
+    public enum Strategy: Sendable, Hashable {
+        /// Each probe loads its own object and attaches its own links.
+        case ownObject
+        /// Probes are slots of one shared program pair on raw_syscalls (``SyscallHub``); the
+        /// recipe loads the hub itself, once.
+        case sharedSyscallHook
+    }
+
+    /// What a probe of this flavour reports, and so how its maps are read.
+    public enum Measures: Sendable, Hashable {
+        /// Calls with entry and exit: counts, errors (negative returns), a log2 latency
+        /// histogram and the top processes.
+        case calls
+        /// Single events (tracepoints): counts and the top processes.
+        case events
+    }
+
+    /// What must be in the kernel's BTF for this flavour to bind to a target.
+    public enum BTFRequirement: Sendable, Hashable {
+        /// One of these functions (in order of preference).
+        case function(anyOf: [String])
+        /// `btf_trace_<event>` for each of these tracepoint events.
+        case tracepoints([String])
+    }
+
+    /// A flavour's place in one target type's default chain.
+    public struct Place: Sendable, Hashable {
+        /// Lower is tried first.
+        public let position: Int
+        /// What it attaches to for that target type, for the report's chains and attempt messages.
+        public let via: String
+    }
+
+    public let id: ID
+    /// The name specs, attempts and chains use.
+    public let flavour: Flavour
+    /// Its place in the default chain of each target type it serves.
+    public let places: [TargetType: Place]
+    /// The mechanisms that must all work (what the capability report checks).
+    public let needs: [Mechanism]
+    public let strategy: Strategy
+    public let measures: Measures
+    /// Why this build of the agent cannot use the flavour at all; nil when it can.
+    public let unavailable: String?
+
+    /// The kernel names a probe binds to, tried in order while the load answers that the
+    /// name is not in BTF (fentry on a zero-argument syscall: `__x64_sys_X` is an alias
+    /// without BTF, `__do_sys_X` has it). Empty: the flavour binds to nothing by name.
+    let bindings: @Sendable (ProbeTarget, KernelFacts) -> [String]
+    /// What to load and attach.
+    let recipe: @Sendable (RecipeInput) -> Recipe
+    /// The BTF the flavour binds through, for self-tests to predict with; nil when none.
+    public let btfRequirement: @Sendable (ProbeTarget, KernelFacts) -> BTFRequirement?
+
+    init(id: ID, flavour: Flavour, places: [TargetType: Place], needs: [Mechanism],
+         strategy: Strategy = .ownObject, measures: Measures, unavailable: String? = nil,
+         bindings: @escaping @Sendable (ProbeTarget, KernelFacts) -> [String] = { _, _ in [] },
+         btfRequirement: @escaping @Sendable (ProbeTarget, KernelFacts) -> BTFRequirement? = { _, _ in nil },
+         recipe: @escaping @Sendable (RecipeInput) -> Recipe) {
+        self.id = id
+        self.flavour = flavour
+        self.places = places
+        self.needs = needs
+        self.strategy = strategy
+        self.measures = measures
+        self.unavailable = unavailable
+        self.bindings = bindings
+        self.btfRequirement = btfRequirement
+        self.recipe = recipe
+    }
+
+    /// Whether it can trace targets of `type`.
+    public func serves(_ type: TargetType) -> Bool { places[type] != nil }
+
+    /// What it attaches to for targets of `type`.
+    public func via(for type: TargetType) -> String { places[type]?.via ?? flavour.rawValue }
+}
+
+/// What a recipe is made from.
+struct RecipeInput: Sendable {
+    var spec: ProbeSpec
+    var facts: KernelFacts
+    /// Entry timestamps in task storage (else a hash keyed by thread id).
+    var taskStorage: Bool
+    /// The kernel name to bind to (one of the descriptor's `bindings`), if any.
+    var binding: String?
+    /// For the shared hook: how many probes its tables hold.
+    var hubSlots: Int = 0
+}
+
+/// What one flavour loads and attaches for one target: an object with its settings, then
+/// its programs, attached in order (a failure part-way is rolled back).
+struct Recipe: Sendable {
+    struct Attachment: Sendable {
+        var program: BPFProgramID
+        var point: AttachPoint
+        /// The mechanism this attachment exercises (what a failure is classified as).
+        var mechanism: Mechanism
+    }
+    var load: LoadSpec
+    var attachments: [Attachment]
+
+    /// What it binds to, for the attempt message: a load-time target, or the first attach point.
+    var boundTo: String? {
+        if let target = load.programs.first?.loadTimeTarget { return target }
+        switch attachments.first?.point {
+        case .kprobe(let function, _): return function
+        case .tracepoint(let category, let name): return "\(category):\(name)"
+        case .rawTracepoint(let name): return name
+        case .uprobe(let binary, let symbol, _, _): return "\(binary):\(symbol)"
+        default: return nil
+        }
+    }
+}

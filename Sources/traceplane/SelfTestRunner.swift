@@ -1,0 +1,277 @@
+import CLibBPF
+import Foundation
+import Glibc
+import TraceCore
+
+// MARK: - Checks
+
+/// What a check counts: an exact number of calls (with a latency sample each unless the
+/// target is a tracepoint), or at least some number of events.
+enum Expectation: Sendable {
+    case exact(Int)
+    case atLeast(Int)
+}
+
+struct CheckPlan: Sendable {
+    var name: String
+    var target: ProbeTarget
+    var flavours: [Flavour]?
+    var events: Int
+    var expectation: Expectation
+    /// Makes one traced event happen in this process.
+    var trigger: @Sendable () -> Void
+}
+
+struct SelfTestRunner: Sendable {
+    let manager: ProbeManager
+    let report: CapabilityReport
+    let symbols: KernelSymbols
+    let calls: Int
+    let executable: String
+    let pid = Int(getpid())
+
+    var prefix: String { report.kernel.syscallPrefix ?? "" }
+
+    static func log(_ line: String) {
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+
+    func runAll() async -> ([CheckResult], FallbackSearch) {
+        var results: [CheckResult] = []
+        let n = calls
+        let getppidCall: @Sendable () -> Void = { _ = getppid() }
+        let getpgidCall: @Sendable () -> Void = { _ = getpgid(0) }
+        let sleepCall: @Sendable () -> Void = { _ = usleep(1000) }
+
+        let getppidTarget = ProbeTarget(type: .syscall, name: "getppid")
+        results.append(await run(CheckPlan(name: "syscall getppid, default chain", target: getppidTarget, flavours: nil,
+                                           events: n, expectation: .exact(n), trigger: getppidCall)))
+        for flavour in FlavourCatalog.chain(for: .syscall).map(\.flavour) {
+            results.append(await run(CheckPlan(name: "syscall getppid, mechanisms [\(flavour.rawValue)]", target: getppidTarget,
+                                               flavours: [flavour], events: n, expectation: .exact(n), trigger: getppidCall)))
+        }
+        // getppid's kernel entry may be absent from BTF (see the fallback search): getpgid
+        // takes an argument, so its entry is a real function with BTF on every kernel seen.
+        let getpgidTarget = ProbeTarget(type: .syscall, name: "getpgid")
+        results.append(await run(CheckPlan(name: "syscall getpgid, default chain", target: getpgidTarget, flavours: nil,
+                                           events: n, expectation: .exact(n), trigger: getpgidCall)))
+        results.append(await run(CheckPlan(name: "syscall getpgid, mechanisms [fentry]", target: getpgidTarget, flavours: [.fentry],
+                                           events: n, expectation: .exact(n), trigger: getpgidCall)))
+
+        let (fallbackCheck, search) = await fallbackSearch()
+        results.append(fallbackCheck)
+        let entry = ProbeTarget(type: .function, name: "\(prefix)sys_getpgid")
+        results.append(await run(CheckPlan(name: "function \(prefix)sys_getpgid, default chain", target: entry, flavours: nil,
+                                           events: n, expectation: .exact(n), trigger: getpgidCall)))
+        results.append(await run(CheckPlan(name: "function \(prefix)sys_getpgid, mechanisms [kprobe]", target: entry,
+                                           flavours: [.kprobe], events: n, expectation: .exact(n), trigger: getpgidCall)))
+
+        // Each 1 ms sleep blocks, so this process is switched out at least once per sleep.
+        let sleeps = 20
+        let switchTP = ProbeTarget(type: .tracepoint, name: "sched:sched_switch")
+        results.append(await run(CheckPlan(name: "tracepoint sched:sched_switch, default chain", target: switchTP, flavours: nil,
+                                           events: sleeps, expectation: .atLeast(sleeps), trigger: sleepCall)))
+        for flavour in FlavourCatalog.chain(for: .tracepoint).map(\.flavour) {
+            results.append(await run(CheckPlan(name: "tracepoint sched:sched_switch, mechanisms [\(flavour.rawValue)]",
+                                               target: switchTP, flavours: [flavour], events: sleeps,
+                                               expectation: .atLeast(sleeps), trigger: sleepCall)))
+        }
+
+        let uprobe = ProbeTarget(type: .uprobe, path: executable, symbol: "traceplane_uprobe_target")
+        results.append(await run(CheckPlan(name: "uprobe traceplane_uprobe_target, default chain", target: uprobe, flavours: nil,
+                                           events: n, expectation: .exact(n),
+                                           trigger: { _ = traceplane_uprobe_target(41) })))
+        return (results, search)
+    }
+
+    static let fallbackCheckName = "function fallback fentry→kprobe"
+
+    /// Tries kernel functions, in order, until one attaches with kprobe after fentry failed.
+    /// The candidates are zero-argument syscall entries: each has a deterministic trigger,
+    /// so the kprobe side is also checked for an exact count.
+    func fallbackSearch() async -> (CheckResult, FallbackSearch) {
+        let candidates: [(String, @Sendable () -> Void)] = [
+            ("getppid", { _ = getppid() }),
+            ("getuid", { _ = getuid() }),
+            ("getpid", { _ = getpid() }),
+            ("sched_yield", { _ = sched_yield() }),
+        ]
+        let possible = [Flavour.fentry, .kprobe].allSatisfy { capabilityReason($0, type: .function) == nil }
+        var tried: [FallbackSearch.Candidate] = []
+        var last: CheckResult?
+        for (syscall, trigger) in candidates {
+            let function = "\(prefix)sys_\(syscall)"
+            var candidate = FallbackSearch.Candidate(
+                function: function, inKallsyms: symbols.kallsyms.contains(function), inBTF: symbols.btf?.functions.contains(function),
+                inFtraceFilterList: symbols.ftrace?.contains(function), result: "not tried")
+            guard candidate.inKallsyms else {
+                candidate.result = "absent from kallsyms"
+                tried.append(candidate)
+                continue
+            }
+            var check = await run(CheckPlan(
+                name: "\(Self.fallbackCheckName) (\(function))", target: ProbeTarget(type: .function, name: function),
+                flavours: nil, events: calls, expectation: .exact(calls), trigger: trigger))
+            let fentryAttempt = check.attempts.first { $0.flavour == .fentry }
+            let fellBack = check.mechanism == Flavour.kprobe.rawValue && fentryAttempt != nil && fentryAttempt?.outcome != .attached
+            if fellBack {
+                candidate.result = "fell back to kprobe"
+                tried.append(candidate)
+                let why = "\(function) is in /proc/kallsyms" + (candidate.inBTF == false ? " but not in vmlinux BTF" : "")
+                    + (candidate.inFtraceFilterList == false ? " nor in ftrace's available_filter_functions" : "")
+                    + "; the fentry attempt failed at \(fentryAttempt?.stage?.rawValue ?? "?") with \(fentryAttempt?.errno?.name ?? "no errno"): \(fentryAttempt?.message ?? "")"
+                check.name = Self.fallbackCheckName
+                check.notes.append(why)
+                return (check, FallbackSearch(function: function, why: why, candidates: tried))
+            }
+            candidate.result = check.mechanism.map { "\($0) attached" } ?? "nothing attached: " + check.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)" }.joined(separator: ", ")
+            tried.append(candidate)
+            last = check
+            if !possible { break }  // only recorded: both sides of the fallback cannot work here
+        }
+        var check = last ?? CheckResult(name: Self.fallbackCheckName, target: "function:?", requestedMechanisms: nil,
+                                        expectedMechanism: nil, mechanism: nil, expected: "", actual: nil, status: "fail",
+                                        pass: false, attempts: [], attachMilliseconds: 0, notes: [])
+        check.name = Self.fallbackCheckName
+        check.expected = "a function that fentry cannot attach falls back to kprobe, with the fentry attempt recorded and exact counts"
+        if possible {
+            check.status = "fail"
+            check.pass = false
+            check.notes.append("no candidate fell back from fentry to kprobe: " + tried.map { "\($0.function): \($0.result)" }.joined(separator: "; "))
+        } else {
+            check.status = "unsupported here"
+            check.pass = nil
+            check.notes.append("fentry/fexit and kprobe/kretprobe must both work for this check: "
+                               + [Flavour.fentry, .kprobe].compactMap { capabilityReason($0, type: .function) }.joined(separator: "; "))
+        }
+        return (check, FallbackSearch(function: nil, why: nil, candidates: tried))
+    }
+
+    // MARK: One check
+
+    func run(_ plan: CheckPlan) async -> CheckResult {
+        let chain = plan.flavours.map { $0.compactMap { FlavourCatalog.descriptor($0, for: plan.target.type) } }
+            ?? FlavourCatalog.chain(for: plan.target.type)
+        var reasons: [String] = []
+        var capabilityRuledOut = false
+        var predicted: Flavour?
+        for descriptor in chain {
+            if let why = capabilityReason(descriptor) {
+                reasons.append(why)
+                capabilityRuledOut = true
+            } else if let why = btfReason(descriptor, target: plan.target) {
+                reasons.append(why)
+            } else {
+                predicted = descriptor.flavour
+                break
+            }
+        }
+        let expectedText: String
+        switch plan.expectation {
+        case .exact(let count):
+            expectedText = plan.target.type == .tracepoint ? "calls == \(count)" : "calls == latency count == histogram count == \(count)"
+        case .atLeast(let count):
+            expectedText = "calls >= \(count)"
+        }
+        var result = CheckResult(
+            name: plan.name, target: plan.target.label, requestedMechanisms: plan.flavours?.map(\.rawValue),
+            expectedMechanism: predicted?.rawValue, mechanism: nil, expected: expectedText, actual: nil, status: "fail",
+            pass: false, attempts: [], attachMilliseconds: 0, notes: reasons)
+        let name = "selftest-\(UInt32.random(in: 0...UInt32.max))"
+        let spec = ProbeSpec(name: name, target: plan.target, mechanisms: plan.flavours?.map(\.rawValue),
+                             filter: ProbeFilter(pid: pid))
+        let started = ContinuousClock.now
+        let probe: Probe
+        do {
+            probe = try await manager.create(spec).0
+        } catch {
+            result.attachMilliseconds = Self.milliseconds(since: started)
+            result.attempts = error.attempts
+            if let predicted {
+                result.notes.append("expected \(predicted.rawValue) to attach, but: \(error.detail)")
+            } else {
+                result.status = capabilityRuledOut ? "unsupported here" : "target not in BTF here"
+                result.pass = nil
+            }
+            Self.log("[\(result.status)] \(plan.name): nothing attached (\(error.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)" }.joined(separator: ", ")))")
+            return result
+        }
+        result.attachMilliseconds = Self.milliseconds(since: started)
+        let chosen: String? = probe.mechanism?.rawValue
+        result.mechanism = chosen
+        result.attempts = probe.attempts
+        for _ in 0..<plan.events { plan.trigger() }
+        do {
+            let metrics = try await manager.metrics(name)
+            let latency = metrics.latencyNanoseconds
+            result.actual = .init(calls: metrics.calls, latencyCount: latency?.count,
+                                  histogramCount: latency.map { $0.buckets.reduce(0) { $0 + $1.count } })
+        } catch {
+            result.notes.append("reading the probe failed: \(error.detail)")
+        }
+        try? await manager.delete(name)
+
+        var ok = result.actual.map { counted($0, plan) } ?? false
+        if let predicted, predicted.rawValue != chosen {
+            ok = false
+            result.notes.append("expected \(predicted.rawValue) (first usable in the chain), got \(chosen ?? "none")")
+        } else if predicted == nil {
+            ok = false
+            result.notes.append("\(chosen ?? "a mechanism") attached although the capability report predicted nothing would")
+        }
+        result.status = ok ? "pass" : "fail"
+        result.pass = ok
+        let actual = result.actual.map { "calls \($0.calls)" + ($0.latencyCount.map { ", latency count \($0)" } ?? "") } ?? "unread"
+        Self.log("[\(result.status)] \(plan.name): \(chosen ?? "none"), \(actual)")
+        return result
+    }
+
+    func counted(_ actual: CheckResult.Actual, _ plan: CheckPlan) -> Bool {
+        switch plan.expectation {
+        case .exact(let count):
+            let n = UInt64(count)
+            if plan.target.type == .tracepoint { return actual.calls == n }
+            return actual.calls == n && actual.latencyCount == n && actual.histogramCount == n
+        case .atLeast(let count):
+            return actual.calls >= UInt64(count)
+        }
+    }
+
+    /// Why the capability report rules `descriptor` out (or this build cannot use it), or nil.
+    func capabilityReason(_ descriptor: FlavourDescriptor) -> String? {
+        if let why = descriptor.unavailable { return "\(descriptor.flavour.rawValue): \(why)" }
+        let broken = descriptor.needs.compactMap { m -> String? in
+            guard let r = report.result(for: m) else { return "\(m.rawValue) not in the capability report" }
+            return r.status == .supported ? nil : "\(m.rawValue) \(r.status.rawValue)\(r.errno.map { " (\($0.name))" } ?? "")"
+        }
+        return broken.isEmpty ? nil : "\(descriptor.flavour.rawValue): capability report says " + broken.joined(separator: ", ")
+    }
+
+    /// The same for a flavour name on a target type.
+    func capabilityReason(_ flavour: Flavour, type: TargetType) -> String? {
+        FlavourCatalog.descriptor(flavour, for: type).flatMap(capabilityReason) ?? nil
+    }
+
+    /// Why vmlinux BTF rules `descriptor` out for `target` (what it binds through, checked
+    /// against /sys/kernel/btf/vmlinux read here, not by the planner), or nil.
+    func btfReason(_ descriptor: FlavourDescriptor, target: ProbeTarget) -> String? {
+        guard let btf = symbols.btf else { return nil }
+        let name = descriptor.flavour.rawValue
+        switch descriptor.btfRequirement(target, report.kernel) {
+        case nil:
+            return nil
+        case .function(let functions):
+            return functions.contains(where: btf.functions.contains) ? nil
+                : "\(name): " + (functions.count == 1 ? "\(functions[0]) is not a function" : "none of \(functions.joined(separator: ", ")) is a function") + " in vmlinux BTF"
+        case .tracepoints(let events):
+            let missing = events.filter { !btf.typedefs.contains("btf_trace_\($0)") }
+            return missing.isEmpty ? nil : "\(name): " + missing.map { "btf_trace_\($0)" }.joined(separator: ", ") + " not in vmlinux BTF"
+        }
+    }
+
+    static func milliseconds(since start: ContinuousClock.Instant) -> Int {
+        let elapsed = ContinuousClock.now - start
+        return Int(elapsed.components.seconds) * 1000 + Int(elapsed.components.attoseconds / 1_000_000_000_000_000)
+    }
+}
+
