@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Synchronization
 import TraceCore
@@ -90,6 +91,8 @@ public final class FakeKernel: KernelBackend, Sendable {
         var redundantCloses = 0
         var objectsClosedBeforeLinks: [Int] = []
         var loadDelayMicroseconds: UInt32 = 0
+        var conditionalLoadErrors: [(when: @Sendable (LoadSpec) -> Bool, error: KernelError)] = []
+        var gate: LoadGate?
     }
 
     let state = Mutex(State())
@@ -169,6 +172,22 @@ public final class FakeKernel: KernelBackend, Sendable {
         state.withLock { $0.objectMaps[object.id, default: [:]][map] = entries }
     }
 
+    /// Makes loading fail with `error` for every spec that `condition` picks (checked after
+    /// the program and object scripts), e.g. only with task storage, or only for one
+    /// load-time target.
+    public func failLoad(with error: KernelError, when condition: @escaping @Sendable (LoadSpec) -> Bool) {
+        state.withLock { $0.conditionalLoadErrors.append((condition, error)) }
+    }
+
+    /// Makes every later `load` wait at `gate` until the test opens it (a load in progress
+    /// that the test controls). Returns the gate.
+    @discardableResult
+    public func holdLoads() -> LoadGate {
+        let gate = LoadGate()
+        state.withLock { $0.gate = gate }
+        return gate
+    }
+
     /// Makes every later `load` take `microseconds` (a slow kernel: lets tests interleave
     /// operations that wait for an attach).
     public func slowLoads(microseconds: UInt32) {
@@ -227,14 +246,16 @@ public final class FakeKernel: KernelBackend, Sendable {
     // MARK: KernelBackend
 
     public func load(_ spec: LoadSpec) throws(KernelError) -> any LoadedObject {
-        let delay = state.withLock { $0.loadDelayMicroseconds }
+        let (delay, gate) = state.withLock { ($0.loadDelayMicroseconds, $0.gate) }
         if delay > 0 { usleep(delay) }
+        gate?.pass()
         let outcome: Result<Int, KernelError> = state.withLock { s in
             s.calls.append(.load(spec))
             if let error = s.objectLoadErrors[spec.object] { return .failure(error) }
             for program in spec.programs {
                 if let error = s.programs[program.id]?.loadError { return .failure(error) }
             }
+            if let rule = s.conditionalLoadErrors.first(where: { $0.when(spec) }) { return .failure(rule.error) }
             let id = s.nextID
             s.nextID += 1
             s.objects[id] = ObjectRecord(id: id, spec: spec, isOpen: true, hits: 0, droppedOpen: false)
@@ -423,6 +444,32 @@ public final class FakeKernel: KernelBackend, Sendable {
             s.links[id] = link
             s.calls.append(.closeLink(link: id))
         }
+    }
+}
+
+/// Holds loads until opened: ``waitForLoad(timeout:)`` tells a test that a load is in
+/// progress (blocked here); ``open()`` lets it, and every later one, through.
+public final class LoadGate: Sendable {
+    private let arrived = DispatchSemaphore(value: 0)
+    private let opened = DispatchSemaphore(value: 0)
+    private let isOpen = Mutex(false)
+
+    func pass() {
+        arrived.signal()
+        if isOpen.withLock({ $0 }) { return }
+        opened.wait()
+        opened.signal()  // and the next one
+    }
+
+    /// Waits until a load reached the gate; false after `seconds`.
+    public func waitForLoad(timeout seconds: Double) -> Bool {
+        arrived.wait(timeout: .now() + seconds) == .success
+    }
+
+    /// Lets every held and later load through.
+    public func open() {
+        isOpen.withLock { $0 = true }
+        opened.signal()
     }
 }
 

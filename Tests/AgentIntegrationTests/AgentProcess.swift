@@ -1,12 +1,25 @@
 import Foundation
 import Glibc
+import Synchronization
+import TraceCore
 
 /// The real `traceplane` executable run as a child process (real signals, real restarts).
-final class AgentProcess: @unchecked Sendable {
-    // Mutable state is only touched from the test that owns the process.
-    let process = Process()
-    let logPath: String
-    private(set) var port: Int = 0
+/// Its output arrives through a pipe; waiting for a line or for exit suspends on
+/// continuations resumed by the pipe's and the process's handlers (no polling).
+final class AgentProcess: Sendable {
+    private let process: Process
+    private struct Output {
+        var text = ""
+        /// Waiters for a line matching a pattern (resumed with the match, or nil at exit).
+        var waiters: [(pattern: String, continuation: CheckedContinuation<String?, Never>)] = []
+        var exited = false
+    }
+    private final class OutputBox: Sendable {
+        let state = Mutex(Output())
+    }
+    private let box = OutputBox()
+    private let exit = Promise<Int32>()
+    private let boundPort = Mutex(0)
 
     static var executable: String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
@@ -18,45 +31,90 @@ final class AgentProcess: @unchecked Sendable {
 
     /// Starts `traceplane serve ARGS`. Does not wait for readiness.
     init(_ arguments: [String]) throws {
-        logPath = NSTemporaryDirectory() + "traceplane-\(UUID().uuidString).log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let process = Process()
+        self.process = process
         process.executableURL = URL(fileURLWithPath: Self.executable)
         process.arguments = ["serve"] + arguments
-        let log = FileHandle(forWritingAtPath: logPath)!
-        process.standardOutput = log
-        process.standardError = log
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [box] handle in
+            let data = handle.availableData
+            let ready = box.state.withLock { o -> [(CheckedContinuation<String?, Never>, String?)] in
+                if data.isEmpty { o.exited = true } else { o.text += String(decoding: data, as: UTF8.self) }
+                var resumed: [(CheckedContinuation<String?, Never>, String?)] = []
+                o.waiters.removeAll { waiter in
+                    if let range = o.text.range(of: waiter.pattern, options: .regularExpression) {
+                        resumed.append((waiter.continuation, String(o.text[range])))
+                        return true
+                    }
+                    if o.exited { resumed.append((waiter.continuation, nil)); return true }
+                    return false
+                }
+                return resumed
+            }
+            if data.isEmpty { handle.readabilityHandler = nil }
+            for (continuation, match) in ready { continuation.resume(returning: match) }
+        }
+        let exit = self.exit
+        process.terminationHandler = { exit.fulfil($0.terminationStatus) }
         try process.run()
     }
 
-    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    /// Everything the agent wrote so far (stdout and stderr).
+    var log: String { box.state.withLock { $0.text } }
 
-    /// Waits (≤ `seconds`) for the "listening on HOST:PORT" line; returns false if the process exited.
-    func waitForListening(seconds: Double = 20) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if let range = log.range(of: #"listening on \S+:(\d+)"#, options: .regularExpression) {
-                let line = String(log[range])
-                port = Int(line.split(separator: ":").last ?? "") ?? 0
-                return port > 0
+    /// Waits for output matching the regular expression `pattern`; nil when the agent's
+    /// output ended first.
+    func waitForOutput(matching pattern: String) async -> String? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
+            let now = box.state.withLock { o -> String?? in
+                if let range = o.text.range(of: pattern, options: .regularExpression) { return .some(String(o.text[range])) }
+                if o.exited { return .some(nil) }
+                o.waiters.append((pattern, continuation))
+                return nil
             }
-            if !process.isRunning { return false }
-            try? await Task.sleep(for: .milliseconds(50))
+            if let now { continuation.resume(returning: now) }
         }
-        return false
     }
+
+    /// Waits (≤ `seconds`) for the "listening on HOST:PORT" line; false if the agent exited or took longer.
+    func waitForListening(seconds: Double = 20) async -> Bool {
+        let line = await withTimeout(seconds) { await self.waitForOutput(matching: #"listening on \S+:(\d+)"#) } ?? nil
+        guard let line, let value = Int(line.split(separator: ":").last ?? "") else { return false }
+        boundPort.withLock { $0 = value }
+        return value > 0
+    }
+
+    /// The port from the "listening on" line.
+    var port: Int { boundPort.withLock { $0 } }
 
     /// Waits (≤ `seconds`) for exit; returns the status, or nil if still running.
     func waitForExit(seconds: Double = 20) async -> Int32? {
-        let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        return process.isRunning ? nil : process.terminationStatus
+        await withTimeout(seconds) { try? await self.exit.value() } ?? nil
     }
+
+    var isRunning: Bool { process.isRunning }
+    var pid: Int32 { process.processIdentifier }
 
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
 
+    /// `body`'s result, or nil when it takes longer than `seconds` (it is then left to finish).
+    private func withTimeout<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async -> T) async -> T? {
+        let result = Promise<T?>()
+        let work = Task { result.fulfil(await body()) }
+        let timer = Task {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            result.fulfil(nil)
+        }
+        let value = (try? await result.value()) ?? nil
+        timer.cancel()
+        _ = work
+        return value
+    }
+
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        try? FileManager.default.removeItem(atPath: logPath)
     }
 }
 

@@ -29,11 +29,9 @@ struct SecurityAndLifecycleTests {
         let listening = await agent.waitForListening()
         #expect(listening, "agent did not start: \(agent.log)")
         guard listening else { throw CancellationError() }
-        // Ready once capabilities are probed.
-        for _ in 0..<200 {
-            if (try? CurlClient.run("GET", "\(scheme(args))://127.0.0.1:\(agent.port)/readyz", extra: curlTLS(args)))?.status == 200 { break }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        // Ready once capabilities are probed and saved probes restored: the agent says so.
+        let ready = await agent.waitForOutput(matching: "ready: [0-9]+ probes")
+        #expect(ready != nil, "agent never got ready: \(agent.log)")
         return agent
     }
 

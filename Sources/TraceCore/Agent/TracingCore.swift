@@ -66,6 +66,8 @@ public final class TracingCore: Sendable {
         logger.notice("capabilities probed in \(Int(report.durationMilliseconds)) ms: \(usable) supported")
         if let state { await restore(from: state) }
         for spec in configuration.probeFile { await apply(spec) }
+        let count = await probes.count
+        logger.notice("ready: \(count) probes")
         return report
     }
 

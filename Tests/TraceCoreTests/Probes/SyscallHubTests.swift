@@ -1,5 +1,7 @@
+import Dispatch
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 import CBPFLayouts
 @testable import TraceCore
@@ -166,6 +168,35 @@ import TraceCoreTestSupport
         a.detach(reaper: reaper)
         b.detach(reaper: reaper)
         a.detach(reaper: reaper)  // idempotent
+        reaper.drain()
+        #expect(kernel.isClean, "\(kernel.leakReport)")
+    }
+
+    @Test("A hub load holds no lock readers need: while it runs, reads of the hub answer at once")
+    func loadDoesNotBlockReaders() throws {
+        let planner = planner(), report = report()
+        let hub = try #require(planner.hubs[.tpBTF])
+        let gate = kernel.holdLoads()
+        let joined = DispatchSemaphore(value: 0)
+        let result = Mutex<Result<AttachedProbe, AttachFailure>?>(nil)
+        Thread {
+            result.withLock { $0 = planner.attach(spec("getppid"), report: report) }
+            joined.signal()
+        }.start()
+        #expect(gate.waitForLoad(timeout: 10), "the join never started loading")
+        let answered = DispatchSemaphore(value: 0)
+        Thread {
+            _ = hub.memberCount
+            _ = hub.isLoaded
+            answered.signal()
+        }.start()
+        let readWhileLoading = answered.wait(timeout: .now() + 5) == .success
+        gate.open()
+        #expect(readWhileLoading, "reading the hub waited for its load")
+        #expect(joined.wait(timeout: .now() + 10) == .success)
+        let probe = try #require(try result.withLock { $0 }?.get())
+        #expect(hub.memberCount == 1)
+        probe.detach(reaper: reaper)
         reaper.drain()
         #expect(kernel.isClean, "\(kernel.leakReport)")
     }
