@@ -88,6 +88,7 @@ struct FleetTests {
 
         // Re-apply to the live nodes: exit 0, nothing changes, each PUT answered 200.
         let putsBefore = agents.map { $0.server.requestCounter.snapshot()[.put, .ok] }
+        let getsBefore = agents.map { $0.server.requestCounter.snapshot()[.get, .ok] }
         let again = try await Fleet.run(["apply", "-f", "\(dir)/probes.yaml", "--agents", "\(dir)/live.txt"] + common)
         #expect(again.status == 0, "\(again)")
         let againTable = try #require(Table(again.stdout))
@@ -95,6 +96,8 @@ struct FleetTests {
         #expect(againTable.rows.allSatisfy { $0["STATE"] == "unchanged" && $0["ERROR"] == "-" }, "\(again.stdout)")
         for (agent, before) in zip(agents, putsBefore) {
             #expect(agent.server.requestCounter.snapshot()[.put, .ok] == before + 2)
+            #expect(agent.server.requestCounter.snapshot()[.get, .ok] == getsBefore[agents.firstIndex { $0 === agent }!],
+                    "apply reads the outcome from the PUT's Probe-Outcome header: no GET first")
             for probe in await agent.manager.list() { #expect(probe.generation == 1) }
         }
 
@@ -162,6 +165,23 @@ struct FleetTests {
         #expect(error.contains("first failure: uprobe unsupported ENOEXEC"), "\(error)")
         #expect(error.contains("is not an ELF file"), "\(error)")
         #expect(await agent.manager.list().map(\.name) == ["ok"])
+        await agent.stop()
+    }
+
+    @Test("--agents - reads the agent list from standard input, and a process substitution works as a file")
+    func agentsFromStdinAndProcessSubstitution() async throws {
+        defer { cleanup() }
+        let agent = try await AgentHarness()
+        try write("probes.yaml", Self.probes)
+        let fromStdin = try await Fleet.run(["apply", "-f", "\(dir)/probes.yaml", "--agents", "-"], stdin: "# from a pipe\n\(agent.base)\n")
+        #expect(fromStdin.status == 0, "\(fromStdin)")
+        #expect(try #require(Table(fromStdin.stdout)).rows.map { $0["STATE"] } == ["created", "created"])
+        let substituted = try await Fleet.run(["status", "-f", "\(dir)/probes.yaml", "--agents", "<(printf '%s\\n' \(agent.base))"],
+                                              viaShell: true)
+        #expect(substituted.status == 0, "\(substituted)")
+        #expect(try #require(Table(substituted.stdout)).rows.map { $0["STATE"] } == ["active", "active"])
+        let empty = try await Fleet.run(["status", "--agents", "-"], stdin: "")
+        #expect(empty.status != 0 && empty.stderr.contains("(standard input) lists no agents"), "\(empty)")
         await agent.stop()
     }
 
@@ -242,21 +262,35 @@ enum Fleet {
         var description: String { "exit \(status)\nstdout:\n\(stdout)\nstderr:\n\(stderr)" }
     }
 
-    static func run(_ arguments: [String]) async throws -> Result {
+    static func run(_ arguments: [String], stdin: String? = nil, viaShell: Bool = false) async throws -> Result {
         let dir = NSTemporaryDirectory() + "fleet-run-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         _ = FileManager.default.createFile(atPath: "\(dir)/out", contents: nil)
         _ = FileManager.default.createFile(atPath: "\(dir)/err", contents: nil)
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: AgentProcess.executable)
-        process.arguments = ["fleet"] + arguments
+        if viaShell {
+            // The arguments are one bash command line after `traceplane fleet` (for `<(...)`).
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = ["-c", "exec '\(AgentProcess.executable)' fleet " + arguments.joined(separator: " ")]
+        } else {
+            process.executableURL = URL(fileURLWithPath: AgentProcess.executable)
+            process.arguments = ["fleet"] + arguments
+        }
+        let input = Pipe()
+        process.standardInput = input
         process.standardOutput = FileHandle(forWritingAtPath: "\(dir)/out")
         process.standardError = FileHandle(forWritingAtPath: "\(dir)/err")
         // Waits without blocking a thread of the pool that the in-process agents need.
         let status: Int32 = try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-            do { try process.run() } catch { continuation.resume(throwing: error) }
+            do {
+                try process.run()
+                input.fileHandleForWriting.write(Data((stdin ?? "").utf8))
+                try? input.fileHandleForWriting.close()
+            } catch {
+                continuation.resume(throwing: error)
+            }
         }
         return Result(status: status,
                       stdout: (try? String(contentsOfFile: "\(dir)/out", encoding: .utf8)) ?? "",
