@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -270,6 +271,11 @@ int tp_link_create_perf_event(int prog_fd, int perf_fd)
 }
 
 __attribute__((noinline, used, visibility("default")))
+int tp_set_thread_name(const char *name)
+{
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
 int traceplane_uprobe_target(int value)
 {
     __asm__ volatile("" : "+r"(value));

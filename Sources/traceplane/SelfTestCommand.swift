@@ -94,10 +94,13 @@ struct CheckResult: Encodable {
         /// Latency samples and the sum of the histogram's buckets (null for tracepoints).
         var latencyCount: UInt64?
         var histogramCount: UInt64?
+        /// The name `by_process` gives this process (the calls come from a renamed thread).
+        var processName: String?
         enum CodingKeys: String, CodingKey {
             case calls
             case latencyCount = "latency_count"
             case histogramCount = "histogram_count"
+            case processName = "process_name"
         }
     }
     var name: String

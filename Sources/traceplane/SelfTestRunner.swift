@@ -200,18 +200,26 @@ struct SelfTestRunner: Sendable {
         let chosen: String? = probe.mechanism?.rawValue
         result.mechanism = chosen
         result.attempts = probe.attempts
-        for _ in 0..<plan.events { plan.trigger() }
+        await Self.onRenamedThread { for _ in 0..<plan.events { plan.trigger() } }
         do {
             let metrics = try await manager.metrics(name)
             let latency = metrics.latencyNanoseconds
             result.actual = .init(calls: metrics.calls, latencyCount: latency?.count,
-                                  histogramCount: latency.map { $0.buckets.reduce(0) { $0 + $1.count } })
+                                  histogramCount: latency.map { $0.buckets.reduce(0) { $0 + $1.count } },
+                                  processName: metrics.byProcess.first?.comm)
         } catch {
             result.notes.append("reading the probe failed: \(error.detail)")
         }
         try? await manager.delete(name)
 
         var ok = result.actual.map { counted($0, plan) } ?? false
+        // The calls came from a thread named callerThreadName: by_process must still name the
+        // process after its leader, as /proc/PID/comm does.
+        let leader = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let actual = result.actual, actual.processName != leader {
+            ok = false
+            result.notes.append("by_process names this process \(actual.processName ?? "nothing"), /proc/\(pid)/comm says \(leader ?? "?")")
+        }
         if let predicted, predicted.rawValue != chosen {
             ok = false
             result.notes.append("expected \(predicted.rawValue) (first usable in the chain), got \(chosen ?? "none")")
@@ -266,6 +274,20 @@ struct SelfTestRunner: Sendable {
         case .tracepoints(let events):
             let missing = events.filter { !btf.typedefs.contains("btf_trace_\($0)") }
             return missing.isEmpty ? nil : "\(name): " + missing.map { "btf_trace_\($0)" }.joined(separator: ", ") + " not in vmlinux BTF"
+        }
+    }
+
+    /// The name of the thread that makes every traced call, unlike the process's.
+    static let callerThreadName = "tp-selftest-cal"
+
+    /// Runs `work` on a new thread named ``callerThreadName`` and waits for it.
+    static func onRenamedThread(_ work: @escaping @Sendable () -> Void) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread {
+                _ = tp_set_thread_name(callerThreadName)
+                work()
+                continuation.resume()
+            }.start()
         }
     }
 

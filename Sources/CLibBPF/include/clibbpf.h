@@ -61,6 +61,10 @@ int tp_prog_get_info(int prog_fd, tp_prog_info *info);
 /// Enables BPF run-time stats for as long as the returned fd is open. Negative errno on failure.
 int tp_enable_runtime_stats(void);
 
+/// Names the calling thread (prctl PR_SET_NAME; the kernel keeps 15 bytes). 0 or -errno.
+/// Self-tests call from a renamed thread to check that processes are named after their leader.
+int tp_set_thread_name(const char *name);
+
 /// Bounds what glibc keeps after libbpf frees the kernel BTF it parsed: a fixed mmap
 /// threshold (bytes; blocks from that size up are mmapped and unmapped on free) and at most
 /// `arena_max` malloc arenas. Returns 0, or -1 if glibc refused a setting.

@@ -1,6 +1,7 @@
 import CMicroHTTPD
 import Logging
 import Synchronization
+import TraceCore
 
 #if canImport(Glibc)
 import Glibc
@@ -244,7 +245,7 @@ public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
     }
 
     /// The symbolic errno name, such as `EADDRINUSE`, when known.
-    public var errorName: String? { ErrnoName.name(of: errorNumber) }
+    public var errorName: String? { Errno(rawValue: errorNumber).knownName }
 
     public var description: String {
         var text = "cannot serve HTTP on \(host.contains(":") ? "[\(host)]" : host):\(port): \(code)"
@@ -257,24 +258,3 @@ public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-enum ErrnoName {
-    static func name(of code: Int32) -> String? {
-        switch code {
-        case EPERM: "EPERM"
-        case ENOENT: "ENOENT"
-        case EINTR: "EINTR"
-        case EBADF: "EBADF"
-        case ENOMEM: "ENOMEM"
-        case EACCES: "EACCES"
-        case EINVAL: "EINVAL"
-        case ENFILE: "ENFILE"
-        case EMFILE: "EMFILE"
-        case ENOTSUP: "ENOTSUP"
-        case EAFNOSUPPORT: "EAFNOSUPPORT"
-        case EADDRINUSE: "EADDRINUSE"
-        case EADDRNOTAVAIL: "EADDRNOTAVAIL"
-        case ENOBUFS: "ENOBUFS"
-        default: nil
-        }
-    }
-}

@@ -38,6 +38,10 @@ public struct Errno: RawRepresentable, Hashable, Sendable, CustomStringConvertib
     public static let ELOOP = Errno(rawValue: Glibc.ELOOP)
     public static let EOPNOTSUPP = Errno(rawValue: Glibc.EOPNOTSUPP)
     public static let EDQUOT = Errno(rawValue: Glibc.EDQUOT)
+    public static let EAFNOSUPPORT = Errno(rawValue: Glibc.EAFNOSUPPORT)
+    public static let EADDRINUSE = Errno(rawValue: Glibc.EADDRINUSE)
+    public static let EADDRNOTAVAIL = Errno(rawValue: Glibc.EADDRNOTAVAIL)
+    public static let ENOBUFS = Errno(rawValue: Glibc.ENOBUFS)
     /// The kernel's "operation not supported" (524), which glibc does not name.
     public static let ENOTSUPP = Errno(rawValue: 524)
 
@@ -48,12 +52,16 @@ public struct Errno: RawRepresentable, Hashable, Sendable, CustomStringConvertib
         (.EISDIR, "EISDIR"), (.EINVAL, "EINVAL"), (.ENFILE, "ENFILE"), (.EMFILE, "EMFILE"), (.EFBIG, "EFBIG"),
         (.ENOSPC, "ENOSPC"), (.EROFS, "EROFS"), (.ERANGE, "ERANGE"), (.ENAMETOOLONG, "ENAMETOOLONG"), (.ENOSYS, "ENOSYS"),
         (.ELOOP, "ELOOP"), (.EOPNOTSUPP, "EOPNOTSUPP"), (.EDQUOT, "EDQUOT"), (.ENOTSUPP, "ENOTSUPP"),
+        (.EAFNOSUPPORT, "EAFNOSUPPORT"), (.EADDRINUSE, "EADDRINUSE"), (.EADDRNOTAVAIL, "EADDRNOTAVAIL"), (.ENOBUFS, "ENOBUFS"),
     ]
     private static let names = Dictionary(named.map { ($0.0.rawValue, $0.1) }, uniquingKeysWith: { a, _ in a })
     private static let values = Dictionary(named.map { ($0.1, $0.0) }, uniquingKeysWith: { a, _ in a })
 
     /// `EPERM`, or `E<n>` for a value without a name here.
     public var name: String { Self.names[rawValue] ?? "E\(rawValue)" }
+
+    /// The name when this vocabulary has one, else nil.
+    public var knownName: String? { Self.names[rawValue] }
     public var description: String { name }
 
     /// The C library's sentence for it (`Operation not permitted`).
