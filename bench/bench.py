@@ -190,13 +190,14 @@ class AgentPool:
     slow every other tracer's programs too."""
 
     def __init__(self, binary):
-        self.binary, self.agent = binary, None
+        self.binary, self.agent, self.agent_binary = binary, None, None
 
-    def get(self, extra=()):
-        if self.agent and self.agent.extra != tuple(extra):
+    def get(self, extra=(), binary=None):
+        binary = binary or self.binary
+        if self.agent and (self.agent.extra != tuple(extra) or self.agent_binary != binary):
             self.stop()
         if not self.agent:
-            self.agent = Agent(self.binary, extra)
+            self.agent, self.agent_binary = Agent(binary, extra), binary
         return self.agent
 
     def stop(self):
@@ -266,14 +267,15 @@ class Floor:
 
 
 class TracePlaneProbe:
-    def __init__(self, pool, mechanism, pid, agent_args=()):
+    def __init__(self, pool, mechanism, pid, agent_args=(), binary=None):
         self.pool, self.mechanism, self.pid, self.agent_args = pool, mechanism, pid, tuple(agent_args)
+        self.binary = binary
         self.label = (f"TracePlane, {mechanism}" if mechanism else "TracePlane, default") + \
-            "".join(f" {a}" for a in agent_args)
+            "".join(f" {a}" for a in agent_args) + (" (baseline build)" if binary else "")
         self.picked = None
 
     def start(self, syscall, extra=()):
-        self.agent = self.pool.get(self.agent_args)
+        self.agent = self.pool.get(self.agent_args, self.binary)
         names = []
         for i, target in enumerate((syscall,) + tuple(extra)):
             name = f"bench-{i}"
@@ -791,6 +793,8 @@ def tool_version(cmd):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traceplane", default=".build/release/traceplane")
+    ap.add_argument("--baseline", default=None,
+                    help="another traceplane binary (e.g. the previous commit's release build) measured as one more row")
     ap.add_argument("--loop", default=".build/bench/syscall_loop")
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument("--notes", default="bench/NOTES.md", help="appended to the report (analysis, code changes)")
@@ -856,6 +860,10 @@ def main():
         configs.append(Floor(args.traceplane, "tracepoint", pool, stats=True))
         tps = [TracePlaneProbe(pool, m, loop.pid) for m in (None, "tracepoint", "tp_btf", "raw_tracepoint")]
         tps.append(TracePlaneProbe(pool, None, loop.pid, agent_args=["--bpf-stats"]))
+        if args.baseline:
+            # Another build of the agent (e.g. the previous commit, built in a worktree), measured
+            # in the same rounds: a change's effect on the default probe, side by side.
+            tps.append(TracePlaneProbe(pool, None, loop.pid, binary=args.baseline))
         configs += tps
         configs.append(Bpftrace(loop.pid, pool))
         if meta["libbpf_tools"][f"syscount -L -p {loop.pid}"][0]:
