@@ -66,6 +66,8 @@ public actor ProbeManager {
     private var shuttingDown = false
     private var expiryTask: Task<Void, Never>?
     private var recoveryTask: Task<Void, Never>?
+    /// How often expiry ran (tests check it does not spin on a held name).
+    private(set) var expiryRuns = 0
     /// Attach attempts by flavour and outcome, for self-metrics.
     public private(set) var attemptCounts: [String: Int] = [:]
 
@@ -265,6 +267,8 @@ public actor ProbeManager {
             next.resume()
         } else {
             held.remove(name)
+            // Expiry skipped this name while it was held: its deadline counts again now.
+            if entries[name]?.deadline != nil { rescheduleExpiry() }
         }
     }
 
@@ -335,11 +339,13 @@ public actor ProbeManager {
 
     // MARK: - Expiry
 
-    /// Sleeps until the earliest TTL deadline, then detaches what expired.
+    /// Sleeps until the earliest TTL deadline of a probe no operation holds, then detaches
+    /// what expired (a held probe's deadline is scheduled again when it is released).
     private func rescheduleExpiry() {
         expiryTask?.cancel()
         expiryTask = nil
-        guard !shuttingDown, let next = entries.values.compactMap(\.deadline).min() else { return }
+        let deadlines = entries.compactMap { held.contains($0.key) ? nil : $0.value.deadline }
+        guard !shuttingDown, let next = deadlines.min() else { return }
         expiryTask = Task { [clock] in
             do { try await clock.sleep(until: next) } catch { return }
             await self.expire()
@@ -349,6 +355,7 @@ public actor ProbeManager {
     /// Detaches every expired probe that no operation holds (an operation holding one
     /// reschedules expiry when it ends).
     func expire() async {
+        expiryRuns += 1
         let now = clock.uptime()
         var changed = false
         for (name, entry) in entries where !held.contains(name) {

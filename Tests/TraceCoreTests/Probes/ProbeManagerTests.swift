@@ -75,6 +75,28 @@ struct ProbeManagerTests {
         await manager.removeAll()
     }
 
+    @Test("A TTL that runs out while a PUT of the name attaches waits for it (no busy expiry loop); the PUT's new lease counts")
+    func expiryWaitsForAnOperationInFlight() async throws {
+        let manager = manager()
+        _ = try await manager.put(name: "busy", spec: spec("busy", ttl: 10))
+        let gate = kernel.holdLoads()
+        let replacing = Task { try await manager.put(name: "busy", spec: spec("busy", ttl: 10, pid: 99)) }
+        #expect(gate.waitForLoad(timeout: 10))
+        let runs = await manager.expiryRuns
+        clock.advance(by: .seconds(11))
+        for _ in 0..<500 { await Task.yield() }
+        #expect(await manager.count == 1, "expired while a PUT held it")
+        #expect(await manager.expiryRuns - runs <= 1, "expiry ran again and again while the name was held")
+        gate.open()
+        #expect(try await replacing.value.1 == .replaced)
+        clock.advance(by: .seconds(9))
+        for _ in 0..<200 { await Task.yield() }
+        #expect(await manager.count == 1, "the replacement's lease runs from the PUT")
+        clock.advance(by: .seconds(1))
+        await settle { await manager.count == 0 }
+        await manager.removeAll()
+    }
+
     // MARK: Generations and outcomes
 
     @Test("Generations: created 1; labels or TTL change keep the attachment (2); a filter change re-attaches (3); the same spec is unchanged")
