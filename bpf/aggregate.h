@@ -27,14 +27,20 @@ const volatile u32 task_comm_offset = 0;
  * rename themselves, e.g. "MHD-single"; a process table keyed by tgid names processes). */
 static __always_inline void process_comm(char *comm)
 {
+	char name[TP_COMM_LEN];
 	if (task_group_leader_offset && task_comm_offset) {
 		u64 task = bpf_get_current_task();
 		u64 leader = 0;
+		/* Read into a local: a failed read zeroes its destination, and a reader of the
+		 * table must never see an empty name where there was one. */
 		if (bpf_probe_read_kernel(&leader, sizeof(leader), (void *)(task + task_group_leader_offset)) == 0 && leader &&
-		    bpf_probe_read_kernel(comm, TP_COMM_LEN, (void *)(leader + task_comm_offset)) == 0)
+		    bpf_probe_read_kernel(name, sizeof(name), (void *)(leader + task_comm_offset)) == 0) {
+			__builtin_memcpy(comm, name, sizeof(name));
 			return;
+		}
 	}
-	bpf_get_current_comm(comm, TP_COMM_LEN);
+	if (bpf_get_current_comm(name, sizeof(name)) == 0)
+		__builtin_memcpy(comm, name, sizeof(name));
 }
 
 /* Per-process call counts in an array map of struct tp_proc: a table of 2^bits entries

@@ -37,14 +37,23 @@ public struct AgentAPI: Sendable {
         router.get("/v1/capabilities") { _, _ in .json(await capabilities.get()) }
         router.post("/v1/capabilities/refresh", accepting: .any) { _, _ in .json(await capabilities.refresh()) }
         router.get("/v1/probes") { _, _ in .json(ProbeList(probes: await probes.list())) }
+        /// Changes wait for start-up: restoring saved probes must not race new ones for the
+        /// probe limit, nor be overwritten on disk by them.
+        let starting: @Sendable () -> HTTPResponse? = {
+            guard let startupDone, !startupDone() else { return nil }
+            return .problem(Problem.serviceUnavailable(detail: "The agent is still restoring its saved probes and applying the probe file; retry when /readyz answers 200."),
+                            headers: ["Retry-After": "1"])
+        }
         router.post("/v1/probes") { request, _ in
-            await Self.write(request) { spec in
+            if let busy = starting() { return busy }
+            return await Self.write(request) { spec in
                 let (probe, created) = try await probes.create(spec)
                 return (probe, created ? .created : .ok, [:])
             }
         }
         router.put("/v1/probes/{name}") { request, params in
-            await Self.write(request) { spec in
+            if let busy = starting() { return busy }
+            return await Self.write(request) { spec in
                 let (probe, outcome) = try await probes.put(name: params["name"] ?? "", spec: spec)
                 return (probe, outcome == .created ? .created : .ok, [Self.outcomeHeader: outcome.rawValue])
             }
@@ -53,6 +62,7 @@ public struct AgentAPI: Sendable {
             do { return .json(try await probes.get(params["name"] ?? "")) } catch { return Self.response(error) }
         }
         router.delete("/v1/probes/{name}") { _, params in
+            if let busy = starting() { return busy }
             do {
                 try await probes.delete(params["name"] ?? "")
                 return .empty()

@@ -132,6 +132,7 @@ public actor ProbeManager {
         spec.name = name
         await lock(name)
         defer { unlock(name) }
+        try refuseIfShuttingDown()
         if let existing = entries[name] {
             guard existing.spec == spec else {
                 throw ProbeError(kind: .conflict, detail: "a probe named '\(name)' exists with another spec; PUT /v1/probes/\(name) replaces it")
@@ -152,6 +153,7 @@ public actor ProbeManager {
         let spec = try Self.normalize(input)
         await lock(name)
         defer { unlock(name) }
+        try refuseIfShuttingDown()
         guard let existing = entries[name] else {
             return (try await attachNew(name: name, spec: spec), .created)
         }
@@ -200,6 +202,7 @@ public actor ProbeManager {
             guard let name = item.spec.name else { continue }
             await lock(name)
             defer { unlock(name) }
+            if shuttingDown { break }
             let now = clock.now()
             if let expiry = item.expiresAt, expiry <= now {
                 outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "its TTL expired while the agent was down"))
@@ -275,19 +278,28 @@ public actor ProbeManager {
     // MARK: - Durability
 
     /// Saves the state with `change` and commits it, or changes nothing and throws.
+    ///
+    /// The snapshot is submitted synchronously, on the actor, so the store sees states in
+    /// the order they were made. A change saved while the agent shut down is reported as
+    /// made (a restart brings it back), but its probe is detached: shutdown has run.
     private func commit(_ name: String, _ change: Change) async throws(ProbeError) {
-        guard !shuttingDown else { throw ProbeError(kind: .unavailable, detail: "the agent is shutting down") }
+        try refuseIfShuttingDown()
         if let state {
             proposals[name] = change
-            let result = await state.commit(snapshot())
+            let ticket = state.submit(snapshot())
+            var failure: StateSaveError?
+            do { try await ticket.value() } catch { failure = error as? StateSaveError ?? StateSaveError(errno: nil, description: "\(error)") }
             proposals[name] = nil
-            if case .failure(let error) = result {
-                logger.warning("probe \(name): change refused, the desired state could not be saved: \(error)")
+            if let failure {
+                logger.warning("probe \(name): change refused, the desired state could not be saved: \(failure)")
                 startRecovery()
-                throw ProbeError(kind: .notSaved, detail: "the change was not made because the desired probes could not be saved to \(state.path): \(error)",
-                                 errno: error.errno)
+                throw ProbeError(kind: .notSaved, detail: "the change was not made because the desired probes could not be saved to \(state.path): \(failure)",
+                                 errno: failure.errno)
             }
-            guard !shuttingDown else { throw ProbeError(kind: .unavailable, detail: "the agent is shutting down") }
+            if shuttingDown {
+                if case .set(let entry) = change { entry.probe?.detach(reaper: reaper) }
+                return
+            }
         }
         switch change {
         case .set(let entry): entries[name] = entry
@@ -317,7 +329,8 @@ public actor ProbeManager {
     /// starts the recovery loop.
     private func saveOrRecover() async {
         guard let state, !shuttingDown else { return }
-        if case .failure = await state.commit(snapshot()) { startRecovery() }
+        let ticket = state.submit(snapshot())
+        do { try await ticket.value() } catch { startRecovery() }
     }
 
     /// Saves again every second until a save works, so the disk catches up by itself once
@@ -327,15 +340,23 @@ public actor ProbeManager {
         recoveryTask = Task { [clock] in
             while !Task.isCancelled {
                 do { try await clock.sleep(until: clock.uptime() + .seconds(1)) } catch { return }
-                if case .success = await state.commit(self.snapshot()) {
-                    await self.recovered()
-                    return
-                }
+                let ticket = state.submit(self.snapshot())
+                if (try? await ticket.value()) != nil, self.recovered() { return }
             }
         }
     }
 
-    private func recovered() { recoveryTask = nil }
+    /// Ends the recovery loop once saves work; false (keep going) when a save failed again
+    /// meanwhile, whose own attempt to start a loop found this one running.
+    private func recovered() -> Bool {
+        guard state?.health == .ok else { return false }
+        recoveryTask = nil
+        return true
+    }
+
+    private func refuseIfShuttingDown() throws(ProbeError) {
+        if shuttingDown { throw ProbeError(kind: .unavailable, detail: "the agent is shutting down") }
+    }
 
     // MARK: - Expiry
 

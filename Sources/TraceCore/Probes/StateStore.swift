@@ -46,21 +46,28 @@ public struct StateSaveError: Error, Sendable, Hashable, CustomStringConvertible
 
 /// Saves the desired probes in a state directory and loads them at start-up.
 ///
-/// Contract: ``commit(_:)`` returns success only once the state it was given (or a newer
-/// one, which includes it) is on disk: written to a temporary file, fsynced, renamed over
-/// `probes.json`, and the directory fsynced. Commits that arrive while a write runs share
-/// the next write. A failure is logged and counted and makes ``health`` say so until a
-/// later save works; the caller decides what to undo (``ProbeManager`` changes nothing
-/// that was not saved, and saves again until one works).
+/// Contract: ``submit(_:)`` queues a state synchronously (so the caller's order is the
+/// order of the states) and returns a ticket; the ticket's result is success only once that
+/// state, or a newer one submitted after it, is on disk: written to a temporary file,
+/// fsynced, renamed over `probes.json`, and the directory fsynced. States submitted while a
+/// write runs share the next write. When a write fails, it fails every ticket submitted
+/// before it ended, the queued ones included, and their state is dropped unwritten: a newer
+/// state may carry changes its submitter is about to undo because of the failure. A failure
+/// is logged and counted and makes ``health`` say so until a later save works; the caller
+/// decides what to undo (``ProbeManager`` changes nothing that was not saved, and saves
+/// again until one works).
 public final class StateStore: Sendable {
     public let directory: String
     public var path: String { directory + "/probes.json" }
     private let logger: Logger
     private let writer = DispatchQueue(label: "traceplane.state")
 
+    /// A submitted save's outcome.
+    public typealias Ticket = Promise<Void>
+
     private struct Queue {
         var newest: PersistedState?
-        var waiting: [CheckedContinuation<Result<Void, StateSaveError>, Never>] = []
+        var waiting: [Ticket] = []
         var writing = false
     }
     private let queue = Mutex(Queue())
@@ -124,25 +131,37 @@ public final class StateStore: Sendable {
         return .corrupt(reason: reason + "; moving it aside failed: \(Errno.current.message)", keptAt: nil)
     }
 
-    /// Saves `state` and returns once it, or a newer state, is durably on disk, or the
-    /// write that would have carried it failed.
+    /// Queues `state` as the newest desired state, now, in the caller's order; the ticket
+    /// says whether it (or a newer state) reached the disk. See the type's contract.
+    public func submit(_ state: PersistedState) -> Ticket {
+        let ticket = Ticket()
+        let start = queue.withLock { q -> Bool in
+            q.newest = state
+            q.waiting.append(ticket)
+            defer { q.writing = true }
+            return !q.writing
+        }
+        if start { writer.async { self.drain() } }
+        return ticket
+    }
+
+    /// Submits `state` and waits for its outcome.
     public func commit(_ state: PersistedState) async -> Result<Void, StateSaveError> {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, StateSaveError>, Never>) in
-            let start = queue.withLock { q -> Bool in
-                q.newest = state
-                q.waiting.append(continuation)
-                defer { q.writing = true }
-                return !q.writing
-            }
-            if start { writer.async { self.drain() } }
+        let ticket = submit(state)
+        do {
+            try await ticket.value()
+            return .success(())
+        } catch {
+            return .failure(error as? StateSaveError ?? StateSaveError(errno: nil, description: "\(error)"))
         }
     }
 
-    /// Writes the newest requested state until none is left, answering every commit that
-    /// was waiting when each write started.
+    /// Writes the newest submitted state until none is left, answering every ticket that
+    /// was waiting when each write started; a failure also fails (and drops) what was queued
+    /// meanwhile.
     private func drain() {
         while true {
-            let (state, waiting) = queue.withLock { q -> (PersistedState?, [CheckedContinuation<Result<Void, StateSaveError>, Never>]) in
+            let (state, waiting) = queue.withLock { q -> (PersistedState?, [Ticket]) in
                 defer {
                     q.newest = nil
                     q.waiting = []
@@ -151,15 +170,21 @@ public final class StateStore: Sendable {
                 return (q.newest, q.waiting)
             }
             guard let state else { return }
-            let result: Result<Void, StateSaveError>
             do {
                 try write(state)
-                result = .success(())
+                record(.success(()))
+                for ticket in waiting { ticket.fulfil(()) }
             } catch {
-                result = .failure(error)
+                record(.failure(error))
+                let queued = queue.withLock { q -> [Ticket] in
+                    defer {
+                        q.newest = nil
+                        q.waiting = []
+                    }
+                    return q.waiting
+                }
+                for ticket in waiting + queued { ticket.fulfil(.failure(error)) }
             }
-            record(result)
-            for continuation in waiting { continuation.resume(returning: result) }
         }
     }
 

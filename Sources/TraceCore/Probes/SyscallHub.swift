@@ -42,6 +42,8 @@ public final class SyscallHub: Sendable {
         var members: [Int: UInt32] = [:]
         /// Bumped whenever the hub's object is dropped, so that stale memberships are inert.
         var generation = 0
+        /// Probes whose leave the kernel refused (their slot is still listed): retried.
+        var stuckLeaves: [Membership] = []
     }
 
     private let state = Mutex(State())
@@ -92,71 +94,98 @@ public final class SyscallHub: Sendable {
     }
 
     private func join(nr: UInt32, filter: ProbeFilter?, input: RecipeInput) -> Result<Membership, AttachAttempt> {
-        // Room first, and whether a load is needed; the load itself runs unlocked.
-        let needsLoad: Bool
-        switch state.withLock({ s -> Result<Bool, AttachAttempt> in
-            if s.members.values.filter({ $0 == nr }).count >= Self.perSyscall {
-                return .failure(refusal("the shared raw_syscalls hook already serves \(Self.perSyscall) probes on this syscall", errno: .EBUSY))
-            }
-            if s.members.count >= slots {
-                return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
-            }
-            return .success(s.loaded == nil)
-        }) {
-        case .failure(let refused): return .failure(refused)
-        case .success(let load): needsLoad = load
-        }
-        if needsLoad {
-            var hubInput = input
-            hubInput.hubSlots = slots
-            switch attacher.attach(descriptor, hubInput) {
-            case .failure(let failed): return .failure(failed)
-            case .success(let made):
-                // Joins are serialized and only a join loads, so nobody loaded meanwhile.
-                state.withLock { $0.loaded = Loaded(object: made.object, links: made.links, taskStorage: made.taskStorage) }
-            }
-        }
-        return state.withLock { s -> Result<Membership, AttachAttempt> in
-            guard let loaded = s.loaded, let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
-                return .failure(refusal("the shared raw_syscalls hook was dropped while joining", errno: .EBUSY))
-            }
-            let maps = SyscallHubBPF.Maps.self
-            let onThisSyscall = s.members.filter { $0.value == nr }.keys.sorted()
-            do throws(KernelError) {
-                // A slot is cleared when it is taken, not when it is left: a program still
-                // running for the previous owner then cannot leave counts behind.
-                try loaded.object.update(maps.aggs, index: UInt32(slot), to: hub_agg())
-                let table = try processTable(loaded.object, slot: slot)
-                for (i, entry) in table.enumerated() where entry.tgid != 0 {
-                    try loaded.object.update(maps.procs, index: UInt32(slot * Self.processesPerSlot + i), to: tp_proc())
+        // The last member may leave (and the hub be dropped) between the two locked sections
+        // below; the join then loads the hub again instead of failing.
+        for _ in 0..<3 {
+            // Room first, and whether a load is needed; the load itself runs unlocked.
+            let needsLoad: Bool
+            switch state.withLock({ s -> Result<Bool, AttachAttempt> in
+                retryStuckLeaves(&s)
+                if s.members.values.filter({ $0 == nr }).count >= Self.perSyscall {
+                    return .failure(refusal("the shared raw_syscalls hook already serves \(Self.perSyscall) probes on this syscall", errno: .EBUSY))
                 }
-                try loaded.object.update(maps.filters, index: UInt32(slot), to: Self.filterValue(filter))
-                try loaded.object.update(maps.byNr, index: nr, to: Self.nrValue(onThisSyscall + [slot]))
-            } catch {
-                if s.members.isEmpty { drop(&s) }
-                return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: input.facts))
+                if s.members.count >= slots {
+                    return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
+                }
+                return .success(s.loaded == nil)
+            }) {
+            case .failure(let refused): return .failure(refused)
+            case .success(let load): needsLoad = load
             }
-            s.members[slot] = nr
-            return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage))
+            if needsLoad {
+                var hubInput = input
+                hubInput.hubSlots = slots
+                switch attacher.attach(descriptor, hubInput) {
+                case .failure(let failed): return .failure(failed)
+                case .success(let made):
+                    // Joins are serialized and only a join loads, so nobody loaded meanwhile.
+                    state.withLock { $0.loaded = Loaded(object: made.object, links: made.links, taskStorage: made.taskStorage) }
+                }
+            }
+            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, facts: input.facts) }) { return joined }
         }
+        return .failure(refusal("the shared raw_syscalls hook was dropped three times while joining", errno: .EBUSY))
+    }
+
+    /// Takes a free slot of the loaded hub for syscall `nr`; nil when the hub was dropped
+    /// meanwhile (the caller loads it again).
+    private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
+        guard let loaded = s.loaded else { return nil }
+        guard let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
+            return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
+        }
+        let maps = SyscallHubBPF.Maps.self
+        let onThisSyscall = s.members.filter { $0.value == nr }.keys.sorted()
+        do throws(KernelError) {
+            // A slot is cleared when it is taken, not when it is left: a program still
+            // running for the previous owner then cannot leave counts behind.
+            try loaded.object.update(maps.aggs, index: UInt32(slot), to: hub_agg())
+            let table = try processTable(loaded.object, slot: slot)
+            for (i, entry) in table.enumerated() where entry.tgid != 0 {
+                try loaded.object.update(maps.procs, index: UInt32(slot * Self.processesPerSlot + i), to: tp_proc())
+            }
+            try loaded.object.update(maps.filters, index: UInt32(slot), to: Self.filterValue(filter))
+            try loaded.object.update(maps.byNr, index: nr, to: Self.nrValue(onThisSyscall + [slot]))
+        } catch {
+            if s.members.isEmpty { drop(&s) }
+            return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: facts))
+        }
+        s.members[slot] = nr
+        return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage))
     }
 
     /// Removes a probe: unlists its slot (its programs stop counting for it at once) and
-    /// detaches the hub when it was the last.
+    /// detaches the hub when it was the last. If the kernel refuses the unlisting, the slot
+    /// stays taken (another probe given it would count this syscall too) and the leave is
+    /// retried with every later join and leave.
     func leave(_ m: Membership) {
         state.withLock { s in
-            guard m.generation == s.generation, s.members[m.slot] == m.nr, let loaded = s.loaded else { return }
-            let remaining = s.members.filter { $0.value == m.nr && $0.key != m.slot }.keys.sorted()
-            do throws(KernelError) {
-                try loaded.object.update(SyscallHubBPF.Maps.byNr, index: m.nr, to: Self.nrValue(remaining))
-            } catch {
-                // Still listed in the kernel: keep the slot taken rather than give it to
-                // another probe that would then count this syscall too.
-                return
-            }
-            s.members[m.slot] = nil
-            if s.members.isEmpty { drop(&s) }
+            guard m.generation == s.generation, s.members[m.slot] == m.nr, s.loaded != nil else { return }
+            if !unlist(m, &s) { s.stuckLeaves.append(m) }
+            retryStuckLeaves(&s)
         }
+    }
+
+    /// Takes `m` out of the kernel's per-syscall table and the members; false when the
+    /// kernel refused the map update.
+    private func unlist(_ m: Membership, _ s: inout State) -> Bool {
+        guard m.generation == s.generation, s.members[m.slot] == m.nr, let loaded = s.loaded else { return true }
+        let remaining = s.members.filter { $0.value == m.nr && $0.key != m.slot }.keys.sorted()
+        do throws(KernelError) {
+            try loaded.object.update(SyscallHubBPF.Maps.byNr, index: m.nr, to: Self.nrValue(remaining))
+        } catch {
+            return false
+        }
+        s.members[m.slot] = nil
+        if s.members.isEmpty { drop(&s) }
+        return true
+    }
+
+    private func retryStuckLeaves(_ s: inout State) {
+        guard !s.stuckLeaves.isEmpty else { return }
+        var still: [Membership] = []
+        for m in s.stuckLeaves where !unlist(m, &s) { still.append(m) }
+        s.stuckLeaves = still.filter { $0.generation == s.generation }
     }
 
     /// Reads one probe's aggregates: its slot of `aggs` and its processes in `procs`.

@@ -138,6 +138,19 @@ struct AgentAPITests {
         #expect(await send(api, .get, "/readyz").status == .serviceUnavailable)
     }
 
+    @Test("Until saved probes are restored, changes are 503 with Retry-After (they would race the restore for the limit)")
+    func changesWaitForStartUp() async throws {
+        let capabilities = self.capabilities
+        let probes = ProbeManager(planner: Planner(backend: kernel, reaper: reaper), report: { await capabilities.current })
+        let api = AgentAPI(capabilities: capabilities, probes: probes, startupDone: { false })
+        for (method, target) in [(HTTPMethod.put, "/v1/probes/x"), (.post, "/v1/probes"), (.delete, "/v1/probes/x")] {
+            let response = await send(api, method, target, method == .delete ? nil : Self.read)
+            #expect(response.status == .serviceUnavailable && response.headers["Retry-After"] == "1", "\(method)")
+        }
+        #expect(await send(api, .get, "/v1/probes").status == .ok, "reads are served meanwhile")
+        #expect(await probes.count == 0)
+    }
+
     @Test("Bad input is a 400 problem that names the field, and nothing reaches the kernel")
     func badInput() async throws {
         let (api, _) = api()

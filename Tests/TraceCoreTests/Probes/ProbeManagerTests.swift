@@ -271,6 +271,26 @@ struct ProbeManagerTests {
         await manager.removeAll()
     }
 
+    @Test("Shutdown during a restore stops it: the probe being loaded is detached and the rest are not loaded")
+    func shutdownStopsARestore() async throws {
+        let manager = manager()
+        let now = clock.now()
+        let saved = PersistedState(savedAt: now, probes: (0..<3).map {
+            .init(spec: spec("r\($0)", syscall: ["read", "write", "pread64"][$0]), createdAt: now, expiresAt: nil, generation: 1)
+        })
+        let loadsBefore = kernel.loadedSpecs.count
+        let gate = kernel.holdLoads()
+        let restoring = Task { await manager.restore(saved) }
+        #expect(gate.waitForLoad(timeout: 10))
+        await manager.removeAll()
+        gate.open()
+        _ = await restoring.value
+        #expect(kernel.loadedSpecs.count == loadsBefore + 1, "after shutdown the other saved probes were loaded too")
+        #expect(await manager.count == 0)
+        reaper.drain()
+        #expect(kernel.isClean, "\(kernel.leakReport)")
+    }
+
     @Test("After shutdown nothing new attaches: a change in flight is refused and its probe detached")
     func shutdownRefusesChanges() async throws {
         let manager = manager()
