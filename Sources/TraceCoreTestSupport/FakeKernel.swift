@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Glibc
 import Synchronization
 import TraceCore
@@ -464,6 +465,14 @@ public final class LoadGate: Sendable {
     /// Waits until a load reached the gate; false after `seconds`.
     public func waitForLoad(timeout seconds: Double) -> Bool {
         arrived.wait(timeout: .now() + seconds) == .success
+    }
+
+    /// The same, for async tests: the wait runs on a thread of its own, never on one of
+    /// the few threads that run Swift tasks (the load it waits for may need one of them).
+    public func waitForLoad(seconds: Double) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            Thread { continuation.resume(returning: self.waitForLoad(timeout: seconds)) }.start()
+        }
     }
 
     /// Lets every held and later load through.
