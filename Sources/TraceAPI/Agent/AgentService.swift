@@ -118,9 +118,6 @@ public final class AgentService: Service {
     /// - Throws: what ``run()`` threw when it could not listen.
     public func waitUntilStarted() async throws { try await started.value() }
 
-    /// Whether capabilities are probed and saved probes and the probe file applied.
-    public var isStarted: Bool { started.isFulfilled }
-
     /// Suspends until the calling task is cancelled.
     static func untilCancelled() async {
         let never = AsyncStream<Never> { _ in }

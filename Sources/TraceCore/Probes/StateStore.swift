@@ -145,17 +145,6 @@ public final class StateStore: Sendable {
         return ticket
     }
 
-    /// Submits `state` and waits for its outcome.
-    public func commit(_ state: PersistedState) async -> Result<Void, StateSaveError> {
-        let ticket = submit(state)
-        do {
-            try await ticket.value()
-            return .success(())
-        } catch {
-            return .failure(error as? StateSaveError ?? StateSaveError(errno: nil, description: "\(error)"))
-        }
-    }
-
     /// Writes the newest submitted state until none is left, answering every ticket that
     /// was waiting when each write started; a failure also fails (and drops) what was queued
     /// meanwhile.
