@@ -78,4 +78,40 @@ static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u3
 	}
 }
 
+
+/* An argument as its C type has it: the low `len` bytes (all for 0 or 8), sign-extended
+ * for a signed type. Registers may hold anything above a 32-bit int. */
+static __always_inline u64 narrow(u64 v, u32 len, bool is_signed)
+{
+	if (len == 0 || len >= 8)
+		return v;
+	u32 shift = 64 - 8 * len;
+	return is_signed ? (u64)(((s64)(v << shift)) >> shift) : (v << shift) >> shift;
+}
+
+/* The value histogram slot of `v`: log2 (negative values in the last slot), or linear
+ * (below `min` in slot 0, at or above the top in slot n-1). */
+static __always_inline u32 value_slot(s64 v, u32 kind, s64 min, s64 step, u32 n)
+{
+	if (kind == TP_H_LOG2)
+		return v < 0 ? TP_LOG2_SLOTS - 1 : log2_slot((u64)v);
+	if (v < min || step <= 0)
+		return 0;
+	u64 i = (u64)(v - min) / (u64)step + 1;
+	return i >= n - 1 ? n - 1 : (u32)i;
+}
+
+/* Adds one call to a key table: creates the key from `zero` (a value of the table's size,
+ * all zeros) when it is new; false when the table has no room for it. Racing creators of
+ * one key both end on the same entry (the second finds it). */
+static __always_inline struct tp_key_stats *key_entry(void *table, void *key, void *zero)
+{
+	struct tp_key_stats *v = bpf_map_lookup_elem(table, key);
+	if (v)
+		return v;
+	long err = bpf_map_update_elem(table, key, zero, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST */)
+		return 0;
+	return bpf_map_lookup_elem(table, key);
+}
 #endif

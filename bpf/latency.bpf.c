@@ -16,6 +16,30 @@ const volatile u32 filter_tgid = 0;            /* 0: every process */
 const volatile bool filter_comm_set = false;
 const volatile char filter_comm[TP_COMM_LEN] = {};
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
+const volatile bool count_procs = true;        /* the top-process table (aggregate.by_process) */
+const volatile u64 min_latency_ns = 0;         /* filter.min_latency_ns: faster calls are not counted */
+
+/* Keyed aggregation (see include/traceplane/probe.h); all off by default, so the verifier
+ * drops every branch of it from a probe without keys. */
+const volatile bool keyed = false;             /* calls also go to the key table `keys` */
+const volatile u32 key_n = 0;                  /* key parts */
+const volatile u32 key_kind[TP_KEY_PARTS] = {};
+const volatile u32 key_arg[TP_KEY_PARTS] = {}; /* argument index, or record offset of a field */
+const volatile u32 key_len[TP_KEY_PARTS] = {}; /* bytes of a field */
+const volatile bool key_signed[TP_KEY_PARTS] = {};
+const volatile u32 key_off[TP_KEY_PARTS] = {}; /* offset of the part in the packed key */
+const volatile u32 val_kind = TP_V_NONE;
+const volatile u32 val_arg = 0;
+const volatile u32 val_len = 0;
+const volatile bool val_signed = false;
+const volatile u32 hist_kind = TP_H_LOG2;
+const volatile u32 hist_n = TP_LOG2_SLOTS;    /* value histogram slots */
+const volatile s64 hist_min = 0;
+const volatile s64 hist_step = 1;
+const volatile bool need_args = false;         /* a key or the value is an argument */
+const volatile u32 str_arg = 0;                /* argument of the TP_K_ARG_STR part */
+const volatile bool str_user = true;           /* it points to user memory (else kernel) */
+const volatile bool syscall_regs = false;      /* the traced function takes the syscall's pt_regs */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -38,14 +62,40 @@ struct {
 	__type(value, struct tp_proc);
 } procs SEC(".maps");
 
-/* Entry timestamps: task-local storage, or (map type changed before load) a hash keyed
- * by thread id on kernels without task storage for this program type. */
+/* What the exit needs from the entry: its time and, for keyed probes, the arguments of
+ * the key parts (args[i] for part i) and the value (args[TP_KEY_PARTS]), and the string a
+ * TP_K_ARG_STR part names. */
+struct tp_start {
+	u64 ts;
+	u64 args[TP_KEY_PARTS + 1];
+	char str[TP_STR_LEN];
+};
+
+/* Entry records: task-local storage, or (map type changed before load) a hash keyed by
+ * thread id on kernels without task storage for this program type. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, u64);
+	__type(value, struct tp_start);
 } starts SEC(".maps");
+
+/* The key table: packed key -> struct tp_key_stats and `hist_n` histogram slots. User space
+ * sets both sizes and the entry count (aggregate.max_keys) before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1);
+	__uint(key_size, 8);
+	__uint(value_size, sizeof(struct tp_key_stats));
+} keys SEC(".maps");
+
+/* One all-zero value of the key table's size: what a new key starts from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, 4);
+	__uint(value_size, sizeof(struct tp_key_stats));
+} zero_value SEC(".maps");
 
 static __always_inline bool pass_filter(void)
 {
@@ -73,7 +123,7 @@ static __always_inline void count_process(u32 tgid)
 	proc_table_count(&procs, 0, TP_PROCS_BITS, tgid);
 }
 
-static __always_inline u64 *start_slot(bool create)
+static __always_inline struct tp_start *start_slot(bool create)
 {
 	if (use_task_storage) {
 		struct task_struct *task = bpf_get_current_task_btf();
@@ -81,31 +131,210 @@ static __always_inline u64 *start_slot(bool create)
 	}
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	if (create) {
-		u64 zero = 0;
+		struct tp_start zero = {};
 		bpf_map_update_elem(&starts, &tid, &zero, BPF_ANY);
 	}
 	return bpf_map_lookup_elem(&starts, &tid);
 }
 
-static __always_inline int on_entry(void)
+/* Where a program finds the traced call's arguments (a constant per program). */
+enum arg_source { ARGS_NONE, ARGS_FENTRY, ARGS_REGS, ARGS_SYSCALL_TP };
+
+/* Per-syscall tracepoint records: syscalls:sys_enter_X and sys_exit_X. */
+struct syscall_enter_args {
+	u64 common;
+	s32 nr;
+	u64 args[TP_ARGS];
+};
+
+struct syscall_exit_args {
+	u64 common;
+	s32 nr;
+	s64 ret;
+};
+
+/* The six arguments of the call, by the calling convention of what is traced: a function's
+ * (fentry: from the BTF-typed context; kprobe and uprobe: registers), or a syscall's (its
+ * tracepoint record; or the pt_regs the x86-64 and arm64 syscall wrappers take). */
+static __always_inline void entry_args(void *ctx, enum arg_source src, u64 *a)
+{
+	if (src == ARGS_SYSCALL_TP) {
+		struct syscall_enter_args *e = ctx;
+		a[0] = e->args[0]; a[1] = e->args[1]; a[2] = e->args[2];
+		a[3] = e->args[3]; a[4] = e->args[4]; a[5] = e->args[5];
+		return;
+	}
+	if (src == ARGS_FENTRY && !syscall_regs) {
+		for (int i = 0; i < TP_ARGS; i++)
+			bpf_get_func_arg(ctx, i, &a[i]);
+		return;
+	}
+	struct pt_regs *regs = ctx;
+	if (src == ARGS_FENTRY) {
+		regs = (struct pt_regs *)((u64 *)ctx)[0];
+#if defined(__TARGET_ARCH_x86)
+		/* BTF-typed loads: the verifier knows the wrapper's argument is a struct pt_regs. */
+		a[0] = regs->di; a[1] = regs->si; a[2] = regs->dx;
+		a[3] = regs->r10; a[4] = regs->r8; a[5] = regs->r9;
+#elif defined(__TARGET_ARCH_arm64)
+		a[0] = regs->regs[0]; a[1] = regs->regs[1]; a[2] = regs->regs[2];
+		a[3] = regs->regs[3]; a[4] = regs->regs[4]; a[5] = regs->regs[5];
+#endif
+		return;
+	}
+	if (syscall_regs) {
+		/* kprobe on a syscall wrapper: the syscall's registers are in the pt_regs its
+		 * first argument points to. */
+#if defined(__TARGET_ARCH_x86)
+		struct pt_regs *inner = (struct pt_regs *)regs->di;
+		u64 r[8]; /* r10 r9 r8 ax cx dx si di: adjacent in struct pt_regs */
+		if (bpf_probe_read_kernel(r, sizeof(r), &inner->r10) == 0) {
+			a[0] = r[7]; a[1] = r[6]; a[2] = r[5]; a[3] = r[0]; a[4] = r[2]; a[5] = r[1];
+		}
+#elif defined(__TARGET_ARCH_arm64)
+		struct pt_regs *inner = (struct pt_regs *)regs->regs[0];
+		bpf_probe_read_kernel(a, 8 * TP_ARGS, &inner->regs[0]);
+#endif
+		return;
+	}
+#if defined(__TARGET_ARCH_x86)
+	a[0] = regs->di; a[1] = regs->si; a[2] = regs->dx;
+	a[3] = regs->cx; a[4] = regs->r8; a[5] = regs->r9;
+#elif defined(__TARGET_ARCH_arm64)
+	a[0] = regs->regs[0]; a[1] = regs->regs[1]; a[2] = regs->regs[2];
+	a[3] = regs->regs[3]; a[4] = regs->regs[4]; a[5] = regs->regs[5];
+#endif
+}
+
+/* Records at entry the arguments (and the string) the exit's key and value need. */
+static __always_inline void record_args(void *ctx, enum arg_source src, struct tp_start *st)
+{
+	u64 a[TP_ARGS] = {};
+	entry_args(ctx, src, a);
+#pragma unroll
+	for (int i = 0; i < TP_KEY_PARTS; i++) {
+		if (i >= key_n)
+			break;
+		if (key_kind[i] == TP_K_ARG)
+			st->args[i] = narrow(a[key_arg[i] % TP_ARGS], key_len[i], key_signed[i]);
+		if (key_kind[i] == TP_K_ARG_STR) {
+			void *p = (void *)a[str_arg % TP_ARGS];
+			__builtin_memset(st->str, 0, TP_STR_LEN);
+			if (str_user)
+				bpf_probe_read_user_str(st->str, TP_STR_LEN, p);
+			else
+				bpf_probe_read_kernel_str(st->str, TP_STR_LEN, p);
+		}
+	}
+	if (val_kind == TP_V_ARG)
+		st->args[TP_KEY_PARTS] = narrow(a[val_arg % TP_ARGS], val_len, val_signed);
+}
+
+/* A number in a tracepoint record: `len` (1, 2, 4 or 8) bytes at `off`, sign-extended
+ * when the format says it is signed. */
+static __always_inline s64 record_field(void *ctx, u32 off, u32 len, bool is_signed)
+{
+	u64 v = 0;
+	if (len == 1) bpf_probe_read_kernel(&v, 1, ctx + off);
+	else if (len == 2) bpf_probe_read_kernel(&v, 2, ctx + off);
+	else if (len == 4) bpf_probe_read_kernel(&v, 4, ctx + off);
+	else bpf_probe_read_kernel(&v, 8, ctx + off);
+	if (is_signed && len < 8) {
+		u32 shift = 64 - 8 * len;
+		return ((s64)(v << shift)) >> shift;
+	}
+	return (s64)v;
+}
+
+/* One call (or event) into the key table. `st` is null for events. */
+static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct tp_stats *s, u64 delta, s64 ret)
+{
+	u8 key[TP_KEY_MAX] = {};
+	u64 id = bpf_get_current_pid_tgid();
+#pragma unroll
+	for (int i = 0; i < TP_KEY_PARTS; i++) {
+		if (i >= key_n)
+			break;
+		void *p = key + key_off[i];
+		switch (key_kind[i]) {
+		case TP_K_PID: *(u64 *)p = id >> 32; break;
+		case TP_K_TID: *(u64 *)p = (u32)id; break;
+		case TP_K_COMM: process_comm(p); break;
+		case TP_K_THREAD: bpf_get_current_comm(p, TP_COMM_LEN); break;
+		case TP_K_CGROUP: *(u64 *)p = bpf_get_current_cgroup_id(); break;
+		case TP_K_CPU: *(u64 *)p = bpf_get_smp_processor_id(); break;
+		case TP_K_ERRNO: *(u64 *)p = ret < 0 ? -ret : 0; break;
+		case TP_K_RET: *(s64 *)p = ret; break;
+		case TP_K_ARG: if (st) *(u64 *)p = st->args[i]; break;
+		case TP_K_ARG_STR: if (st) __builtin_memcpy(p, st->str, TP_STR_LEN); break;
+		case TP_K_FIELD: *(s64 *)p = record_field(ctx, key_arg[i], key_len[i], key_signed[i]); break;
+		case TP_K_FIELD_STR: bpf_probe_read_kernel(p, key_len[i], ctx + key_arg[i]); break;
+		case TP_K_FIELD_DATALOC: {
+			u32 loc = 0;
+			bpf_probe_read_kernel(&loc, sizeof(loc), ctx + key_arg[i]);
+			bpf_probe_read_kernel_str(p, TP_STR_LEN, ctx + (loc & 0xffff));
+			break;
+		}
+		}
+	}
+	struct tp_key_stats *v = bpf_map_lookup_elem(&keys, key);
+	if (!v) {
+		u32 z = 0;
+		void *zero = bpf_map_lookup_elem(&zero_value, &z);
+		if (!zero)
+			return;
+		v = key_entry(&keys, key, zero);
+		if (!v) {
+			if (s)
+				s->dropped_keys++;
+			return;
+		}
+	}
+	v->calls++;
+	if (ret < 0)
+		v->errors++;
+	if (val_kind == TP_V_NONE)
+		return;
+	s64 value = 0;
+	switch (val_kind) {
+	case TP_V_LATENCY: value = (s64)delta; break;
+	case TP_V_RET: value = ret; break;
+	case TP_V_ARG: if (st) value = (s64)st->args[TP_KEY_PARTS]; break;
+	case TP_V_FIELD: value = record_field(ctx, val_arg, val_len, val_signed); break;
+	}
+	v->count++;
+	v->sum += value;
+	u32 slot = value_slot(value, hist_kind, hist_min, hist_step, hist_n);
+	if (slot >= hist_n)
+		return;
+	u64 *h = (u64 *)(v + 1);
+	h[slot]++;
+}
+
+static __always_inline int on_entry(void *ctx, enum arg_source src)
 {
 	if (!pass_filter())
 		return 0;
-	u64 *ts = start_slot(true);
-	if (ts)
-		*ts = bpf_ktime_get_ns();
+	struct tp_start *st = start_slot(true);
+	if (!st)
+		return 0;
+	if (keyed && need_args)
+		record_args(ctx, src, st);
+	st->ts = bpf_ktime_get_ns();
 	return 0;
 }
 
 /* No filter here: only calls that passed it at entry have a timestamp, so the lookup
  * filters (and a helper call less on every traced call). */
-static __always_inline int on_exit(s64 ret)
+static __always_inline int on_exit(void *ctx, s64 ret)
 {
-	u64 *ts = start_slot(false);
-	if (!ts || *ts == 0)
+	struct tp_start *st = start_slot(false);
+	if (!st || st->ts == 0)
 		return 0; /* filtered out at entry, or entry not seen (probe attached mid-call) */
-	u64 delta = bpf_ktime_get_ns() - *ts;
-	*ts = 0;
+	u64 delta = bpf_ktime_get_ns() - st->ts;
+	st->ts = 0;
+	if (min_latency_ns && delta < min_latency_ns)
+		return 0;
 	u32 key = 0;
 	struct tp_stats *s = bpf_map_lookup_elem(&stats, &key);
 	if (s) {
@@ -121,11 +350,14 @@ static __always_inline int on_exit(s64 ret)
 	u64 *bucket = bpf_map_lookup_elem(&hist, &slot);
 	if (bucket)
 		(*bucket)++;
-	count_process(bpf_get_current_pid_tgid() >> 32);
+	if (count_procs)
+		count_process(bpf_get_current_pid_tgid() >> 32);
+	if (keyed)
+		keyed_update(ctx, st, s, delta, ret);
 	return 0;
 }
 
-static __always_inline int on_event(void)
+static __always_inline int on_event(void *ctx)
 {
 	if (!pass_filter())
 		return 0;
@@ -133,59 +365,56 @@ static __always_inline int on_event(void)
 	struct tp_stats *s = bpf_map_lookup_elem(&stats, &key);
 	if (s)
 		s->calls++;
-	count_process(bpf_get_current_pid_tgid() >> 32);
+	if (count_procs)
+		count_process(bpf_get_current_pid_tgid() >> 32);
+	if (keyed)
+		keyed_update(ctx, 0, s, 0, 0);
 	return 0;
 }
 
 /* fentry/fexit (kfunc/kretfunc): target bound at load time. */
 SEC("fentry")
-int lat_fentry(void *ctx) { return on_entry(); }
+int lat_fentry(void *ctx) { return on_entry(ctx, ARGS_FENTRY); }
 
 SEC("fexit")
 int lat_fexit(void *ctx)
 {
 	u64 ret = 0;
 	bpf_get_func_ret(ctx, &ret);
-	return on_exit((s64)ret);
+	return on_exit(ctx, (s64)ret);
 }
 
 /* kprobe/kretprobe. */
 SEC("kprobe")
-int lat_kprobe(struct pt_regs *ctx) { return on_entry(); }
+int lat_kprobe(struct pt_regs *ctx) { return on_entry(ctx, ARGS_REGS); }
 
 SEC("kretprobe")
-int lat_kretprobe(struct pt_regs *ctx) { return on_exit((s64)PT_REGS_RC(ctx)); }
+int lat_kretprobe(struct pt_regs *ctx) { return on_exit(ctx, (s64)PT_REGS_RC(ctx)); }
 
 /* Per-syscall perf tracepoints syscalls:sys_enter_X / sys_exit_X. */
-struct syscall_exit_args {
-	u64 common;
-	s32 nr;
-	s64 ret;
-};
+SEC("tracepoint")
+int lat_sys_enter(void *ctx) { return on_entry(ctx, ARGS_SYSCALL_TP); }
 
 SEC("tracepoint")
-int lat_sys_enter(void *ctx) { return on_entry(); }
-
-SEC("tracepoint")
-int lat_sys_exit(struct syscall_exit_args *ctx) { return on_exit(ctx->ret); }
+int lat_sys_exit(struct syscall_exit_args *ctx) { return on_exit(ctx, ctx->ret); }
 
 /* raw_syscalls sys_enter/sys_exit: see syscall_hub.bpf.c, shared by all syscall probes. */
 
 /* uprobe/uretprobe. */
 SEC("uprobe")
-int lat_uprobe(struct pt_regs *ctx) { return on_entry(); }
+int lat_uprobe(struct pt_regs *ctx) { return on_entry(ctx, ARGS_REGS); }
 
 SEC("uretprobe")
-int lat_uretprobe(struct pt_regs *ctx) { return on_exit((s64)PT_REGS_RC(ctx)); }
+int lat_uretprobe(struct pt_regs *ctx) { return on_exit(ctx, (s64)PT_REGS_RC(ctx)); }
 
 /* Tracepoint targets count events; they have no latency. */
 SEC("tp_btf")
-int cnt_tp_btf(void *ctx) { return on_event(); }
+int cnt_tp_btf(void *ctx) { return on_event(ctx); }
 
 SEC("raw_tracepoint")
-int cnt_raw_tp(void *ctx) { return on_event(); }
+int cnt_raw_tp(void *ctx) { return on_event(ctx); }
 
 SEC("tracepoint")
-int cnt_tracepoint(void *ctx) { return on_event(); }
+int cnt_tracepoint(void *ctx) { return on_event(ctx); }
 
 char LICENSE[] SEC("license") = "GPL";

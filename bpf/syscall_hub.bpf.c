@@ -47,11 +47,37 @@ struct {
 	__type(value, struct tp_proc);
 } procs SEC(".maps");
 
+/* Each slot's key table (HUB_F_KEYED): a per-CPU hash user space creates with the probe's
+ * max_keys and puts at the slot's index. Every table has this key and value size. */
+struct slot_table {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct hub_key);
+	__type(value, struct hub_key_value);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__array(values, struct slot_table);
+} slot_keys SEC(".maps");
+
+/* One all-zero hub_key_value: what a new key starts from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct hub_key_value);
+} zero_value SEC(".maps");
+
 struct hub_start {
 	u64 ts;    /* entry time; 0 when no call is in flight */
 	u32 tgid;  /* saves a helper call at exit */
 	u32 count; /* entries of `slots` */
 	u32 slots[HUB_PER_NR]; /* slot + 1 of each probe whose filter passed at entry, else 0 */
+	u64 args[TP_ARGS];     /* the syscall's arguments, when a slot needs them (HUB_F_ARGS) */
+	char strs[HUB_PER_NR][TP_STR_LEN]; /* per listed slot: its string argument (HUB_F_STR) */
 };
 
 struct {
@@ -61,6 +87,15 @@ struct {
 	__type(value, struct hub_start);
 } starts SEC(".maps");
 
+/* An all-zero hub_start (too large for the stack): what a thread's record starts from
+ * where `starts` is a hash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct hub_start);
+} zero_start SEC(".maps");
+
 static __always_inline struct hub_start *start_slot(bool create)
 {
 	if (use_task_storage) {
@@ -69,8 +104,10 @@ static __always_inline struct hub_start *start_slot(bool create)
 	}
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	if (create) {
-		struct hub_start zero = {};
-		bpf_map_update_elem(&starts, &tid, &zero, BPF_ANY);
+		u32 z = 0;
+		struct hub_start *zero = bpf_map_lookup_elem(&zero_start, &z);
+		if (zero)
+			bpf_map_update_elem(&starts, &tid, zero, BPF_NOEXIST);
 	}
 	return bpf_map_lookup_elem(&starts, &tid);
 }
@@ -86,25 +123,108 @@ static __always_inline bool comm_matches(const char *comm, const struct hub_filt
 	return true;
 }
 
+/* One call into a slot's key table, with the slot's settings `f`; `i` is the slot's place
+ * in the syscall's list (where its string argument was recorded). */
+static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, struct hub_start *st, u32 i,
+					 u64 delta, s64 ret, struct hub_agg *a)
+{
+	void *table = bpf_map_lookup_elem(&slot_keys, &slot);
+	if (!table)
+		return;
+	struct hub_key key = {};
+	u32 n = f->key_n;
+	for (int p = 0; p < TP_KEY_PARTS; p++) {
+		if (p >= n)
+			break;
+		u32 arg = f->key_arg[p];
+		switch (f->key_kind[p]) {
+		case TP_K_PID: key.num[p] = st->tgid; break;
+		case TP_K_TID: key.num[p] = (u32)bpf_get_current_pid_tgid(); break;
+		case TP_K_COMM: process_comm(key.comm); break;
+		case TP_K_THREAD: bpf_get_current_comm(key.thread, sizeof(key.thread)); break;
+		case TP_K_CGROUP: key.num[p] = bpf_get_current_cgroup_id(); break;
+		case TP_K_CPU: key.num[p] = bpf_get_smp_processor_id(); break;
+		case TP_K_ERRNO: key.num[p] = ret < 0 ? -ret : 0; break;
+		case TP_K_RET: key.num[p] = ret; break;
+		case TP_K_ARG: if (arg < TP_ARGS) key.num[p] = narrow(st->args[arg], f->key_len[p], f->key_signed[p]); break;
+		case TP_K_ARG_STR: if (i < HUB_PER_NR) __builtin_memcpy(key.str, st->strs[i], TP_STR_LEN); break;
+		}
+	}
+	struct hub_key_value *v = bpf_map_lookup_elem(table, &key);
+	if (!v) {
+		u32 z = 0;
+		void *zero = bpf_map_lookup_elem(&zero_value, &z);
+		if (!zero)
+			return;
+		v = (struct hub_key_value *)key_entry(table, &key, zero);
+		if (!v) {
+			a->stats.dropped_keys++;
+			return;
+		}
+	}
+	v->stats.calls++;
+	if (ret < 0)
+		v->stats.errors++;
+	s64 value = 0;
+	switch (f->val_kind) {
+	case TP_V_NONE: return;
+	case TP_V_LATENCY: value = (s64)delta; break;
+	case TP_V_RET: value = ret; break;
+	case TP_V_ARG: if (f->val_arg < TP_ARGS) value = (s64)narrow(st->args[f->val_arg], f->val_len, f->val_signed); break;
+	}
+	v->stats.count++;
+	v->stats.sum += value;
+	u32 b = value_slot(value, f->hist_kind, f->hist_min, f->hist_step, f->hist_n);
+	if (b < HUB_HIST_SLOTS)
+		v->hist[b]++;
+}
+
 /* One call into one slot. A global function: the verifier checks it once, not once per
  * slot of the exit program's loop (which took it 200,000 instructions and 270 ms). */
-__noinline int aggregate(u32 slot, u64 delta, u32 bucket, s64 ret, u32 tgid)
+__noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 ret)
 {
+	if (!st)
+		return 0;
+	const struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
+	if (!f)
+		return 0;
+	if (f->min_latency_ns && delta < f->min_latency_ns)
+		return 0;
 	struct hub_agg *a = bpf_map_lookup_elem(&aggs, &slot);
-	if (a) {
-		a->stats.calls++;
-		if (ret < 0)
-			a->stats.errors++;
-		a->stats.lat_count++;
-		a->stats.lat_sum_ns += delta;
-		a->hist[bucket & (TP_HIST_SLOTS - 1)]++;
-	}
-	proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, tgid);
+	if (!a)
+		return 0;
+	a->stats.calls++;
+	if (ret < 0)
+		a->stats.errors++;
+	a->stats.lat_count++;
+	a->stats.lat_sum_ns += delta;
+	a->hist[log2_slot(delta) & (TP_HIST_SLOTS - 1)]++;
+	if (f->flags & HUB_F_PROCS)
+		proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, st->tgid);
+	if (f->flags & HUB_F_KEYED)
+		keyed_update(slot, f, st, i, delta, ret, a);
 	return 0;
 }
 
+/* The syscall's six arguments from the pt_regs sys_enter gets: BTF-typed loads for tp_btf
+ * (`typed`), one bpf_probe_read_kernel for raw_tp. */
+static __always_inline void syscall_args(struct pt_regs *regs, bool typed, u64 *a)
+{
+#if defined(__TARGET_ARCH_x86)
+	if (typed) {
+		a[0] = regs->di; a[1] = regs->si; a[2] = regs->dx;
+		a[3] = regs->r10; a[4] = regs->r8; a[5] = regs->r9;
+		return;
+	}
+	u64 r[8]; /* r10 r9 r8 ax cx dx si di: adjacent in struct pt_regs */
+	if (bpf_probe_read_kernel(r, sizeof(r), &regs->r10) == 0) {
+		a[0] = r[7]; a[1] = r[6]; a[2] = r[5]; a[3] = r[0]; a[4] = r[2]; a[5] = r[1];
+	}
+#endif
+}
+
 /* Every syscall of the host comes here: an untraced one costs one array lookup. */
-static __always_inline int hub_enter(s64 nr)
+static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 {
 	u32 key = (u32)nr; /* negative numbers fall outside the array */
 	struct hub_nr *e = bpf_map_lookup_elem(&by_nr, &key);
@@ -116,6 +236,7 @@ static __always_inline int hub_enter(s64 nr)
 	bool have_comm = false;
 	u32 passed[HUB_PER_NR] = {};
 	bool any = false;
+	u32 needs = 0;
 	for (int i = 0; i < HUB_PER_NR; i++) {
 		if (i >= count)
 			break;
@@ -134,6 +255,7 @@ static __always_inline int hub_enter(s64 nr)
 				continue;
 		}
 		passed[i] = slot + 1;
+		needs |= f->flags;
 		any = true;
 	}
 	if (!any)
@@ -141,6 +263,23 @@ static __always_inline int hub_enter(s64 nr)
 	struct hub_start *st = start_slot(true);
 	if (!st)
 		return 0;
+	if (needs & HUB_F_ARGS) {
+		syscall_args(regs, typed, st->args);
+		if (needs & HUB_F_STR) {
+			for (int i = 0; i < HUB_PER_NR; i++) {
+				if (i >= count)
+					break;
+				if (!passed[i])
+					continue;
+				u32 slot = passed[i] - 1;
+				struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
+				if (!f || !(f->flags & HUB_F_STR))
+					continue;
+				__builtin_memset(st->strs[i], 0, TP_STR_LEN);
+				bpf_probe_read_user_str(st->strs[i], TP_STR_LEN, (void *)st->args[f->str_arg % TP_ARGS]);
+			}
+		}
+	}
 	__builtin_memcpy(st->slots, passed, sizeof(passed));
 	st->count = count;
 	st->tgid = tgid;
@@ -158,25 +297,21 @@ static __always_inline int hub_exit(s64 nr, s64 ret)
 	if (!st || st->ts == 0)
 		return 0; /* filtered out at entry, or entry not seen (attached mid-call) */
 	u64 delta = bpf_ktime_get_ns() - st->ts;
-	u32 tgid = st->tgid;
 	u32 n = st->count;
 	st->ts = 0;
-	u32 bucket = log2_slot(delta);
-	if (bucket >= TP_HIST_SLOTS)
-		bucket = TP_HIST_SLOTS - 1;
 	for (int i = 0; i < HUB_PER_NR; i++) {
 		if (i >= n)
 			break;
 		u32 slot = st->slots[i];
 		if (slot)
-			aggregate(slot - 1, delta, bucket, ret, tgid);
+			aggregate(slot - 1, i, st, delta, ret);
 	}
 	return 0;
 }
 
 /* raw_syscalls via BTF tracepoints: sys_enter(regs, id), sys_exit(regs, ret). */
 SEC("tp_btf")
-int hub_btf_enter(u64 *ctx) { return hub_enter((s64)ctx[1]); }
+int hub_btf_enter(u64 *ctx) { return hub_enter((struct pt_regs *)ctx[0], true, (s64)ctx[1]); }
 
 SEC("tp_btf")
 int hub_btf_exit(u64 *ctx)
@@ -191,7 +326,7 @@ int hub_btf_exit(u64 *ctx)
 
 /* raw_syscalls via raw tracepoints: the same, with untyped arguments. */
 SEC("raw_tracepoint")
-int hub_raw_enter(struct bpf_raw_tracepoint_args *ctx) { return hub_enter((s64)ctx->args[1]); }
+int hub_raw_enter(struct bpf_raw_tracepoint_args *ctx) { return hub_enter((struct pt_regs *)ctx->args[0], false, (s64)ctx->args[1]); }
 
 SEC("raw_tracepoint")
 int hub_raw_exit(struct bpf_raw_tracepoint_args *ctx)

@@ -551,6 +551,7 @@ public final class FakeHost: HostEnvironment, Sendable {
     struct State {
         var facts: KernelFacts
         var features: [Feature: KernelError] = [:]
+        var schemas: [ProbeTarget: TargetSchema] = [:]
         var recorder: (@Sendable (FakeKernel.Call) -> Void)?
     }
 
@@ -581,6 +582,16 @@ public final class FakeHost: HostEnvironment, Sendable {
     /// Makes `check(feature)` fail at `stage` with `errno`.
     public func failFeature(_ feature: Feature, errno: Errno, stage: KernelStage = .load, operation: String? = nil) {
         failFeature(feature, with: KernelError(stage: stage, errno: errno, operation: operation ?? "check \(feature.rawValue)"))
+    }
+
+    /// Schemas by target; targets not listed get ``TargetSchema/canned(for:)``.
+    public var schemas: [ProbeTarget: TargetSchema] {
+        get { state.withLock { $0.schemas } }
+        set { state.withLock { $0.schemas = newValue } }
+    }
+
+    public func schema(for target: ProbeTarget) -> TargetSchema? {
+        state.withLock { $0.schemas[target] } ?? TargetSchema.canned(for: target)
     }
 
     public func inspect() -> KernelFacts {
@@ -642,5 +653,45 @@ extension FakeKernel {
         kernel.failAttach(p.capKretprobe, errno: .ENOENT)
         kernel.failAttach(p.capKprobeMulti, errno: .EOPNOTSUPP)
         return kernel
+    }
+}
+
+extension TargetSchema {
+    /// What the fake host says of targets it was not told about: the real formats of a few
+    /// syscalls and of `sched:sched_switch`, `vfs_read`'s prototype, no names otherwise.
+    public static func canned(for target: ProbeTarget) -> TargetSchema? {
+        func arg(_ name: String, _ i: Int, _ type: String) -> Argument {
+            Argument(name: name, index: i, type: type, shape: TargetSchemaReader.syscallArgumentShape(type))
+        }
+        switch target.type {
+        case .syscall:
+            let args: [Argument]? = switch target.name {
+            case "read", "write": [arg("fd", 0, "unsigned int"), arg("buf", 1, target.name == "read" ? "char *" : "const char *"), arg("count", 2, "size_t")]
+            case "openat": [arg("dfd", 0, "int"), arg("filename", 1, "const char *"), arg("flags", 2, "int"), arg("mode", 3, "umode_t")]
+            case "close": [arg("fd", 0, "unsigned int")]
+            case "getppid", "getpid", "getpgrp": []
+            default: nil
+            }
+            return TargetSchema(arguments: args, fields: nil, source: "the fake host's format of syscalls:sys_enter_\(target.name ?? "")")
+        case .function:
+            guard target.name == "vfs_read" else { return TargetSchema(arguments: nil, fields: nil, source: "no BTF prototype") }
+            return TargetSchema(arguments: [
+                Argument(name: "file", index: 0, type: "pointer", shape: .integer(size: 8, signed: false)),
+                Argument(name: "buf", index: 1, type: "char __user *", shape: .integer(size: 8, signed: false)),
+                Argument(name: "count", index: 2, type: "u64", shape: .integer(size: 8, signed: false)),
+                Argument(name: "pos", index: 3, type: "pointer", shape: .integer(size: 8, signed: false)),
+            ], fields: nil, source: "the fake host's BTF prototype of vfs_read")
+        case .tracepoint:
+            let fields: [Field] = target.name == "sched:sched_switch" ? [
+                Field(name: "prev_comm", offset: 8, type: "char[16]", shape: .chars(16)),
+                Field(name: "prev_pid", offset: 24, type: "pid_t", shape: .integer(size: 4, signed: true)),
+                Field(name: "prev_state", offset: 32, type: "long", shape: .integer(size: 8, signed: true)),
+                Field(name: "next_comm", offset: 40, type: "char[16]", shape: .chars(16)),
+                Field(name: "next_pid", offset: 56, type: "pid_t", shape: .integer(size: 4, signed: true)),
+            ] : []
+            return TargetSchema(arguments: nil, fields: fields, source: "the fake host's format of \(target.name ?? "")")
+        case .uprobe:
+            return TargetSchema(arguments: nil, fields: nil, source: "uprobe targets have no argument names")
+        }
     }
 }

@@ -15,6 +15,10 @@ public protocol HostEnvironment: Sendable {
 
     /// The absolute path of the running executable (uprobe target for self-tests).
     var executablePath: String { get }
+
+    /// What `target` offers to keys and values (argument names, tracepoint fields); nil
+    /// when the target does not exist (a tracepoint without a format).
+    func schema(for target: ProbeTarget) -> TargetSchema?
 }
 
 /// The real Linux host.
@@ -28,6 +32,11 @@ public struct LinuxHost: HostEnvironment {
     static let tracefsMagic = 0x7472_6163
     static let bpffsMagic = 0xCAFE_4A11
     static let securityfsMagic = 0x7363_6673
+
+    /// Schemas of the real kernel, cached for the process (they do not change while it runs).
+    static let schemas = TargetSchemaReader()
+
+    public func schema(for target: ProbeTarget) -> TargetSchema? { Self.schemas.schema(for: target) }
 
     public var executablePath: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"

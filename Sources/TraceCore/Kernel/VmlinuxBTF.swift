@@ -118,6 +118,66 @@ public struct VmlinuxBTF: Sendable {
         return nil
     }
 
+    /// A parameter of a kernel function, from its BTF prototype.
+    public struct Parameter: Sendable, Hashable {
+        public enum Shape: Sendable, Hashable {
+            /// An integer, enum or bool of `size` bytes.
+            case integer(size: Int, signed: Bool)
+            /// A pointer; `toChar`: to (const) char, a string; `user`: tagged `__user`.
+            case pointer(toChar: Bool, user: Bool)
+            /// A struct or union passed by value, or anything else this reader does not
+            /// map to an argument register.
+            case other(String)
+        }
+        public var name: String
+        public var shape: Shape
+    }
+
+    /// The parameters of function `function` (BTF_KIND_FUNC), in order; nil when there is
+    /// no such function. A variadic prototype's `...` is left out.
+    public func parameters(of function: String) -> [Parameter]? {
+        guard let id = (1..<typeOffsets.count).first(where: { kind($0) == .function && name($0) == function }) else { return nil }
+        let proto = Int(u32(typeOffsets[id] + 8))
+        guard proto > 0, proto < typeOffsets.count, kind(proto) == .functionProto else { return nil }
+        var result: [Parameter] = []
+        for i in 0..<vlen(proto) {
+            let at = typeOffsets[proto] + 12 + 8 * i
+            let type = Int(u32(at + 4))
+            if type == 0 { continue }  // `...`
+            result.append(Parameter(name: string(u32(at)), shape: shape(of: type)))
+        }
+        return result
+    }
+
+    private func shape(of type: Int) -> Parameter.Shape {
+        guard let id = resolved(type), let k = kind(id) else { return .other("an unknown type") }
+        switch k {
+        case .int:
+            let encoding = (u32(typeOffsets[id] + 12) >> 24) & 0x0F
+            return .integer(size: Int(u32(typeOffsets[id] + 8)), signed: encoding & 1 == 1)
+        case .enumeration, .enum64:
+            let signed = u32(typeOffsets[id] + 4) >> 31 == 1
+            return .integer(size: Int(u32(typeOffsets[id] + 8)), signed: signed)
+        case .ptr:
+            // A `__user` tag sits between the pointer and what it points to.
+            var user = false
+            var target = Int(u32(typeOffsets[id] + 8))
+            for _ in 0..<16 {
+                guard target > 0, target < typeOffsets.count, let tk = kind(target) else { break }
+                if tk == .typeTag, name(target) == "user" { user = true }
+                guard [.typeTag, .const, .volatile, .restrict, .typedef].contains(tk) else { break }
+                target = Int(u32(typeOffsets[target] + 8))
+            }
+            let toChar = target > 0 && target < typeOffsets.count && kind(target) == .int && u32(typeOffsets[target] + 8) == 1
+                && name(target).hasSuffix("char")
+            return .pointer(toChar: toChar, user: user)
+        case .structure, .union:
+            return .other("a \(k == .structure ? "struct" : "union") passed by value")
+        default:
+            return .other("a type that is not passed in one register")
+        }
+    }
+
     /// Follows typedefs and qualifiers to the underlying type id.
     private func resolved(_ id: Int) -> Int? {
         var id = id

@@ -5,6 +5,8 @@
 public struct Planner: Sendable {
     let attacher: ObjectAttacher
     public var reaper: Reaper { attacher.reaper }
+    /// The host the backend runs on (target schemas for spec validation).
+    public var host: any HostEnvironment { attacher.backend.host }
     /// The shared raw_syscalls hooks that tp_btf and raw_tp syscall probes join.
     public let hubs: SyscallHubs
 

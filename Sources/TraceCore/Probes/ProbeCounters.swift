@@ -25,6 +25,10 @@ public struct ProbeCounters: Sendable, Hashable {
     public var processes: [Process] = []
     public var runTimeNanoseconds: UInt64 = 0
     public var runCount: UInt64 = 0
+    /// Calls whose key found no room in the key table.
+    public var droppedKeys: UInt64 = 0
+    /// The key table, for probes with an `aggregate` spec.
+    public var aggregate: KeyedAggregate?
 
     public init() {}
 
@@ -34,6 +38,7 @@ public struct ProbeCounters: Sendable, Hashable {
         errors &+= stats.errors
         latencyCount &+= stats.lat_count
         latencySumNanoseconds &+= stats.lat_sum_ns
+        droppedKeys &+= stats.dropped_keys
     }
 
     /// Adds the programs' run-time statistics.

@@ -127,7 +127,7 @@ public actor ProbeManager {
     /// POST: creates a probe; the same spec under an existing name returns the existing probe.
     /// - Returns: the probe and whether it was created.
     public func create(_ input: ProbeSpec) async throws(ProbeError) -> (Probe, Bool) {
-        var spec = try Self.normalize(input)
+        var spec = try normalize(input)
         let name = spec.name ?? generateName()
         spec.name = name
         await lock(name)
@@ -150,7 +150,7 @@ public actor ProbeManager {
                              fieldErrors: [FieldError(field: "name", message: "must equal the name in the path")])
         }
         input.name = name
-        let spec = try Self.normalize(input)
+        let spec = try normalize(input)
         await lock(name)
         defer { unlock(name) }
         try refuseIfShuttingDown()
@@ -213,7 +213,7 @@ public actor ProbeManager {
                 continue
             }
             let spec: ProbeSpec
-            do { spec = try Self.normalize(item.spec) } catch {
+            do { spec = try normalize(item.spec) } catch {
                 outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "the saved spec is no longer valid: \(error.detail)"))
                 continue
             }
@@ -461,8 +461,15 @@ public actor ProbeManager {
         }
     }
 
-    static func normalize(_ spec: ProbeSpec) throws(ProbeError) -> ProbeSpec {
-        let errors = spec.validate()
+    func normalize(_ spec: ProbeSpec) throws(ProbeError) -> ProbeSpec {
+        try Self.normalize(spec, host: planner.host)
+    }
+
+    static func normalize(_ spec: ProbeSpec, host: any HostEnvironment) throws(ProbeError) -> ProbeSpec {
+        var errors = spec.validate()
+        if errors.isEmpty, case .failure(let planErrors) = AggregatePlan.resolve(spec, schema: host.schema(for: spec.target)) {
+            errors = planErrors.list
+        }
         if !errors.isEmpty {
             throw ProbeError(kind: .invalid, detail: "the probe spec is invalid: " + errors.map { "\($0.field) \($0.message)" }.joined(separator: "; "),
                              fieldErrors: errors)
@@ -475,7 +482,7 @@ public actor ProbeManager {
 
     /// Whether two specs attach the same way (they differ at most in TTL and labels).
     static func sameAttachment(_ a: ProbeSpec, _ b: ProbeSpec) -> Bool {
-        a.target == b.target && a.mechanisms == b.mechanisms && a.filter == b.filter
+        a.target == b.target && a.mechanisms == b.mechanisms && a.filter == b.filter && a.aggregate == b.aggregate
     }
 
     private func generateName() -> String {

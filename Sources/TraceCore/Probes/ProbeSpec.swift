@@ -34,9 +34,17 @@ public struct ProbeTarget: Sendable, Codable, Hashable {
 public struct ProbeFilter: Sendable, Codable, Hashable {
     public var pid: Int?
     public var comm: String?
-    public init(pid: Int? = nil, comm: String? = nil) {
+    /// Only calls at least this slow are counted (call targets).
+    public var minLatencyNs: Int?
+    public init(pid: Int? = nil, comm: String? = nil, minLatencyNs: Int? = nil) {
         self.pid = pid
         self.comm = comm
+        self.minLatencyNs = minLatencyNs
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case pid, comm
+        case minLatencyNs = "min_latency_ns"
     }
 }
 
@@ -49,9 +57,12 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
     public var filter: ProbeFilter?
     public var ttlSeconds: Int?
     public var labels: [String: String]?
+    /// Keys and values counted in the kernel; nil: totals, latency and top processes only.
+    public var aggregate: AggregateSpec?
 
     public init(name: String? = nil, target: ProbeTarget, mechanisms: [String]? = nil, filter: ProbeFilter? = nil,
-                ttlSeconds: Int? = nil, labels: [String: String]? = nil) {
+                ttlSeconds: Int? = nil, labels: [String: String]? = nil, aggregate: AggregateSpec? = nil) {
+        self.aggregate = aggregate
         self.name = name
         self.target = target
         self.mechanisms = mechanisms
@@ -61,7 +72,7 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, target, mechanisms, filter, labels
+        case name, target, mechanisms, filter, labels, aggregate
         case ttlSeconds = "ttl_seconds"
     }
 
@@ -73,6 +84,7 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
         try c.encode(filter, forKey: .filter)
         try c.encode(ttlSeconds, forKey: .ttlSeconds)
         try c.encode(labels ?? [:], forKey: .labels)
+        try c.encodeIfPresent(aggregate, forKey: .aggregate)
     }
 }
 

@@ -10,6 +10,7 @@
 
 #ifndef __VMLINUX_H__
 #include <linux/types.h>
+
 #endif
 
 #define TP_HIST_SLOTS 64
@@ -17,10 +18,11 @@
 
 /* Per-CPU totals, in map `stats` (one entry). */
 struct tp_stats {
-	__u64 calls;      /* completed calls (events for count-only targets) */
-	__u64 errors;     /* calls that returned a negative value */
-	__u64 lat_count;  /* calls with a measured latency */
-	__u64 lat_sum_ns; /* sum of measured latencies */
+	__u64 calls;        /* completed calls (events for count-only targets) */
+	__u64 errors;       /* calls that returned a negative value */
+	__u64 lat_count;    /* calls with a measured latency */
+	__u64 lat_sum_ns;   /* sum of measured latencies */
+	__u64 dropped_keys; /* calls counted above whose key found no room in the key table */
 };
 
 /* Entry of a process table (map `procs`, an array): an open-addressing table keyed by
@@ -34,5 +36,55 @@ struct tp_proc {
 };
 #define TP_PROCS_BITS 10  /* a probe's own table: 1,024 processes */
 #define TP_PROCS_PROBES 8 /* entries tried for one process */
+
+/*
+ * Keyed aggregation (spec `aggregate`): a hash map from a packed key of up to three parts
+ * to per-CPU calls, errors and a histogram of the probe's value. User space packs and
+ * unpacks keys with the layout it chose before load (every part 8-byte aligned).
+ */
+#define TP_KEY_PARTS 3
+#define TP_KEY_MAX 128    /* bytes of a packed key */
+#define TP_STR_LEN 64     /* a string key part: at most 63 bytes and a NUL */
+#define TP_ARGS 6         /* arguments readable at entry */
+#define TP_LOG2_SLOTS 65  /* log2 value histogram: slots 0-63, and 64 for negative values */
+
+enum tp_key_kind {
+	TP_K_NONE = 0,
+	TP_K_PID = 1,          /* tgid */
+	TP_K_TID = 2,
+	TP_K_COMM = 3,         /* the process's name (thread-group leader's comm), 16 bytes */
+	TP_K_THREAD = 4,       /* the thread's comm, 16 bytes */
+	TP_K_CGROUP = 5,       /* cgroup v2 id */
+	TP_K_CPU = 6,
+	TP_K_ERRNO = 7,        /* -ret for a negative return, else 0 */
+	TP_K_RET = 8,
+	TP_K_ARG = 9,          /* argument `arg` (0-5), recorded at entry */
+	TP_K_ARG_STR = 10,     /* string that argument `arg` points to, read at entry */
+	TP_K_FIELD = 11,       /* tracepoint record field: `len` bytes at offset `arg` */
+	TP_K_FIELD_STR = 12,   /* tracepoint record char[len] at offset `arg` */
+	TP_K_FIELD_DATALOC = 13, /* tracepoint record __data_loc char[] at offset `arg` */
+};
+
+enum tp_value_kind {
+	TP_V_NONE = 0,
+	TP_V_LATENCY = 1,
+	TP_V_RET = 2,
+	TP_V_ARG = 3,          /* argument `arg`, recorded at entry */
+	TP_V_FIELD = 4,        /* tracepoint record field: `len` bytes at offset `arg` */
+};
+
+enum tp_hist_kind {
+	TP_H_LOG2 = 0,         /* TP_LOG2_SLOTS slots */
+	TP_H_LINEAR = 1,       /* slot 0: below min; 1..n-2: [min + (i-1)*step, min + i*step); n-1: max and above */
+};
+
+/* Head of a key table's value; `hist` follows with as many slots as the probe's histogram has. */
+struct tp_key_stats {
+	__u64 calls;
+	__u64 errors;
+	__u64 count;  /* values recorded */
+	__s64 sum;    /* their sum */
+};
+
 
 #endif

@@ -21,11 +21,49 @@ struct hub_nr {
 	__u32 pad;
 };
 
-/* Value of map `filters` (array keyed by slot). */
+#define HUB_HIST_SLOTS 66 /* value histogram slots of a slot's key table: log2 (65), or linear up to 64 buckets */
+
+/* Flags of a slot (hub_filter.flags). */
+#define HUB_F_PROCS 1     /* count the top processes */
+#define HUB_F_KEYED 2     /* the slot has a key table in `slot_keys` */
+#define HUB_F_ARGS 4      /* its keys or value need the syscall's arguments */
+#define HUB_F_STR 8       /* a key part is the string argument `str_arg` points to */
+
+/* Value of map `filters` (array keyed by slot): the slot's filter and what it aggregates. */
 struct hub_filter {
 	__u32 tgid;       /* 0: every process */
 	__u32 comm_set;
 	char comm[TP_COMM_LEN];
+	__u32 flags;
+	__u32 key_n;                   /* key parts */
+	__u32 key_kind[TP_KEY_PARTS];  /* enum tp_key_kind */
+	__u32 key_arg[TP_KEY_PARTS];   /* argument index of TP_K_ARG parts */
+	__u32 val_kind;                /* enum tp_value_kind */
+	__u32 val_arg;
+	__u32 hist_kind;               /* enum tp_hist_kind */
+	__u32 hist_n;                  /* slots used, at most HUB_HIST_SLOTS */
+	__u32 str_arg;
+	__u8 key_len[TP_KEY_PARTS];    /* width of an argument part (1, 2, 4; 8 or 0: all of it) */
+	__u8 key_signed[TP_KEY_PARTS]; /* sign-extended from that width */
+	__u8 val_len;
+	__u8 val_signed;
+	__s64 hist_min;
+	__s64 hist_step;
+	__u64 min_latency_ns;          /* 0: every call */
+};
+
+/* Key of a slot's key table: each kind of part has its place (numbers by part index). */
+struct hub_key {
+	__u64 num[TP_KEY_PARTS];
+	char comm[TP_COMM_LEN];
+	char thread[TP_COMM_LEN];
+	char str[TP_STR_LEN];
+};
+
+/* Value of a slot's key table (per-CPU). */
+struct hub_key_value {
+	struct tp_key_stats stats;
+	__u64 hist[HUB_HIST_SLOTS];
 };
 
 /* Value of map `aggs` (per-CPU array keyed by slot): totals and log2 latency histogram. */

@@ -1,0 +1,77 @@
+import CBPFLayouts
+
+/// A probe's key table as read: every key with its calls, errors and value histogram,
+/// summed over CPUs (the `aggregate` member of the metrics; `probe_key_*` in Prometheus).
+public struct KeyedAggregate: Sendable, Hashable {
+    /// One part of a key, typed for display.
+    public enum KeyValue: Sendable, Hashable {
+        case unsigned(UInt64)
+        case signed(Int64)
+        case string(String)
+        /// `ok`, or the errno name of a negative return (`EBADF`; `E123` when unnamed).
+        case errno(String)
+        /// A cgroup v2 id and its path under the cgroup2 mount, when found.
+        case cgroup(id: UInt64, path: String?)
+
+        /// The value as a label or a line of text.
+        public var text: String {
+            switch self {
+            case .unsigned(let v): String(v)
+            case .signed(let v): String(v)
+            case .string(let s): s
+            case .errno(let s): s
+            case .cgroup(let id, let path): path ?? "cgroup-id:\(id)"
+            }
+        }
+    }
+
+    public struct Bucket: Sendable, Hashable {
+        /// Inclusive bounds of the value.
+        public var lower: Int64
+        public var upper: Int64
+        public var count: UInt64
+    }
+
+    public struct Entry: Sendable, Hashable {
+        /// One value per key name of `by`, in that order.
+        public var key: [KeyValue]
+        public var calls: UInt64
+        public var errors: UInt64
+        /// Values recorded, their sum, and the non-empty buckets (ascending); all empty when
+        /// the probe's value is `none`.
+        public var count: UInt64
+        public var sum: Int64
+        public var buckets: [Bucket]
+
+        public init(key: [KeyValue], calls: UInt64, errors: UInt64, count: UInt64 = 0, sum: Int64 = 0, buckets: [Bucket] = []) {
+            self.key = key
+            self.calls = calls
+            self.errors = errors
+            self.count = count
+            self.sum = sum
+            self.buckets = buckets
+        }
+    }
+
+    /// The spec's key names (`arg:fd`), in order.
+    public var by: [String]
+    /// The value's name (`latency`, `ret`, `arg:count`, `none`).
+    public var value: String
+    /// The histogram's layout (bounds of every slot), nil when the value is `none`.
+    public var histogram: AggregatePlan.Histogram?
+    /// Calls whose key found no room in the table (they are in the probe's totals).
+    public var droppedKeys: UInt64
+    /// Every key, by calls (descending), then by key text.
+    public var entries: [Entry]
+
+    public init(by: [String], value: String, histogram: AggregatePlan.Histogram?, droppedKeys: UInt64, entries: [Entry]) {
+        self.by = by
+        self.value = value
+        self.histogram = histogram
+        self.droppedKeys = droppedKeys
+        self.entries = entries
+    }
+
+    /// Whether the value is a latency in nanoseconds (Prometheus exports it in seconds).
+    public var valueIsLatency: Bool { value == "latency" }
+}
