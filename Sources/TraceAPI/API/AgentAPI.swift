@@ -70,8 +70,16 @@ public struct AgentAPI: Sendable {
                 return Self.response(error)
             }
         }
-        router.get("/v1/probes/{name}/metrics") { _, params in
-            do { return .json(try await probes.metrics(params["name"] ?? "")) } catch { return Self.response(error) }
+        router.get("/v1/probes/{name}/metrics") { request, params in
+            var top = 100
+            if let text = request.query["top"] {
+                guard let n = Int(text), (1...AggregateSpec.maxMaxKeys).contains(n) else {
+                    let detail = "top must be an integer from 1 to \(AggregateSpec.maxMaxKeys), not '\(text.prefix(32))'"
+                    return .problem(.badRequest(detail: detail, errors: [.object(["field": "top", "message": .string(detail)])]))
+                }
+                top = n
+            }
+            do { return .json(try await probes.metrics(params["name"] ?? "").top(top)) } catch { return Self.response(error) }
         }
         if let metrics {
             router.get("/metrics", { _, _ in await metrics() })

@@ -25,7 +25,7 @@ public struct KeyedAggregate: Sendable, Hashable {
         }
     }
 
-    public struct Bucket: Sendable, Hashable {
+    public struct Bucket: Sendable, Hashable, Codable {
         /// Inclusive bounds of the value.
         public var lower: Int64
         public var upper: Int64

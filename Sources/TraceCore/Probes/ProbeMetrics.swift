@@ -24,9 +24,23 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
     public var latencyNanoseconds: Latency?
     public var byProcess: [ProbeCounters.Process]
     public var overhead: Overhead
+    /// The key table (probes with an `aggregate` spec), every key; ``top(_:)`` trims it.
+    public var aggregate: KeyedAggregate?
+    /// Keys in the table before trimming.
+    public var totalKeys: Int = 0
+
+    /// Keeps the `n` keys with most calls.
+    public func top(_ n: Int) -> ProbeMetrics {
+        var copy = self
+        if var a = copy.aggregate, a.entries.count > n {
+            a.entries = Array(a.entries.prefix(n))
+            copy.aggregate = a
+        }
+        return copy
+    }
 
     enum CodingKeys: String, CodingKey {
-        case name, mechanism, target, since, calls, errors, overhead
+        case name, mechanism, target, since, calls, errors, overhead, aggregate
         case latencyNanoseconds = "latency_ns"
         case byProcess = "by_process"
     }
@@ -42,6 +56,24 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
         try c.encode(latencyNanoseconds, forKey: .latencyNanoseconds)
         try c.encode(byProcess, forKey: .byProcess)
         try c.encode(overhead, forKey: .overhead)
+        if let aggregate { try c.encode(AggregateJSON(aggregate, totalKeys: totalKeys), forKey: .aggregate) }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        mechanism = try c.decode(Flavour.self, forKey: .mechanism)
+        target = try c.decode(String.self, forKey: .target)
+        since = try c.decode(Date.self, forKey: .since)
+        calls = try c.decode(UInt64.self, forKey: .calls)
+        errors = try c.decode(UInt64.self, forKey: .errors)
+        latencyNanoseconds = try c.decodeIfPresent(Latency.self, forKey: .latencyNanoseconds)
+        byProcess = try c.decode([ProbeCounters.Process].self, forKey: .byProcess)
+        overhead = try c.decode(Overhead.self, forKey: .overhead)
+        if let wire = try c.decodeIfPresent(AggregateJSON.Wire.self, forKey: .aggregate) {
+            aggregate = wire.aggregate
+            totalKeys = wire.totalKeys
+        }
     }
 
     public init(name: String, mechanism: Flavour, target: String, since: Date, counters: ProbeCounters, countsOnly: Bool) {
@@ -54,5 +86,137 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
         latencyNanoseconds = countsOnly ? nil : Latency(count: counters.latencyCount, sum: counters.latencySumNanoseconds, buckets: counters.buckets)
         byProcess = counters.processes
         overhead = Overhead(runTimeNanoseconds: counters.runTimeNanoseconds, runCount: counters.runCount)
+        aggregate = counters.aggregate
+        totalKeys = counters.aggregate?.entries.count ?? 0
+    }
+}
+
+/// The `aggregate` member of ProbeMetrics (DESIGN.md, "What a probe measures").
+struct AggregateJSON: Encodable {
+    /// What a client reads back (the CLI): key parts as numbers or strings.
+    struct Wire: Decodable {
+        struct Value: Decodable {
+            var count: UInt64
+            var sum: Int64
+            var buckets: [KeyedAggregate.Bucket]
+        }
+        struct Entry: Decodable {
+            var key: [String: JSONScalar]
+            var calls: UInt64
+            var errors: UInt64
+            var value: Value?
+        }
+        struct Histogram: Decodable {
+            var kind: String
+            var min: Int64?
+            var max: Int64?
+            var step: Int64?
+        }
+        var by: [String]
+        var value: String
+        var histogram: Histogram?
+        var dropped_keys: UInt64
+        var total_keys: Int
+        var keys: [Entry]
+
+        var totalKeys: Int { total_keys }
+        var aggregate: KeyedAggregate {
+            let h: AggregatePlan.Histogram? = histogram.map { h in
+                guard h.kind == "linear", let min = h.min, let max = h.max, let step = h.step, step > 0 else { return .log2 }
+                return AggregatePlan.Histogram(linear: true, min: min, step: step, slots: Int((max - min + step - 1) / step) + 2)
+            }
+            let entries = keys.map { e in
+                KeyedAggregate.Entry(key: by.map { e.key[$0]?.keyValue ?? .string("") }, calls: e.calls, errors: e.errors,
+                                     count: e.value?.count ?? 0, sum: e.value?.sum ?? 0, buckets: e.value?.buckets ?? [])
+            }
+            return KeyedAggregate(by: by, value: value, histogram: h, droppedKeys: dropped_keys, entries: entries)
+        }
+    }
+
+    /// A key part as JSON has it.
+    enum JSONScalar: Decodable {
+        case number(Int64), unsigned(UInt64), string(String), null
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if c.decodeNil() { self = .null }
+            else if let i = try? c.decode(Int64.self) { self = .number(i) }
+            else if let u = try? c.decode(UInt64.self) { self = .unsigned(u) }
+            else { self = .string(try c.decode(String.self)) }
+        }
+        var keyValue: KeyedAggregate.KeyValue {
+            switch self {
+            case .number(let i): .signed(i)
+            case .unsigned(let u): .unsigned(u)
+            case .string(let s): .string(s)
+            case .null: .string("")
+            }
+        }
+    }
+
+    let aggregate: KeyedAggregate
+    let totalKeys: Int
+    init(_ aggregate: KeyedAggregate, totalKeys: Int) {
+        self.aggregate = aggregate
+        self.totalKeys = totalKeys
+    }
+
+    struct Name: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Name.self)
+        try c.encode(aggregate.by, forKey: Name("by"))
+        try c.encode(aggregate.value, forKey: Name("value"))
+        if let h = aggregate.histogram {
+            var hc = c.nestedContainer(keyedBy: Name.self, forKey: Name("histogram"))
+            try hc.encode(h.linear ? "linear" : "log2", forKey: Name("kind"))
+            if h.linear {
+                try hc.encode(h.min, forKey: Name("min"))
+                try hc.encode(h.min &+ h.step &* Int64(h.slots - 2), forKey: Name("max"))
+                try hc.encode(h.step, forKey: Name("step"))
+            }
+        } else {
+            try c.encodeNil(forKey: Name("histogram"))
+        }
+        try c.encode(aggregate.droppedKeys, forKey: Name("dropped_keys"))
+        try c.encode(totalKeys, forKey: Name("total_keys"))
+        var keys = c.nestedUnkeyedContainer(forKey: Name("keys"))
+        for entry in aggregate.entries {
+            var e = keys.nestedContainer(keyedBy: Name.self)
+            var k = e.nestedContainer(keyedBy: Name.self, forKey: Name("key"))
+            var cgroupID: UInt64? = nil
+            for (name, value) in zip(aggregate.by, entry.key) {
+                switch value {
+                case .unsigned(let v): try k.encode(v, forKey: Name(name))
+                case .signed(let v): try k.encode(v, forKey: Name(name))
+                case .string(let v), .errno(let v): try k.encode(v, forKey: Name(name))
+                case .cgroup(let id, let path):
+                    cgroupID = id
+                    if let path { try k.encode(path, forKey: Name(name)) } else { try k.encodeNil(forKey: Name(name)) }
+                }
+            }
+            if let cgroupID { try e.encode(cgroupID, forKey: Name("cgroup_id")) }
+            try e.encode(entry.calls, forKey: Name("calls"))
+            try e.encode(entry.errors, forKey: Name("errors"))
+            if aggregate.histogram == nil {
+                try e.encodeNil(forKey: Name("value"))
+            } else {
+                var v = e.nestedContainer(keyedBy: Name.self, forKey: Name("value"))
+                try v.encode(entry.count, forKey: Name("count"))
+                try v.encode(entry.sum, forKey: Name("sum"))
+                var b = v.nestedUnkeyedContainer(forKey: Name("buckets"))
+                for bucket in entry.buckets {
+                    var bc = b.nestedContainer(keyedBy: Name.self)
+                    try bc.encode(bucket.lower, forKey: Name("lower"))
+                    try bc.encode(bucket.upper, forKey: Name("upper"))
+                    try bc.encode(bucket.count, forKey: Name("count"))
+                }
+            }
+        }
     }
 }
