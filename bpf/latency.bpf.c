@@ -159,9 +159,10 @@ struct syscall_exit_args {
 static __always_inline void entry_args(void *ctx, enum arg_source src, u64 *a)
 {
 	if (src == ARGS_SYSCALL_TP) {
+		/* Through a helper: a program that loads beyond the record of a syscall with fewer
+		 * than six arguments is refused at attach (EACCES, max_ctx_offset). */
 		struct syscall_enter_args *e = ctx;
-		a[0] = e->args[0]; a[1] = e->args[1]; a[2] = e->args[2];
-		a[3] = e->args[3]; a[4] = e->args[4]; a[5] = e->args[5];
+		bpf_probe_read_kernel(a, 8 * TP_ARGS, e->args);
 		return;
 	}
 	if (src == ARGS_FENTRY && !syscall_regs) {

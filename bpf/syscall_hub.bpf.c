@@ -52,8 +52,9 @@ struct {
 struct slot_table {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1);
-	__type(key, struct hub_key);
-	__type(value, struct hub_key_value);
+	/* Sizes, not types: BTF would only have forward declarations of them here. */
+	__uint(key_size, sizeof(struct hub_key));
+	__uint(value_size, sizeof(struct hub_key_value));
 };
 
 struct {
@@ -71,13 +72,15 @@ struct {
 	__type(value, struct hub_key_value);
 } zero_value SEC(".maps");
 
+#define HUB_PER_NR_POW2 8 /* HUB_PER_NR rounded up: indexes are masked, which the verifier follows */
+
 struct hub_start {
 	u64 ts;    /* entry time; 0 when no call is in flight */
 	u32 tgid;  /* saves a helper call at exit */
 	u32 count; /* entries of `slots` */
 	u32 slots[HUB_PER_NR]; /* slot + 1 of each probe whose filter passed at entry, else 0 */
 	u64 args[TP_ARGS];     /* the syscall's arguments, when a slot needs them (HUB_F_ARGS) */
-	char strs[HUB_PER_NR][TP_STR_LEN]; /* per listed slot: its string argument (HUB_F_STR) */
+	char strs[HUB_PER_NR_POW2][TP_STR_LEN]; /* per listed slot: its string argument (HUB_F_STR) */
 };
 
 struct {
@@ -147,7 +150,7 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 		case TP_K_ERRNO: key.num[p] = ret < 0 ? -ret : 0; break;
 		case TP_K_RET: key.num[p] = ret; break;
 		case TP_K_ARG: if (arg < TP_ARGS) key.num[p] = narrow(st->args[arg], f->key_len[p], f->key_signed[p]); break;
-		case TP_K_ARG_STR: if (i < HUB_PER_NR) __builtin_memcpy(key.str, st->strs[i], TP_STR_LEN); break;
+		case TP_K_ARG_STR: __builtin_memcpy(key.str, st->strs[i & (HUB_PER_NR_POW2 - 1)], TP_STR_LEN); break;
 		}
 	}
 	struct hub_key_value *v = bpf_map_lookup_elem(table, &key);
@@ -183,7 +186,7 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
  * slot of the exit program's loop (which took it 200,000 instructions and 270 ms). */
 __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 ret)
 {
-	if (!st)
+	if (!st || i >= HUB_PER_NR)
 		return 0;
 	const struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
 	if (!f)
@@ -275,8 +278,11 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 				struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
 				if (!f || !(f->flags & HUB_F_STR))
 					continue;
+				u32 arg = f->str_arg;
+				if (arg >= TP_ARGS)
+					continue;
 				__builtin_memset(st->strs[i], 0, TP_STR_LEN);
-				bpf_probe_read_user_str(st->strs[i], TP_STR_LEN, (void *)st->args[f->str_arg % TP_ARGS]);
+				bpf_probe_read_user_str(st->strs[i], TP_STR_LEN, (void *)st->args[arg]);
 			}
 		}
 	}

@@ -241,6 +241,27 @@ int tp_prog_get_info(int prog_fd, tp_prog_info *out)
     return 0;
 }
 
+int tp_map_create(enum bpf_map_type type, uint32_t key_size, uint32_t value_size, uint32_t max_entries, uint32_t flags)
+{
+    LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = flags);
+    int fd = bpf_map_create(type, "tp_keys", key_size, value_size, max_entries, &opts);
+    return fd < 0 ? -errno : fd;
+}
+
+int tp_map_get_info(int map_fd, tp_map_info *out)
+{
+    struct bpf_map_info info;
+    __u32 len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    int err = bpf_obj_get_info_by_fd(map_fd, &info, &len);
+    if (err)
+        return err < 0 ? err : -err;
+    out->key_size = info.key_size;
+    out->value_size = info.value_size;
+    out->max_entries = info.max_entries;
+    return 0;
+}
+
 int tp_enable_runtime_stats(void)
 {
     int fd = bpf_enable_stats(BPF_STATS_RUN_TIME);

@@ -94,6 +94,8 @@ public final class FakeKernel: KernelBackend, Sendable {
         var loadDelayMicroseconds: UInt32 = 0
         var conditionalLoadErrors: [(when: @Sendable (LoadSpec) -> Bool, error: KernelError)] = []
         var gate: LoadGate?
+        /// Inner maps by object, outer map and index: their entries.
+        var innerMaps: [Int: [BPFMapID: [UInt32: [MapEntry]]]] = [:]
     }
 
     let state = Mutex(State())
@@ -367,6 +369,49 @@ public final class FakeKernel: KernelBackend, Sendable {
         return try outcome.get()
     }
 
+    /// The inner maps object `id` holds in `outer`, by index (see ``LoadedObject/setInnerMap(_:index:maxEntries:)``).
+    public func innerMaps(object id: Int, outer: BPFMapID) -> [UInt32: [MapEntry]] {
+        state.withLock { $0.innerMaps[id]?[outer] ?? [:] }
+    }
+
+    /// Sets what the inner map at `index` of object `id`'s `outer` holds (it must exist).
+    public func setInnerEntries(object id: Int, outer: BPFMapID, index: UInt32, _ entries: [MapEntry]) {
+        state.withLock { s in
+            precondition(s.innerMaps[id]?[outer]?[index] != nil, "no inner map at \(index) of \(outer)")
+            s.innerMaps[id]?[outer]?[index] = entries
+        }
+    }
+
+    func setInnerMap(object id: Int, outer: BPFMapID, index: UInt32) throws(KernelError) {
+        let outcome: Result<Void, KernelError> = state.withLock { s in
+            s.calls.append(.updateMap(object: id, map: outer))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .attach, errno: .EBADF, operation: "update map \(outer) of closed object #\(id)"))
+            }
+            s.innerMaps[id, default: [:]][outer, default: [:]][index] = []
+            return .success(())
+        }
+        try outcome.get()
+    }
+
+    func removeInnerMap(object id: Int, outer: BPFMapID, index: UInt32) {
+        state.withLock { s in
+            s.calls.append(.updateMap(object: id, map: outer))
+            s.innerMaps[id]?[outer]?[index] = nil
+        }
+    }
+
+    func readInnerMap(object id: Int, outer: BPFMapID, index: UInt32) throws(KernelError) -> [MapEntry] {
+        let outcome: Result<[MapEntry], KernelError> = state.withLock { s in
+            s.calls.append(.readMap(object: id, map: outer))
+            guard let object = s.objects[id], object.isOpen else {
+                return .failure(KernelError(stage: .read, errno: .EBADF, operation: "read map \(outer) of closed object #\(id)"))
+            }
+            return .success(s.innerMaps[id]?[outer]?[index] ?? [])
+        }
+        return try outcome.get()
+    }
+
     /// One key of object `id`'s map, as `LoadedObject.lookup` would return it.
     public func lookup(object id: Int, map: BPFMapID, key: [UInt8]) throws(KernelError) -> [[UInt8]]? {
         let outcome: Result<[[UInt8]]?, KernelError> = state.withLock { s in
@@ -511,6 +556,18 @@ public final class FakeObject: LoadedObject {
 
     public func update(map name: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError) {
         try kernel.update(object: id, map: name, key: key, value: value)
+    }
+
+    public func setInnerMap(_ outer: BPFMapID, index: UInt32, maxEntries: UInt32) throws(KernelError) {
+        try kernel.setInnerMap(object: id, outer: outer, index: index)
+    }
+
+    public func removeInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) {
+        kernel.removeInnerMap(object: id, outer: outer, index: index)
+    }
+
+    public func readInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) -> [MapEntry] {
+        try kernel.readInnerMap(object: id, outer: outer, index: index)
     }
 
     public func programStats() -> [ProgramStats] {

@@ -58,6 +58,18 @@ typedef struct {
 } tp_prog_info;
 int tp_prog_get_info(int prog_fd, tp_prog_info *info);
 
+/// A map created outside an object (a key table put into an array of maps), with
+/// close-on-exec. Returns an fd or a negative errno.
+int tp_map_create(enum bpf_map_type type, uint32_t key_size, uint32_t value_size, uint32_t max_entries, uint32_t flags);
+
+/// Sizes of a map (from BPF_OBJ_GET_INFO_BY_FD).
+typedef struct {
+    uint32_t key_size;
+    uint32_t value_size;
+    uint32_t max_entries;
+} tp_map_info;
+int tp_map_get_info(int map_fd, tp_map_info *info);
+
 /// Enables BPF run-time stats for as long as the returned fd is open. Negative errno on failure.
 int tp_enable_runtime_stats(void);
 

@@ -61,9 +61,11 @@ public enum SpecDecoder {
     enum Kind { case string, integer, object, strings, stringMap }
     static let kinds: [String: [String: Kind]] = [
         "": ["name": .string, "target": .object, "mechanisms": .strings, "filter": .object,
-             "ttl_seconds": .integer, "labels": .stringMap],
+             "ttl_seconds": .integer, "labels": .stringMap, "aggregate": .object],
+        "aggregate": ["by": .strings, "value": .string, "histogram": .object, "max_keys": .integer],
+        "aggregate.histogram": ["kind": .string, "min": .integer, "max": .integer, "step": .integer],
         "target": ["type": .string, "name": .string, "path": .string, "symbol": .string],
-        "filter": ["pid": .integer, "comm": .string],
+        "filter": ["pid": .integer, "comm": .string, "min_latency_ns": .integer],
     ]
     static let required: [String: [String]] = ["": ["target"], "target": ["type"]]
 

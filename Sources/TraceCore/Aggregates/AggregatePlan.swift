@@ -366,3 +366,14 @@ public struct FieldErrors: Error, Sendable {
     public var list: [FieldError]
     public init(_ list: [FieldError]) { self.list = list }
 }
+
+extension AggregatePlan {
+    /// For flavours whose context is the tracepoint's arguments, not its record: field keys
+    /// and values need the perf tracepoint.
+    static func fieldsNeedRecord(_ plan: AggregatePlan, _ what: String) -> String? {
+        let names = plan.parts.filter { [k(TP_K_FIELD), k(TP_K_FIELD_STR), k(TP_K_FIELD_DATALOC)].contains($0.kind) }.map(\.name)
+            + (plan.value.kind == v(TP_V_FIELD) ? [plan.value.name] : [])
+        guard let first = names.first else { return nil }
+        return "\(first) is a field of the tracepoint's record, which \(what) does not see (it gets the tracepoint's arguments); the perf tracepoint can"
+    }
+}

@@ -5,6 +5,7 @@ extension FlavourDescriptor {
         id: .eventTpBTF, flavour: .tpBTF, places: [.tracepoint: .init(position: 0, via: "BTF tracepoint")], needs: [.tpBTF],
         measures: .events,
         btfRequirement: { target, _ in .tracepoints([target.tracepointParts.event]) },
+        keySupport: { plan in AggregatePlan.fieldsNeedRecord(plan, "a BTF tracepoint") },
         recipe: { input in
             let p = LatencyBPF.Programs.self
             return Recipe(load: LatencyObject.load([.init(p.cntTpBtf, loadTimeTarget: input.spec.target.tracepointParts.event)], input),
@@ -15,6 +16,7 @@ extension FlavourDescriptor {
     static let eventRawTracepoint = FlavourDescriptor(
         id: .eventRawTracepoint, flavour: .rawTracepoint, places: [.tracepoint: .init(position: 1, via: "raw tracepoint")], needs: [.rawTracepoint],
         measures: .events,
+        keySupport: { plan in AggregatePlan.fieldsNeedRecord(plan, "a raw tracepoint") },
         recipe: { input in
             let p = LatencyBPF.Programs.self
             return Recipe(load: LatencyObject.load([.init(p.cntRawTp)], input),

@@ -67,12 +67,16 @@ public struct FlavourDescriptor: Sendable {
     let recipe: @Sendable (RecipeInput) -> Recipe
     /// The BTF the flavour binds through, for self-tests to predict with; nil when none.
     public let btfRequirement: @Sendable (ProbeTarget, KernelFacts) -> BTFRequirement?
+    /// Why the flavour cannot provide a key or the value of `plan` (naming it); nil when it can.
+    let keySupport: @Sendable (AggregatePlan) -> String?
 
     init(id: ID, flavour: Flavour, places: [TargetType: Place], needs: [Mechanism],
          strategy: Strategy = .ownObject, measures: Measures, unavailable: String? = nil,
          bindings: @escaping @Sendable (ProbeTarget, KernelFacts) -> [String] = { _, _ in [] },
          btfRequirement: @escaping @Sendable (ProbeTarget, KernelFacts) -> BTFRequirement? = { _, _ in nil },
+         keySupport: @escaping @Sendable (AggregatePlan) -> String? = { _ in nil },
          recipe: @escaping @Sendable (RecipeInput) -> Recipe) {
+        self.keySupport = keySupport
         self.id = id
         self.flavour = flavour
         self.places = places
@@ -102,6 +106,15 @@ struct RecipeInput: Sendable {
     var binding: String?
     /// For the shared hook: how many probes its tables hold.
     var hubSlots: Int = 0
+    /// The probe's keys and value.
+    var plan: AggregatePlan
+
+    /// Whether the bound function takes the syscall's `struct pt_regs` (the x86-64 and arm64
+    /// syscall wrappers, `__x64_sys_read`): arguments are then read through it.
+    var syscallRegisters: Bool {
+        guard spec.target.type == .syscall, let binding, let prefix = facts.syscallPrefix, !prefix.isEmpty else { return false }
+        return binding.hasPrefix(prefix)
+    }
 }
 
 /// What one flavour loads and attaches for one target: an object with its settings, then

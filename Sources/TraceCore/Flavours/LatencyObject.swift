@@ -1,5 +1,8 @@
+import CBPFLayouts
+
 /// The settings every flavour built on `bpf/latency.bpf.c` shares: the filter, where entry
-/// timestamps live, and where the process name is in `struct task_struct`.
+/// timestamps live, where the process name is in `struct task_struct`, and the keyed
+/// aggregation of the probe's ``AggregatePlan``.
 enum LatencyObject {
     /// Threads whose entry timestamps fit the hash that replaces task storage where the
     /// kernel refuses it for the program type.
@@ -19,7 +22,42 @@ enum LatencyObject {
             load.set(globals.taskGroupLeaderOffset, layout.groupLeader)
             load.set(globals.taskCommOffset, layout.comm)
         }
+        configure(&load, plan: input.plan, syscallRegisters: input.syscallRegisters)
         return load
+    }
+
+    /// The keyed-aggregation settings of `plan`; a plan without a key table sets only the
+    /// process-table switch and the latency filter, and the key table stays one entry.
+    static func configure(_ load: inout LoadSpec, plan: AggregatePlan, syscallRegisters: Bool) {
+        let g = LatencyBPF.Globals.self
+        if !plan.countProcesses { load.set(g.countProcs, false) }
+        if plan.minLatencyNanoseconds > 0 { load.set(g.minLatencyNs, plan.minLatencyNanoseconds) }
+        guard plan.keyed else { return }
+        func u32s(_ values: [UInt32]) -> [UInt8] { values.flatMap { v in withUnsafeBytes(of: v.littleEndian) { Array($0) } } }
+        load.set(g.keyed, true)
+        load.set(g.keyN, UInt32(plan.parts.count))
+        load.set(g.keyKind, bytes: u32s(plan.parts.map(\.kind)))
+        load.set(g.keyArg, bytes: u32s(plan.parts.map(\.arg)))
+        load.set(g.keyLen, bytes: u32s(plan.parts.map(\.length)))
+        load.set(g.keySigned, bytes: plan.parts.map { $0.signed ? 1 : 0 })
+        load.set(g.keyOff, bytes: u32s(plan.parts.map { UInt32($0.offset) }))
+        load.set(g.valKind, plan.value.kind)
+        load.set(g.valArg, plan.value.arg)
+        load.set(g.valLen, plan.value.length)
+        load.set(g.valSigned, plan.value.signed)
+        load.set(g.histKind, UInt32(plan.histogram.linear ? TP_H_LINEAR.rawValue : TP_H_LOG2.rawValue))
+        load.set(g.histN, UInt32(plan.histogram.slots))
+        load.set(g.histMin, plan.histogram.min)
+        load.set(g.histStep, plan.histogram.step)
+        load.set(g.needArgs, plan.needsArguments)
+        if let s = plan.stringPart {
+            load.set(g.strArg, s.arg)
+            load.set(g.strUser, s.user)
+        }
+        load.set(g.syscallRegs, syscallRegisters)
+        let valueSize = UInt32(plan.valueSize)
+        load.change(LatencyBPF.Maps.keys, .sizes(key: UInt32(plan.keySize), value: valueSize, maxEntries: UInt32(plan.maxKeys)))
+        load.change(LatencyBPF.Maps.zeroValue, .sizes(key: 4, value: valueSize, maxEntries: 1))
     }
 }
 

@@ -8,6 +8,7 @@ extension FlavourDescriptor {
         places: [.syscall: .init(position: 2, via: "raw_syscalls sys_enter/sys_exit via tp_btf, one program pair shared by all syscall probes")],
         needs: [.tpBTF], strategy: .sharedSyscallHook, measures: .calls, unavailable: SyscallHubObject.unavailable,
         btfRequirement: { _, _ in .tracepoints(["sys_enter", "sys_exit"]) },
+        keySupport: SyscallHubObject.keySupport,
         recipe: { input in
             let p = SyscallHubBPF.Programs.self
             return Recipe(
@@ -22,6 +23,7 @@ extension FlavourDescriptor {
         id: .syscallHubRaw, flavour: .rawTracepoint,
         places: [.syscall: .init(position: 3, via: "raw_syscalls sys_enter/sys_exit via raw_tp, one program pair shared by all syscall probes")],
         needs: [.rawTracepoint], strategy: .sharedSyscallHook, measures: .calls, unavailable: SyscallHubObject.unavailable,
+        keySupport: SyscallHubObject.keySupport,
         recipe: { input in
             let p = SyscallHubBPF.Programs.self
             return Recipe(
@@ -39,6 +41,15 @@ enum SyscallHubObject {
     #else
     static let unavailable: String? = "the shared raw_syscalls hook reads the syscall number at exit from x86-64 pt_regs; on this build's architecture it would attach and count nothing, so it is not used"
     #endif
+
+    /// The hub's per-slot key tables all have one value layout: a log2 histogram, or a
+    /// linear one of up to HUB_HIST_SLOTS - 2 buckets.
+    static func keySupport(_ plan: AggregatePlan) -> String? {
+        if plan.keyed, plan.histogram.slots > Int(HUB_HIST_SLOTS) {
+            return "a linear histogram of \(plan.histogram.slots - 2) buckets needs a probe's own programs; the shared raw_syscalls hook's key tables hold \(HUB_HIST_SLOTS - 2)"
+        }
+        return nil
+    }
 
     /// Entries of a slot's process table (`1 << HUB_PROCS_BITS`).
     static let processesPerSlot = 1 << Int(HUB_PROCS_BITS)

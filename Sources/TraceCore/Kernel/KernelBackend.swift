@@ -48,6 +48,21 @@ public protocol LoadedObject: AnyObject, Sendable {
     /// - Throws: ``KernelError`` with stage `.attach` (map updates configure attached probes).
     func update(map: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError)
 
+    /// Creates a map from the inner-map template of array-of-maps `outer`, with `maxEntries`
+    /// entries, and puts it at `index` (replacing and freeing what was there). The object
+    /// owns it: ``removeInnerMap(_:index:)`` or `close()` frees it.
+    ///
+    /// - Throws: ``KernelError`` with stage `.attach`.
+    func setInnerMap(_ outer: BPFMapID, index: UInt32, maxEntries: UInt32) throws(KernelError)
+
+    /// Takes the inner map at `index` out of `outer` and frees it; nothing when there is none.
+    func removeInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError)
+
+    /// Every entry of the inner map at `index` of `outer` (empty when there is none).
+    ///
+    /// - Throws: ``KernelError`` with stage `.read`.
+    func readInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) -> [MapEntry]
+
     /// Run-time statistics of the loaded programs (zero unless BPF stats are enabled).
     func programStats() -> [ProgramStats]
 
@@ -83,6 +98,8 @@ public struct LoadSpec: Sendable, Hashable {
         case taskStorageToHash(maxEntries: UInt32)
         /// Resize a map (the shared syscall hook sizes its tables to the probe limit).
         case maxEntries(UInt32)
+        /// Set a map's key size, value size and entries (a probe's key table).
+        case sizes(key: UInt32, value: UInt32, maxEntries: UInt32)
     }
 
     public var object: BPFObjectID

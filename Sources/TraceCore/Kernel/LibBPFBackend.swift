@@ -95,6 +95,18 @@ extension Substring {
 /// object's Mutex; libbpf objects are not tied to a thread.
 struct ObjectHandle: ~Copyable, @unchecked Sendable {
     var object: OpaquePointer?
+    /// File descriptors of the inner maps the object owns, by outer map name and index.
+    var innerMaps: [String: [UInt32: Int32]] = [:]
+    /// The inner-map templates of its arrays of maps, read before load (libbpf frees them
+    /// once the outer maps exist).
+    var innerTemplates: [String: InnerTemplate] = [:]
+}
+
+struct InnerTemplate {
+    var type: bpf_map_type
+    var keySize: UInt32
+    var valueSize: UInt32
+    var flags: UInt32
 }
 
 final class LibBPFObject: LoadedObject {
@@ -114,6 +126,14 @@ final class LibBPFObject: LoadedObject {
         var handle = ObjectHandle(object: object)
         do throws(KernelError) {
             try Self.prepare(object, spec: spec)
+            var map = bpf_object__next_map(object, nil)
+            while let m = map {
+                if let t = bpf_map__inner_map(m) {
+                    handle.innerTemplates[String(cString: bpf_map__name(m))] = InnerTemplate(
+                        type: bpf_map__type(t), keySize: bpf_map__key_size(t), valueSize: bpf_map__value_size(t), flags: bpf_map__map_flags(t))
+                }
+                map = bpf_object__next_map(object, m)
+            }
             let (rc, log) = LibBPFLog.capturing { tp_object_load(object) }
             if rc != 0 {
                 let what = spec.programs.map(\.name).joined(separator: ", ")
@@ -164,6 +184,10 @@ final class LibBPFObject: LoadedObject {
                 bpf_map__set_key_size(map, 4)
             case .maxEntries(let entries):
                 bpf_map__set_max_entries(map, entries)
+            case .sizes(let key, let value, let entries):
+                bpf_map__set_key_size(map, key)
+                bpf_map__set_value_size(map, value)
+                bpf_map__set_max_entries(map, entries)
             }
         }
     }
@@ -171,6 +195,54 @@ final class LibBPFObject: LoadedObject {
     private static func free(_ handle: inout ObjectHandle) {
         if let object = handle.object { bpf_object__close(object) }
         handle.object = nil
+        for fds in handle.innerMaps.values { for fd in fds.values { Glibc.close(fd) } }
+        handle.innerMaps = [:]
+    }
+
+    func setInnerMap(_ outer: BPFMapID, index: UInt32, maxEntries: UInt32) throws(KernelError) {
+        try state.withLock { (handle) throws(KernelError) in
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, outer.name),
+                  let template = handle.innerTemplates[outer.name] else {
+                throw KernelError(stage: .attach, errno: .EBADF, operation: "use map \(outer) of \(name)")
+            }
+            let fd = tp_map_create(template.type, template.keySize, template.valueSize, maxEntries, template.flags)
+            guard fd >= 0 else { throw KernelError(stage: .attach, code: -fd, operation: "create a key table of \(maxEntries) entries") }
+            var key = index
+            var value = fd
+            if bpf_map_update_elem(bpf_map__fd(map), &key, &value, 0) != 0 {
+                let code = errno
+                Glibc.close(fd)
+                throw KernelError(stage: .attach, code: code, operation: "put a key table into \(outer)")
+            }
+            if let old = handle.innerMaps[outer.name]?[index] { Glibc.close(old) }
+            handle.innerMaps[outer.name, default: [:]][index] = fd
+        }
+    }
+
+    func removeInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) {
+        try state.withLock { (handle) throws(KernelError) in
+            guard let fd = handle.innerMaps[outer.name]?[index] else { return }
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, outer.name) else { return }
+            var key = index
+            if bpf_map_delete_elem(bpf_map__fd(map), &key) != 0 && errno != ENOENT {
+                throw KernelError(stage: .attach, errno: .current, operation: "take a key table out of \(outer)")
+            }
+            Glibc.close(fd)
+            handle.innerMaps[outer.name]?[index] = nil
+        }
+    }
+
+    func readInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) -> [MapEntry] {
+        try state.withLock { (handle) throws(KernelError) -> [MapEntry] in
+            guard let fd = handle.innerMaps[outer.name]?[index] else { return [] }
+            guard let template = handle.innerTemplates[outer.name] else { return [] }
+            var info = tp_map_info()
+            guard tp_map_get_info(fd, &info) == 0 else { throw KernelError(stage: .read, errno: .current, operation: "read a key table") }
+            let layout = MapReader.Layout(fd: fd, keySize: Int(info.key_size), valueSize: Int(info.value_size), maxEntries: Int(info.max_entries),
+                                          perCPU: template.type == BPF_MAP_TYPE_PERCPU_HASH)
+            if let entries = try MapReader.readBatched(layout, name: "\(outer.name)[\(index)]") { return entries }
+            return try MapReader.readKeyByKey(layout, name: "\(outer.name)[\(index)]")
+        }
     }
 
     deinit {

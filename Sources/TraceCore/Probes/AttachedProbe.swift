@@ -12,6 +12,10 @@ public final class AttachedProbe: Sendable {
     public let taskStorage: Bool
     /// What it is bound to (kernel function, tracepoint, binary:symbol, hub slot), when known.
     public let boundTo: String?
+    /// Its keys and value, as the programs were configured.
+    public let plan: AggregatePlan
+    /// Whether the spec asked for `aggregate` (the metrics then have that member).
+    let reportsAggregate: Bool
 
     /// What the probe holds in the kernel.
     enum Resources {
@@ -22,17 +26,22 @@ public final class AttachedProbe: Sendable {
     private let resources: Mutex<Resources>
     private let recorded = Mutex<[AttachAttempt]>([])
 
-    init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil) {
+    init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
+         plan: AggregatePlan, reportsAggregate: Bool = true) {
         self.descriptor = descriptor
         self.taskStorage = taskStorage
         self.boundTo = boundTo
+        self.plan = plan
+        self.reportsAggregate = reportsAggregate
         resources = Mutex(.own(object: object, links: links))
     }
 
-    init(descriptor: FlavourDescriptor, hub: SyscallHub.Membership, boundTo: String?) {
+    init(descriptor: FlavourDescriptor, hub: SyscallHub.Membership, boundTo: String?, plan: AggregatePlan, reportsAggregate: Bool = true) {
         self.descriptor = descriptor
         taskStorage = hub.taskStorage
         self.boundTo = boundTo
+        self.plan = plan
+        self.reportsAggregate = reportsAggregate
         resources = Mutex(.hub(hub))
     }
 
@@ -66,7 +75,14 @@ public final class AttachedProbe: Sendable {
         let object: any LoadedObject
         switch resources.withLock({ $0 }) {
         case .own(let own, _): object = own
-        case .hub(let membership): return try membership.read(topProcesses: topProcesses)
+        case .hub(let membership):
+            var counters = try membership.read(topProcesses: topProcesses)
+            if reportsAggregate {
+                counters.aggregate = plan.keyed
+                    ? KeyTableReader.aggregate(try membership.readKeys(), plan: plan, layout: .hub, droppedKeys: counters.droppedKeys)
+                    : KeyTableReader.totals(counters, plan: plan)
+            }
+            return counters
         case .detached: throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe")
         }
         let maps = LatencyBPF.Maps.self
@@ -88,6 +104,11 @@ public final class AttachedProbe: Sendable {
             counters.processes = ProbeCounters.topProcesses(table, limit: topProcesses)
         }
         counters.add(object.programStats())
+        if reportsAggregate {
+            counters.aggregate = plan.keyed
+                ? KeyTableReader.aggregate(try object.readMap(maps.keys), plan: plan, layout: .own, droppedKeys: counters.droppedKeys)
+                : KeyTableReader.totals(counters, plan: plan)
+        }
         return counters
     }
 }

@@ -27,13 +27,23 @@ public struct Planner: Sendable {
         if spec.target.type == .uprobe, let refused = spec.target.uprobeBinaryProblem() {
             return .failure(AttachFailure(attempts: [refused]))
         }
+        let plan: AggregatePlan
+        switch AggregatePlan.resolve(spec, schema: host.schema(for: spec.target)) {
+        case .success(let resolved): plan = resolved
+        case .failure(let errors):
+            // Specs are validated before they reach the planner; a schema that changed since
+            // (a module unloaded) ends here.
+            let message = errors.list.map { "\($0.field) \($0.message)" }.joined(separator: "; ")
+            return .failure(AttachFailure(attempts: [AttachAttempt(flavour: spec.flavours.first ?? .tracepoint, outcome: .unsupported,
+                                                                   stage: nil, errno: nil, message: message)]))
+        }
         var attempts: [AttachAttempt] = []
         for descriptor in FlavourCatalog.chain(for: spec) {
             if let skipped = Self.skip(descriptor, report: report) {
                 attempts.append(skipped)
                 continue
             }
-            switch attempt(descriptor, spec: spec, report: report) {
+            switch attempt(descriptor, spec: spec, plan: plan, report: report) {
             case .success(let probe):
                 let bound = probe.boundTo.map { " (\($0))" } ?? ""
                 attempts.append(AttachAttempt(flavour: descriptor.flavour, outcome: .attached, stage: .attach, errno: nil,
@@ -71,8 +81,11 @@ public struct Planner: Sendable {
         return nil
     }
 
-    func attempt(_ descriptor: FlavourDescriptor, spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachAttempt> {
-        let input = RecipeInput(spec: spec, facts: report.kernel, taskStorage: report.supports(.taskStorage), binding: nil)
+    func attempt(_ descriptor: FlavourDescriptor, spec: ProbeSpec, plan: AggregatePlan, report: CapabilityReport) -> Result<AttachedProbe, AttachAttempt> {
+        if let why = descriptor.keySupport(plan) {
+            return .failure(AttachAttempt(flavour: descriptor.flavour, outcome: .unsupported, stage: nil, errno: nil, message: why))
+        }
+        let input = RecipeInput(spec: spec, facts: report.kernel, taskStorage: report.supports(.taskStorage), binding: nil, plan: plan)
         switch descriptor.strategy {
         case .sharedSyscallHook:
             guard let hub = hubs[descriptor.id] else { preconditionFailure("no shared hook for flavour \(descriptor.id)") }
@@ -86,7 +99,7 @@ public struct Planner: Sendable {
                 bound.binding = binding
                 result = attacher.attach(descriptor, bound).map { made in
                     AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
-                                  boundTo: made.recipe.boundTo)
+                                  boundTo: made.recipe.boundTo, plan: plan, reportsAggregate: spec.aggregate != nil)
                 }
                 guard case .failure(let failed) = result, failed.stage == .load, failed.errno == .ESRCH || failed.errno == .ENOENT else { break }
             }

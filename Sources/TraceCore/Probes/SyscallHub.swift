@@ -67,6 +67,7 @@ public final class SyscallHub: Sendable {
 
         func leave() { hub.leave(self) }
         func read(topProcesses: Int) throws(KernelError) -> ProbeCounters { try hub.read(self, topProcesses: topProcesses) }
+        func readKeys() throws(KernelError) -> [MapEntry] { try hub.readKeys(self) }
     }
 
     /// The number of probes in the hub now.
@@ -88,7 +89,8 @@ public final class SyscallHub: Sendable {
         let nr = UInt32(number)
         return joining.withLock { _ in
             join(nr: nr, filter: input.spec.filter, input: input).map { m in
-                AttachedProbe(descriptor: descriptor, hub: m, boundTo: "syscall nr \(nr), slot \(m.slot)")
+                AttachedProbe(descriptor: descriptor, hub: m, boundTo: "syscall nr \(nr), slot \(m.slot)", plan: input.plan,
+                              reportsAggregate: input.spec.aggregate != nil)
             }
         }
     }
@@ -122,14 +124,14 @@ public final class SyscallHub: Sendable {
                     state.withLock { $0.loaded = Loaded(object: made.object, links: made.links, taskStorage: made.taskStorage) }
                 }
             }
-            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, facts: input.facts) }) { return joined }
+            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, plan: input.plan, facts: input.facts) }) { return joined }
         }
         return .failure(refusal("the shared raw_syscalls hook was dropped three times while joining", errno: .EBUSY))
     }
 
     /// Takes a free slot of the loaded hub for syscall `nr`; nil when the hub was dropped
     /// meanwhile (the caller loads it again).
-    private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
+    private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, plan: AggregatePlan, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
         guard let loaded = s.loaded else { return nil }
         guard let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
             return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
@@ -144,7 +146,13 @@ public final class SyscallHub: Sendable {
             for (i, entry) in table.enumerated() where entry.tgid != 0 {
                 try loaded.object.update(maps.procs, index: UInt32(slot * Self.processesPerSlot + i), to: tp_proc())
             }
-            try loaded.object.update(maps.filters, index: UInt32(slot), to: Self.filterValue(filter))
+            // A fresh key table: the previous owner's keys go with the one it replaces.
+            if plan.keyed {
+                try loaded.object.setInnerMap(maps.slotKeys, index: UInt32(slot), maxEntries: UInt32(plan.maxKeys))
+            } else {
+                try loaded.object.removeInnerMap(maps.slotKeys, index: UInt32(slot))
+            }
+            try loaded.object.update(maps.filters, index: UInt32(slot), to: Self.filterValue(filter, plan: plan))
             try loaded.object.update(maps.byNr, index: nr, to: Self.nrValue(onThisSyscall + [slot]))
         } catch {
             if s.members.isEmpty { drop(&s) }
@@ -177,6 +185,8 @@ public final class SyscallHub: Sendable {
             return false
         }
         s.members[m.slot] = nil
+        // Its key table's memory goes now, not when the slot is taken again.
+        try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
         if s.members.isEmpty { drop(&s) }
         return true
     }
@@ -209,6 +219,13 @@ public final class SyscallHub: Sendable {
         return counters
     }
 
+    /// The slot's key table.
+    func readKeys(_ m: Membership) throws(KernelError) -> [MapEntry] {
+        let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr ? s.loaded?.object : nil }
+        guard let object else { throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe") }
+        return try object.readInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
+    }
+
     /// The slot's process table (one batched read).
     private func processTable(_ object: any LoadedObject, slot: Int) throws(KernelError) -> [tp_proc] {
         try object.arrayValues(SyscallHubBPF.Maps.procs, first: UInt32(slot * Self.processesPerSlot), count: Self.processesPerSlot,
@@ -237,11 +254,44 @@ public final class SyscallHub: Sendable {
         return value
     }
 
-    static func filterValue(_ filter: ProbeFilter?) -> hub_filter {
+    static func filterValue(_ filter: ProbeFilter?, plan: AggregatePlan) -> hub_filter {
         var value = hub_filter()
         value.tgid = UInt32(filter?.pid ?? 0)
         value.comm_set = filter?.comm == nil ? 0 : 1
         setCString(&value.comm, filter?.comm ?? "")
+        value.min_latency_ns = plan.minLatencyNanoseconds
+        var flags: UInt32 = 0
+        if plan.countProcesses { flags |= UInt32(HUB_F_PROCS) }
+        if plan.keyed {
+            flags |= UInt32(HUB_F_KEYED)
+            if plan.needsArguments { flags |= UInt32(HUB_F_ARGS) }
+            if let s = plan.stringPart {
+                flags |= UInt32(HUB_F_STR) | UInt32(HUB_F_ARGS)
+                value.str_arg = s.arg
+            }
+            value.key_n = UInt32(plan.parts.count)
+            withUnsafeMutableBytes(of: &value.key_kind) { raw in
+                for (i, p) in plan.parts.enumerated() { raw.storeBytes(of: p.kind, toByteOffset: 4 * i, as: UInt32.self) }
+            }
+            withUnsafeMutableBytes(of: &value.key_arg) { raw in
+                for (i, p) in plan.parts.enumerated() { raw.storeBytes(of: p.arg, toByteOffset: 4 * i, as: UInt32.self) }
+            }
+            withUnsafeMutableBytes(of: &value.key_len) { raw in
+                for (i, p) in plan.parts.enumerated() { raw[i] = UInt8(truncatingIfNeeded: p.length) }
+            }
+            withUnsafeMutableBytes(of: &value.key_signed) { raw in
+                for (i, p) in plan.parts.enumerated() { raw[i] = p.signed ? 1 : 0 }
+            }
+            value.val_kind = plan.value.kind
+            value.val_arg = plan.value.arg
+            value.val_len = UInt8(truncatingIfNeeded: plan.value.length)
+            value.val_signed = plan.value.signed ? 1 : 0
+            value.hist_kind = UInt32(plan.histogram.linear ? TP_H_LINEAR.rawValue : TP_H_LOG2.rawValue)
+            value.hist_n = UInt32(plan.histogram.slots)
+            value.hist_min = plan.histogram.min
+            value.hist_step = plan.histogram.step
+        }
+        value.flags = flags
         return value
     }
 }

@@ -1,0 +1,133 @@
+import CBPFLayouts
+import Foundation
+import Synchronization
+
+/// Unpacks a key table's raw entries (per-CPU values summed) with the probe's plan.
+enum KeyTableReader {
+    /// Where a key's parts are: a probe's own packed key, or the shared hook's `struct hub_key`.
+    enum Layout { case own, hub }
+
+    static func aggregate(_ entries: [MapEntry], plan: AggregatePlan, layout: Layout, droppedKeys: UInt64,
+                          cgroups: CgroupPaths = .shared) -> KeyedAggregate {
+        let head = MemoryLayout<tp_key_stats>.size
+        let hasValue = plan.value.kind != UInt32(TP_V_NONE.rawValue)
+        let slots = hasValue ? plan.histogram.slots : 0
+        var out: [KeyedAggregate.Entry] = []
+        out.reserveCapacity(entries.count)
+        for entry in entries {
+            var calls: UInt64 = 0, errors: UInt64 = 0, count: UInt64 = 0, sum: Int64 = 0
+            var hist = [UInt64](repeating: 0, count: slots)
+            for value in entry.values where value.count >= head + 8 * slots {
+                value.withUnsafeBytes { raw in
+                    calls &+= raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+                    errors &+= raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                    count &+= raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+                    sum &+= raw.loadUnaligned(fromByteOffset: 24, as: Int64.self)
+                    for i in 0..<slots { hist[i] &+= raw.loadUnaligned(fromByteOffset: head + 8 * i, as: UInt64.self) }
+                }
+            }
+            guard calls > 0 else { continue }
+            let buckets = hist.enumerated().compactMap { i, n -> KeyedAggregate.Bucket? in
+                guard n > 0 else { return nil }
+                let b = plan.histogram.bounds(i)
+                return KeyedAggregate.Bucket(lower: b.lower, upper: b.upper, count: n)
+            }.sorted { $0.lower < $1.lower }
+            let key = plan.parts.enumerated().map { i, part in
+                value(of: part, at: layout == .own ? part.offset : part.hubOffset, in: entry.key, cgroups: cgroups)
+            }
+            out.append(KeyedAggregate.Entry(key: key, calls: calls, errors: errors, count: count, sum: sum, buckets: buckets))
+        }
+        out.sort { a, b in
+            if a.calls != b.calls { return a.calls > b.calls }
+            return a.key.map(\.text).joined(separator: "\u{0}") < b.key.map(\.text).joined(separator: "\u{0}")
+        }
+        return KeyedAggregate(by: plan.parts.map(\.name), value: plan.value.name, histogram: hasValue ? plan.histogram : nil,
+                              droppedKeys: droppedKeys, entries: out)
+    }
+
+    /// The aggregate of a probe without a key table: one entry, key `{}`, from its totals.
+    static func totals(_ counters: ProbeCounters, plan: AggregatePlan) -> KeyedAggregate {
+        let latency = plan.value.kind == UInt32(TP_V_LATENCY.rawValue)
+        let buckets = latency ? counters.buckets.map { b in
+            KeyedAggregate.Bucket(lower: Int64(clamping: b.lower), upper: Int64(clamping: b.upper), count: b.count)
+        } : []
+        let entry = KeyedAggregate.Entry(key: [], calls: counters.calls, errors: counters.errors,
+                                         count: latency ? counters.latencyCount : 0, sum: latency ? Int64(clamping: counters.latencySumNanoseconds) : 0,
+                                         buckets: buckets)
+        return KeyedAggregate(by: [], value: plan.value.name, histogram: latency ? .log2 : nil, droppedKeys: counters.droppedKeys,
+                              entries: counters.calls > 0 ? [entry] : [])
+    }
+
+    static func value(of part: AggregatePlan.Part, at offset: Int, in key: [UInt8], cgroups: CgroupPaths) -> KeyedAggregate.KeyValue {
+        if part.display == .string {
+            let size = part.kind == UInt32(TP_K_COMM.rawValue) || part.kind == UInt32(TP_K_THREAD.rawValue) ? 16 : part.size
+            let end = min(key.count, offset + size)
+            guard offset < end else { return .string("") }
+            let bytes = key[offset..<end]
+            let text = bytes.firstIndex(of: 0).map { bytes[bytes.startIndex..<$0] } ?? bytes
+            return .string(String(decoding: text, as: UTF8.self))
+        }
+        guard offset + 8 <= key.count else { return .unsigned(0) }
+        let raw = key.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) }
+        switch part.display {
+        case .signed: return .signed(Int64(bitPattern: raw))
+        case .errno: return .errno(raw == 0 ? "ok" : Errno(rawValue: Int32(truncatingIfNeeded: raw)).name)
+        case .cgroup: return .cgroup(id: raw, path: cgroups.path(of: raw))
+        default: return .unsigned(raw)
+        }
+    }
+}
+
+/// cgroup v2 ids to paths under the cgroup2 mount: the id of a cgroup is its directory's
+/// inode number. Cached; an id not found walks the hierarchy again (at most once a second).
+/// A cgroup removed meanwhile keeps its last known path.
+public final class CgroupPaths: Sendable {
+    public static let shared = CgroupPaths()
+
+    struct State {
+        var paths: [UInt64: String] = [:]
+        var lastWalk: ContinuousClock.Instant?
+    }
+    private let state = Mutex(State())
+    let mounts: [String]
+
+    public init(mounts: [String] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]) {
+        self.mounts = mounts
+    }
+
+    /// The cgroup2 mount point, if any.
+    public var root: String? {
+        mounts.first { LinuxHost.fsMagic($0) == 0x6367_7270 }  // CGROUP2_SUPER_MAGIC
+    }
+
+    public func path(of id: UInt64) -> String? {
+        if let hit = state.withLock({ $0.paths[id] }) { return hit }
+        let now = ContinuousClock.now
+        let due = state.withLock { s -> Bool in
+            if let last = s.lastWalk, now - last < .seconds(1) { return false }
+            s.lastWalk = now
+            return true
+        }
+        guard due, let root else { return nil }
+        var found: [UInt64: String] = [:]
+        walk(root, relative: "/", depth: 0, into: &found)
+        return state.withLock { s in
+            s.paths.merge(found) { _, new in new }
+            return s.paths[id]
+        }
+    }
+
+    private func walk(_ path: String, relative: String, depth: Int, into found: inout [UInt64: String]) {
+        var info = stat()
+        guard depth < 32, found.count < 100_000, stat(path, &info) == 0 else { return }
+        found[UInt64(info.st_ino)] = relative
+        guard let dir = opendir(path) else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            walk(path + "/" + name, relative: relative == "/" ? "/" + name : relative + "/" + name, depth: depth + 1, into: &found)
+        }
+    }
+}
