@@ -30,6 +30,11 @@ public struct KeyedAggregate: Sendable, Hashable {
         public var lower: Int64
         public var upper: Int64
         public var count: UInt64
+        public init(lower: Int64, upper: Int64, count: UInt64) {
+            self.lower = lower
+            self.upper = upper
+            self.count = count
+        }
     }
 
     public struct Entry: Sendable, Hashable {

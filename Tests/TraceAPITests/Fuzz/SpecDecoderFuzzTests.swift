@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TraceCoreTestSupport
 @testable import TraceAPI
 @testable import TraceCore
 
@@ -102,7 +103,7 @@ import Testing
         if !errors.isEmpty {
             // As the probe manager refuses it, and the API answers.
             do {
-                _ = try ProbeManager.normalize(spec)
+                _ = try ProbeManager.normalize(spec, host: FakeHost())
                 Issue.record("the manager accepted an invalid spec: \(shown())")
             } catch {
                 let problem = AgentAPI.problem(error)

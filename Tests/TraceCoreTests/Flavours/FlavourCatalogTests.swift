@@ -58,7 +58,7 @@ struct FlavourCatalogTests {
             for type in TargetType.allCases where descriptor.serves(type) {
                 let spec = ProbeSpec(target: targets[type]!)
                 let input = RecipeInput(spec: spec, facts: facts, taskStorage: true, binding: descriptor.bindings(spec.target, facts).first,
-                                        hubSlots: 4)
+                                        hubSlots: 4, plan: .defaults(for: type))
                 let recipe = descriptor.recipe(input)
                 #expect(Set(recipe.load.programs.map(\.id)) == Set(recipe.attachments.map(\.program)), "\(descriptor.id) \(type)")
                 #expect(recipe.attachments.allSatisfy { descriptor.needs.contains($0.mechanism) }, "\(descriptor.id) \(type)")

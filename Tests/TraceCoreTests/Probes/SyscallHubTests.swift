@@ -219,6 +219,9 @@ final class FakeObjectView: LoadedObject {
     func update(map name: BPFMapID, key: [UInt8], value: [UInt8]) throws(KernelError) {
         try kernel.update(object: id, map: name, key: key, value: value)
     }
+    func setInnerMap(_ outer: BPFMapID, index: UInt32, maxEntries: UInt32) throws(KernelError) { fatalError("not used") }
+    func removeInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) { fatalError("not used") }
+    func readInnerMap(_ outer: BPFMapID, index: UInt32) throws(KernelError) -> [MapEntry] { fatalError("not used") }
     func programStats() -> [ProgramStats] { [] }
     func close() {}
 }
