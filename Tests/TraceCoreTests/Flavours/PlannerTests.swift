@@ -207,3 +207,44 @@ struct PlannerTests {
         finish([a, b], kernel)
     }
 }
+
+/// Keys a flavour cannot provide are unsupported attempts naming the key; the planner moves on.
+@Suite("Planner and keys")
+struct PlannerKeyTests {
+    let reaper = Reaper()
+
+    @Test("A linear histogram longer than the hub's tables skips tp_btf and raw_tp (naming why) and lands on the per-syscall tracepoints")
+    func longLinearSkipsHub() throws {
+        let kernel = FakeKernel.developmentMachine()
+        let report = CapabilityProber(backend: kernel, reaper: reaper).probe()
+        reaper.drain()
+        let spec = ProbeSpec(name: "p", target: ProbeTarget(type: .syscall, name: "read"),
+                             aggregate: AggregateSpec(by: ["arg:fd"], value: "arg:count", histogram: HistogramSpec(kind: "linear", min: 0, max: 1000, step: 10)))
+        let probe = try Planner(backend: kernel, reaper: reaper).attach(spec, report: report).get()
+        #expect(probe.flavour == .tracepoint && !probe.isShared)
+        let hub = probe.attempts.filter { $0.flavour == .tpBTF || $0.flavour == .rawTracepoint }
+        #expect(hub.count == 2 && hub.allSatisfy { $0.outcome == .unsupported && $0.stage == nil && $0.message.contains("100 buckets") })
+        // The key table is sized before load: 8-byte key, stats + 102 slots, 1,024 keys.
+        let load = try #require(kernel.loadedSpecs.last { $0.object == LatencyBPF.object })
+        #expect(load.mapChanges[LatencyBPF.Maps.keys] == .sizes(key: 8, value: UInt32(32 + 8 * 102), maxEntries: 1024))
+        #expect(load.readOnly[LatencyBPF.Globals.keyed] == [1])
+        probe.detach(reaper: reaper)
+        reaper.drain()
+        #expect(kernel.isClean, "\(kernel.leakReport)")
+    }
+
+    @Test("A probe without aggregate sets none of the keyed globals: its programs are today's")
+    func defaultSpecUnchanged() throws {
+        let kernel = FakeKernel.developmentMachine()
+        let report = CapabilityProber(backend: kernel, reaper: reaper).probe()
+        reaper.drain()
+        let spec = ProbeSpec(name: "p", target: ProbeTarget(type: .syscall, name: "read"), mechanisms: ["tracepoint"])
+        let probe = try Planner(backend: kernel, reaper: reaper).attach(spec, report: report).get()
+        let load = try #require(kernel.loadedSpecs.last { $0.object == LatencyBPF.object })
+        let keyedGlobals = Set(load.readOnly.keys.map(\.name)).intersection(["keyed", "key_n", "val_kind", "count_procs", "min_latency_ns", "need_args"])
+        #expect(keyedGlobals.isEmpty)
+        #expect(load.mapChanges[LatencyBPF.Maps.keys] == nil)
+        probe.detach(reaper: reaper)
+        reaper.drain()
+    }
+}
