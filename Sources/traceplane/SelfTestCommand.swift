@@ -96,7 +96,15 @@ struct CheckResult: Encodable {
         var histogramCount: UInt64?
         /// The name `by_process` gives this process (the calls come from a renamed thread).
         var processName: String?
+        /// Keyed checks: every key (parts joined by ", ") with its calls and its value
+        /// buckets as [lower, count] pairs.
+        var keys: [String: Key]?
+        struct Key: Encodable, Hashable {
+            var calls: UInt64
+            var buckets: [[Int64]]
+        }
         enum CodingKeys: String, CodingKey {
+            case keys
             case calls
             case latencyCount = "latency_count"
             case histogramCount = "histogram_count"

@@ -20,6 +20,16 @@ struct CheckPlan: Sendable {
     var expectation: Expectation
     /// Makes one traced event happen in this process.
     var trigger: @Sendable () -> Void
+    /// Keyed checks: the spec's aggregate (the probe then also filters on the caller
+    /// thread's name, so only the workload counts), and every key expected, by its parts
+    /// joined with ", ", with its calls and the lower bound of its one value bucket.
+    var aggregate: AggregateSpec? = nil
+    var keys: [String: KeyExpectation] = [:]
+}
+
+struct KeyExpectation: Sendable, Hashable {
+    var calls: UInt64
+    var bucketLower: Int64
 }
 
 struct SelfTestRunner: Sendable {
@@ -81,7 +91,42 @@ struct SelfTestRunner: Sendable {
         results.append(await run(CheckPlan(name: "uprobe traceplane_uprobe_target, default chain", target: uprobe, flavours: nil,
                                            events: n, expectation: .exact(n),
                                            trigger: { _ = traceplane_uprobe_target(41) })))
+        results += await keyedChecks()
         return (results, search)
+    }
+
+    /// Keys × values on every flavour: 100 reads of 1 byte, 200 of 10 and 300 of 100 on
+    /// three fds of /dev/zero, counted by fd (the syscall) and by size (vfs_read), each key
+    /// exactly, each size in its log2 bucket.
+    func keyedChecks() async -> [CheckResult] {
+        let fds = (0..<3).map { _ in open("/dev/zero", O_RDONLY | O_CLOEXEC) }
+        defer { fds.forEach { close($0) } }
+        guard fds.allSatisfy({ $0 >= 0 }) else {
+            Self.log("[fail] keyed checks: cannot open /dev/zero")
+            return []
+        }
+        let reads: [(fd: Int32, bytes: Int, times: Int, lower: Int64)] = [(fds[0], 1, 100, 0), (fds[1], 10, 200, 8), (fds[2], 100, 300, 64)]
+        let workload: @Sendable () -> Void = {
+            var buffer = [UInt8](repeating: 0, count: 128)
+            for r in reads { for _ in 0..<r.times { _ = read(r.fd, &buffer, r.bytes) } }
+        }
+        let total = reads.reduce(0) { $0 + $1.times }
+        var results: [CheckResult] = []
+        let byFD = Dictionary(uniqueKeysWithValues: reads.map { ("\($0.fd)", KeyExpectation(calls: UInt64($0.times), bucketLower: $0.lower)) })
+        for flavour in FlavourCatalog.chain(for: .syscall).map(\.flavour) {
+            results.append(await run(CheckPlan(
+                name: "keys: syscall read by arg:fd, value arg:count, mechanisms [\(flavour.rawValue)]",
+                target: ProbeTarget(type: .syscall, name: "read"), flavours: [flavour], events: 1, expectation: .exact(total),
+                trigger: workload, aggregate: AggregateSpec(by: ["arg:fd"], value: "arg:count"), keys: byFD)))
+        }
+        let bySize = Dictionary(uniqueKeysWithValues: reads.map { ("\($0.bytes)", KeyExpectation(calls: UInt64($0.times), bucketLower: $0.lower)) })
+        for flavour in FlavourCatalog.chain(for: .function).map(\.flavour) {
+            results.append(await run(CheckPlan(
+                name: "keys: function vfs_read by arg:count, value arg:count, mechanisms [\(flavour.rawValue)]",
+                target: ProbeTarget(type: .function, name: "vfs_read"), flavours: [flavour], events: 1, expectation: .exact(total),
+                trigger: workload, aggregate: AggregateSpec(by: ["arg:count"], value: "arg:count"), keys: bySize)))
+        }
+        return results
     }
 
     static let fallbackCheckName = "function fallback fentry→kprobe"
@@ -179,7 +224,8 @@ struct SelfTestRunner: Sendable {
             pass: false, attempts: [], attachMilliseconds: 0, notes: reasons)
         let name = "selftest-\(UInt32.random(in: 0...UInt32.max))"
         let spec = ProbeSpec(name: name, target: plan.target, mechanisms: plan.flavours?.map(\.rawValue),
-                             filter: ProbeFilter(pid: pid))
+                             filter: ProbeFilter(pid: pid, comm: plan.aggregate == nil ? nil : Self.callerThreadName),
+                             aggregate: plan.aggregate)
         let started = ContinuousClock.now
         let probe: Probe
         do {
@@ -207,12 +253,26 @@ struct SelfTestRunner: Sendable {
             result.actual = .init(calls: metrics.calls, latencyCount: latency?.count,
                                   histogramCount: latency.map { $0.buckets.reduce(0) { $0 + $1.count } },
                                   processName: metrics.byProcess.first?.comm)
+            if let aggregate = metrics.aggregate, plan.aggregate != nil {
+                result.actual?.keys = Dictionary(aggregate.entries.map { e in
+                    (e.key.map(\.text).joined(separator: ", "), CheckResult.Actual.Key(calls: e.calls, buckets: e.buckets.map { [$0.lower, Int64(clamping: $0.count)] }))
+                }, uniquingKeysWith: { a, _ in a })
+            }
         } catch {
             result.notes.append("reading the probe failed: \(error.detail)")
         }
         try? await manager.delete(name)
 
         var ok = result.actual.map { counted($0, plan) } ?? false
+        if plan.aggregate != nil {
+            let found = result.actual?.keys ?? [:]
+            let wanted = plan.keys.mapValues { CheckResult.Actual.Key(calls: $0.calls, buckets: [[$0.bucketLower, Int64($0.calls)]]) }
+            if found != wanted {
+                ok = false
+                result.notes.append("keys: expected \(wanted.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.calls)" }), got \(found.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.calls) \($0.value.buckets)" })")
+            }
+            result.expected += "; keys " + plan.keys.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value.calls)" }.joined(separator: ", ")
+        }
         // The calls came from a thread named callerThreadName: by_process must still name the
         // process after its leader, as /proc/PID/comm does.
         let leader = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)

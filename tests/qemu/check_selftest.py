@@ -59,12 +59,20 @@ def check(doc, profile):
             expect(first.get("mechanism") == "fentry" and first.get("outcome") != "attached",
                    f"fallback check lacks the failed fentry attempt: {f['attempts']}")
         expect(doc["fallback"]["function"] is not None, "no function demonstrated the fentry→kprobe fallback")
+        # Keys × values through fentry and kprobe: a syscall's arguments (its pt_regs) and a
+        # function's (BTF-typed context, registers), each key and bucket exact.
+        for m in ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"):
+            chose(f"keys: syscall read by arg:fd, value arg:count, mechanisms [{m}]", {m})
+        for m in ("fentry", "kprobe"):
+            chose(f"keys: function vfs_read by arg:count, value arg:count, mechanisms [{m}]", {m})
     elif profile == "host":
         # The development kernel denies fentry and has no kprobes: syscalls go to the shared
         # raw_syscalls hook via tp_btf (vmlinux BTF is there).
         chose("syscall getppid, default chain", {"tp_btf"})
         chose("syscall getpgid, default chain", {"tp_btf"})
         chose("tracepoint sched:sched_switch, default chain", TRACEPOINT_FLAVOURS)
+        for m in ("tp_btf", "raw_tracepoint", "tracepoint"):
+            chose(f"keys: syscall read by arg:fd, value arg:count, mechanisms [{m}]", {m})
     else:
         sys.exit(f"unknown profile {profile}")
     chose("uprobe traceplane_uprobe_target, default chain", {"uprobe"})
