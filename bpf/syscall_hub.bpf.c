@@ -80,7 +80,9 @@ struct hub_start {
 	u32 count; /* entries of `slots` */
 	u32 slots[HUB_PER_NR]; /* slot + 1 of each probe whose filter passed at entry, else 0 */
 	u64 args[TP_ARGS];     /* the syscall's arguments, when a slot needs them (HUB_F_ARGS) */
-	char strs[HUB_PER_NR_POW2][TP_STR_LEN]; /* per listed slot: its string argument (HUB_F_STR) */
+	/* Per listed slot: its string argument (HUB_F_STR). One dimension: kernels before 6.6
+	 * take a struct as a global function's argument only if its arrays are of scalars. */
+	char strs[HUB_PER_NR_POW2 * TP_STR_LEN];
 };
 
 struct {
@@ -150,7 +152,7 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 		case TP_K_ERRNO: key.num[p] = ret < 0 ? -ret : 0; break;
 		case TP_K_RET: key.num[p] = ret; break;
 		case TP_K_ARG: if (arg < TP_ARGS) key.num[p] = narrow(st->args[arg], f->key_len[p], f->key_signed[p]); break;
-		case TP_K_ARG_STR: __builtin_memcpy(key.str, st->strs[i & (HUB_PER_NR_POW2 - 1)], TP_STR_LEN); break;
+		case TP_K_ARG_STR: __builtin_memcpy(key.str, &st->strs[(i & (HUB_PER_NR_POW2 - 1)) * TP_STR_LEN], TP_STR_LEN); break;
 		}
 	}
 	struct hub_key_value *v = bpf_map_lookup_elem(table, &key);
@@ -281,8 +283,9 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 				u32 arg = f->str_arg;
 				if (arg >= TP_ARGS)
 					continue;
-				__builtin_memset(st->strs[i], 0, TP_STR_LEN);
-				bpf_probe_read_user_str(st->strs[i], TP_STR_LEN, (void *)st->args[arg]);
+				char *str = &st->strs[i * TP_STR_LEN];
+				__builtin_memset(str, 0, TP_STR_LEN);
+				bpf_probe_read_user_str(str, TP_STR_LEN, (void *)st->args[arg]);
 			}
 		}
 	}

@@ -35,6 +35,11 @@ public enum Classifier {
             if let lockdown = facts.lockdown, lockdown == "confidentiality" {
                 return Verdict(status: .denied, message: "kernel lockdown (confidentiality) forbids BPF programs that read kernel memory")
             }
+            // The verifier ran and said no: this kernel cannot check this program (what it
+            // reads, how), which says nothing about permissions.
+            if code == .EACCES, detail.contains("verifier: ") {
+                return Verdict(status: .unsupported, message: "this kernel's verifier refused the program\(detail)")
+            }
             switch mechanism {
             case .fentry, .fexit:
                 return Verdict(status: .denied, message: "function tracing denied by the kernel: fentry/fexit trampolines are not allowed here (ftrace direct calls refused, or an LSM denies them)")

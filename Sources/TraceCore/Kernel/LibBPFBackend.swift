@@ -75,7 +75,11 @@ enum LibBPFLog {
     static func summarize(_ log: String) -> String {
         let lines = log.split(separator: "\n").map { $0.trimmingCharacters(in: " ") }.filter { !$0.isEmpty }
         if let end = lines.lastIndex(where: { $0.contains("-- END PROG LOAD LOG --") }), end > 0 {
-            let verifier = lines[..<end].last { !$0.hasPrefix("processed ") && !$0.contains("BEGIN PROG LOAD LOG") }
+            // The verifier ends with its statistics; the reason is the line before them.
+            let statistics = ["processed ", "verification time ", "stack depth "]
+            let verifier = lines[..<end].last { line in
+                !statistics.contains { line.hasPrefix($0) } && !line.contains("BEGIN PROG LOAD LOG")
+            }
             if let verifier { return "verifier: \(verifier)" }
         }
         return lines.last.map(String.init) ?? ""
