@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import TraceAPI
 @testable import TraceCore
+import TraceCoreTestSupport
 
 /// Property-based fuzzing of request decoding and validation (`SpecDecoder.decode`, then
 /// `ProbeSpec.validate`): thousands of generated and mutated bodies from a seeded RNG,
@@ -102,7 +103,7 @@ import Testing
         if !errors.isEmpty {
             // As the probe manager refuses it, and the API answers.
             do {
-                _ = try ProbeManager.normalize(spec)
+                _ = try ProbeManager.normalize(spec, host: FakeHost())
                 Issue.record("the manager accepted an invalid spec: \(shown())")
             } catch {
                 let problem = AgentAPI.problem(error)
