@@ -40,6 +40,11 @@ struct Serve: AsyncParsableCommand {
           help: "Turn kernel BPF run-time stats on while the agent runs, for each probe's `overhead` (else it reads 0). They are host-wide: every run of every BPF program on the host then pays two clock reads (+70 ns per run on the development machines).")
     var bpfStats = false
 
+    @Option(help: ArgumentHelp(
+        "Most Prometheus series one probe's key table exports.",
+        discussion: "A key costs 2 series (calls, errors; 1 for tracepoints) plus, with a value histogram, its le buckets + 3 (+Inf, _sum, _count). If every key fits, all are exported; otherwise the top keys by calls are kept such that they and one more group fit, and the rest are summed into that group, labelled other=\"true\". A probe whose one group exceeds the budget still exports one."))
+    var maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe
+
     @OptionGroup var kernel: KernelOptions
 
     func run() async throws {
@@ -48,6 +53,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "traceplane")
         let (host, port) = try ListenAddress.parse(listen)
         guard (1...4096).contains(maxProbes) else { throw ValidationError("--max-probes must be from 1 to 4096") }
+        guard maxSeriesPerProbe >= 1 else { throw ValidationError("--max-series-per-probe must be at least 1") }
         let tokens = try loadTokens(logger: logger)
         guard ListenAddress.isLoopback(host) || tokens.enabled else {
             throw StartupError("refusing to listen on \(host): anyone who can reach it could load BPF programs. Give an admin token with --token-file (and optionally --read-token-file), or listen on 127.0.0.1 or ::1.")
@@ -58,7 +64,7 @@ struct Serve: AsyncParsableCommand {
         let configuration = AgentService.Configuration(
             core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: try kernel.disabled(), stateDirectory: stateDir,
                                     probeFile: probeFile),
-            host: host, port: port, tls: tls, tokens: tokens, bpfStats: bpfStats)
+            host: host, port: port, tls: tls, tokens: tokens, bpfStats: bpfStats, maxSeriesPerProbe: maxSeriesPerProbe)
         let service: AgentService
         do { service = try AgentService(configuration, logger: logger) } catch { throw StartupError("\(error)") }
 

@@ -40,7 +40,8 @@ struct PrometheusScrapeTests {
             // The families the issue asks for, for live probes.
             for family in ["probe_calls_total", "probe_errors_total", "probe_latency_seconds", "probe_bpf_run_seconds_total",
                            "probe_info", "capability_supported", "probes", "attach_attempts_total", "http_requests_total",
-                           "process_resident_memory_bytes", "process_open_fds", "build_info", "scrape_duration_seconds"] {
+                           "process_resident_memory_bytes", "process_open_fds", "build_info", "scrape_duration_seconds",
+                           "probe_key_calls_total", "probe_key_errors_total", "probe_key_value", "probe_dropped_keys_total"] {
                 #expect(body.contains("# TYPE traceplane_\(family) "), "missing family traceplane_\(family)")
             }
             for name in names {

@@ -27,16 +27,19 @@ public final class AgentService: Service {
         public var tokens: AccessTokens
         /// Kernel BPF run-time stats on while the agent runs (each probe's `overhead`).
         public var bpfStats: Bool
+        /// Most Prometheus series one probe's key table exports (see ``MetricsSnapshot/maxSeriesPerProbe``).
+        public var maxSeriesPerProbe: Int
 
         public init(core: CoreConfiguration = CoreConfiguration(), host: String = "127.0.0.1", port: Int = 9480,
                     tls: HTTPServer.Configuration.TLS? = nil, tokens: AccessTokens = AccessTokens(admin: nil, readOnly: nil),
-                    bpfStats: Bool = false) {
+                    bpfStats: Bool = false, maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe) {
             self.core = core
             self.host = host
             self.port = port
             self.tls = tls
             self.tokens = tokens
             self.bpfStats = bpfStats
+            self.maxSeriesPerProbe = maxSeriesPerProbe
         }
     }
 
@@ -61,7 +64,7 @@ public final class AgentService: Service {
         let requests = HTTPRequestCounter()
         let exporter = PrometheusExporter(probes: core.probes, capabilities: core.capabilities, requests: requests,
                                           build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"),
-                                          stateTracked: core.state != nil)
+                                          stateTracked: core.state != nil, maxSeriesPerProbe: configuration.maxSeriesPerProbe)
         let started = self.started
         let api = AgentAPI(capabilities: core.capabilities, probes: core.probes, metrics: { await exporter.scrape() },
                            startupDone: { started.isFulfilled })

@@ -126,6 +126,15 @@ public struct ExpositionWriter {
         state = .betweenSamples
     }
 
+    /// Ends the sample line with a signed count of nanoseconds, in seconds (see
+    /// ``value(secondsFromNanoseconds:)``); a key table keeps its value sums signed.
+    public mutating func value(signedSecondsFromNanoseconds nanoseconds: Int64) {
+        closeLabels()
+        Self.appendSeconds(signedNanoseconds: nanoseconds, to: &bytes)
+        bytes.append(UInt8(ascii: "\n"))
+        state = .betweenSamples
+    }
+
     /// Ends the sample line with a duration, in seconds (nanosecond resolution).
     public mutating func value(seconds duration: Duration) {
         let (s, attoseconds) = duration.components
@@ -180,6 +189,12 @@ public struct ExpositionWriter {
             fraction /= 10
         }
         reverse(&bytes, from: start)
+    }
+
+    /// Appends `nanoseconds` as seconds, with a minus sign when negative.
+    static func appendSeconds(signedNanoseconds nanoseconds: Int64, to bytes: inout [UInt8]) {
+        if nanoseconds < 0 { bytes.append(UInt8(ascii: "-")) }
+        appendSeconds(nanoseconds: nanoseconds.magnitude, to: &bytes)
     }
 
     private static func reverse(_ bytes: inout [UInt8], from start: Int) {

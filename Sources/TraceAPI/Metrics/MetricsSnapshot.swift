@@ -28,12 +28,22 @@ public struct MetricsSnapshot: Sendable {
     public var stateSaveFailures: Int?
     public var process: ProcessStats
     public var build: BuildInfo
+    /// Most series one probe's key table exports (`serve --max-series-per-probe`): the top
+    /// keys by calls are kept such that they and one `other="true"` group fit, and the
+    /// rest are summed into that group (the full rule is on `KeySeries`).
+    public var maxSeriesPerProbe: Int
+
+    /// What `serve --max-series-per-probe` defaults to.
+    public static let defaultMaxSeriesPerProbe = 500
 
     public init(probes: [ProbeSeries] = [], probesByState: [(state: String, count: Int)] = [],
                 capabilities: [(name: String, supported: Bool)] = [],
                 attachAttempts: [(mechanism: String, outcome: String, count: Int)] = [],
                 httpRequests: HTTPRequestCounts = HTTPRequestCounts(), stateSaveFailures: Int? = nil,
-                process: ProcessStats = ProcessStats(), build: BuildInfo) {
+                process: ProcessStats = ProcessStats(), build: BuildInfo,
+                maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe) {
+        precondition(maxSeriesPerProbe > 0, "The series budget per probe must be at least 1, not \(maxSeriesPerProbe).")
+        self.maxSeriesPerProbe = maxSeriesPerProbe
         self.probes = probes
         self.probesByState = probesByState
         self.capabilities = capabilities
@@ -65,6 +75,11 @@ public struct MetricsSnapshot: Sendable {
     ///   targets that return: not tracepoints), `traceplane_probe_latency_seconds` (histogram,
     ///   not for tracepoints), `traceplane_probe_bpf_run_seconds_total` and
     ///   `traceplane_probe_bpf_runs_total`: `probe`, `target`, `mechanism`.
+    /// - For probes with a key table (`aggregate`): `traceplane_probe_key_calls_total`,
+    ///   `traceplane_probe_key_errors_total` (not for tracepoints) and the histogram
+    ///   `traceplane_probe_key_value` (not for a value of `none`; seconds for latency, else
+    ///   the value's unit): the probe's labels plus one label per key part, within the
+    ///   series budget (`KeySeries`); `traceplane_probe_dropped_keys_total`: the probe's labels.
     /// - `traceplane_probes{state}`, `traceplane_capability_supported{capability}`,
     ///   `traceplane_attach_attempts_total{mechanism,outcome}`,
     ///   `traceplane_http_requests_total{method,code}`, `traceplane_state_save_failures_total`
@@ -127,6 +142,39 @@ public struct MetricsSnapshot: Sendable {
             writer.sample()
             writer.labels(identity)
             writer.value(probe.metrics.overhead.runCount)
+        }
+
+        let keyed = probes.map { probe in
+            probe.metrics.aggregate.map {
+                KeySeries($0, errors: probe.metrics.latencyNanoseconds != nil, maxSeries: maxSeriesPerProbe)
+            }
+        }
+
+        writer.family("traceplane_probe_key_calls_total", type: .counter,
+                      help: "Calls traced by the probe per key of its aggregate (one label per key part); past the series budget, the keys with fewest calls are summed into one series with other=\"true\".")
+        for case let (keys?, identity) in zip(keyed, identities) {
+            keys.writeCounter(\.calls, identity: identity, into: &writer)
+        }
+
+        writer.family("traceplane_probe_key_errors_total", type: .counter,
+                      help: "Traced calls that returned a negative value, per key of the probe's aggregate (targets that return: not tracepoints).")
+        for case let (keys?, identity) in zip(keyed, identities) where keys.hasErrors {
+            keys.writeCounter(\.errors, identity: identity, into: &writer)
+        }
+
+        writer.family("traceplane_probe_key_value", type: .histogram,
+                      help: "The aggregate's value per key, from the in-kernel histogram: seconds for latency, else the value's own unit. le is the inclusive upper bound of a slot; log2 buckets run from the lowest to the highest slot any key of the probe has values in.")
+        for case let (keys?, identity) in zip(keyed, identities) where keys.hasHistogram {
+            keys.writeValue(identity: identity, into: &writer)
+        }
+
+        writer.family("traceplane_probe_dropped_keys_total", type: .counter,
+                      help: "Calls whose key found no room in the probe's key table (aggregate.max_keys); they still count in traceplane_probe_calls_total.")
+        for (probe, identity) in zip(probes, identities) {
+            guard let table = probe.metrics.aggregate else { continue }
+            writer.sample()
+            writer.labels(identity)
+            writer.value(table.droppedKeys)
         }
 
         writer.family("traceplane_probes", type: .gauge, help: "Probes held by the agent, by state.")

@@ -15,14 +15,19 @@ public struct PrometheusExporter: Sendable {
     public let build: BuildInfo
     /// Whether the agent saves its desired probes (then the save-failure counter is exposed).
     public let stateTracked: Bool
+    /// Most series one probe's key table exports (see ``MetricsSnapshot/maxSeriesPerProbe``).
+    public let maxSeriesPerProbe: Int
 
     /// - Parameters:
     ///   - requests: the counter the ``HTTPServer`` records into; nil exposes no HTTP series.
     ///   - build: the versions `traceplane_build_info` reports.
+    ///   - maxSeriesPerProbe: the series budget of each probe's key table, at least 1.
     public init(probes: ProbeManager, capabilities: CapabilityStore, requests: HTTPRequestCounter?, build: BuildInfo,
-                stateTracked: Bool = false) {
+                stateTracked: Bool = false, maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe) {
+        precondition(maxSeriesPerProbe > 0, "The series budget per probe must be at least 1, not \(maxSeriesPerProbe).")
         self.probes = probes
         self.stateTracked = stateTracked
+        self.maxSeriesPerProbe = maxSeriesPerProbe
         self.capabilities = capabilities
         self.requests = requests
         self.build = build
@@ -32,8 +37,10 @@ public struct PrometheusExporter: Sendable {
     public func scrape() async -> HTTPResponse {
         let started = ContinuousClock.now
         let snapshot = await collect()
-        // About 4 KiB per probe (a latency histogram is ~40 lines) plus the agent's own series.
-        var writer = ExpositionWriter(capacity: 8_192 + snapshot.probes.count * 4_096)
+        // About 4 KiB per probe (a latency histogram is ~40 lines) plus the agent's own series,
+        // and at least one line of ~128 bytes per exported key.
+        let keyLines = snapshot.probes.reduce(0) { $0 + min($1.metrics.aggregate?.entries.count ?? 0, maxSeriesPerProbe) }
+        var writer = ExpositionWriter(capacity: 8_192 + snapshot.probes.count * 4_096 + keyLines * 128)
         snapshot.render(into: &writer, scrapeStarted: started)
         return HTTPResponse(status: .ok, headers: ["Content-Type": Self.contentType], body: writer.bytes)
     }
@@ -65,6 +72,7 @@ public struct PrometheusExporter: Sendable {
             httpRequests: requests?.snapshot() ?? HTTPRequestCounts(),
             stateSaveFailures: stateTracked ? probes.stateSaveFailures : nil,
             process: ProcessStats.current(),
-            build: build)
+            build: build,
+            maxSeriesPerProbe: maxSeriesPerProbe)
     }
 }

@@ -90,6 +90,17 @@ struct ExpositionWriterTests {
         #expect(String(decoding: bytes, as: UTF8.self) == expected)
     }
 
+    @Test("Signed nanoseconds become exact seconds with a minus sign when negative",
+          arguments: [(0, "0"), (1_023, "0.000001023"), (-1, "-0.000000001"), (-1_500_000_000, "-1.5"),
+                      (.min, "-9223372036.854775808"), (.max, "9223372036.854775807")] as [(Int64, String)])
+    func signedSeconds(nanoseconds: Int64, expected: String) {
+        var w = ExpositionWriter()
+        w.family("demo", type: .gauge, help: "h")
+        w.sample()
+        w.value(signedSecondsFromNanoseconds: nanoseconds)
+        #expect(text(w).hasSuffix("\ndemo \(expected)\n"))
+    }
+
     @Test("Integers are written in decimal, from 0 to UInt64.max and negative Ints")
     func integers() {
         var w = ExpositionWriter()
