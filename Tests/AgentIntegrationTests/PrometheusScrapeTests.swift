@@ -55,6 +55,16 @@ struct PrometheusScrapeTests {
                     "tracepoint probes have no latency histogram")
             #expect((Scrape.value(body, "traceplane_probe_bpf_run_seconds_total", probe: "prom-syscall") ?? 0) > 0,
                     "BPF run time needs kernel BPF stats on (the agent holds a BPF_ENABLE_STATS fd)")
+            // The keyed probes: this process's getppid calls under its comm, the CPUs' context switches.
+            let comm = try String(contentsOfFile: "/proc/self/comm", encoding: .utf8).trimmingCharacters(in: .newlines)
+            let lines = body.split(separator: "\n")
+            let ours = try #require(lines.first {
+                $0.hasPrefix(#"traceplane_probe_key_calls_total{probe="prom-keyed","#) && $0.hasSuffix(#",comm="\#(comm)",errno="ok"} 500"#)
+            }, "no key series with 500 calls for comm \(comm)")
+            #expect(lines.contains { $0.hasPrefix(#"traceplane_probe_key_value_count{probe="prom-keyed","#) && $0.hasSuffix(#"comm="\#(comm)",errno="ok"} 500"#) }, "\(ours)")
+            #expect(Scrape.value(body, "traceplane_probe_dropped_keys_total", probe: "prom-keyed") == 0)
+            #expect(lines.contains { $0.hasPrefix(#"traceplane_probe_key_calls_total{probe="prom-keyed-tracepoint","#) && $0.contains(#",cpu=""#) })
+            #expect(!body.contains(#"traceplane_probe_key_errors_total{probe="prom-keyed-tracepoint""#))
             // The hostile user label arrives escaped, on probe_info only.
             #expect(body.contains(#"label_note="a\\b\"c\nd""#))
             #expect(body.contains("traceplane_capability_supported{capability=\"tp_btf\"} "))
@@ -150,7 +160,7 @@ private final class MetricsAgent: Sendable {
 
     /// Creates, over HTTP, a probe of each target type this kernel can attach: a syscall,
     /// a tracepoint, a uprobe on this test binary, and a kernel function where fentry or
-    /// kprobe works. Returns their names.
+    /// kprobe works; and a keyed syscall and tracepoint probe. Returns their names.
     func createProbesOfEveryTargetType() async throws -> [String] {
         let pid = getpid()
         let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
@@ -158,6 +168,8 @@ private final class MetricsAgent: Sendable {
             ("prom-syscall", #"{"name":"prom-syscall","target":{"type":"syscall","name":"getppid"},"filter":{"pid":\#(pid)},"labels":{"owner":"tests","note":"a\\b\"c\nd"}}"#),
             ("prom-tracepoint", #"{"name":"prom-tracepoint","target":{"type":"tracepoint","name":"sched:sched_switch"}}"#),
             ("prom-uprobe", #"{"name":"prom-uprobe","target":{"type":"uprobe","path":"\#(exe)","symbol":"traceplane_uprobe_target"},"filter":{"pid":\#(pid)}}"#),
+            ("prom-keyed", #"{"name":"prom-keyed","target":{"type":"syscall","name":"getppid"},"filter":{"pid":\#(pid)},"aggregate":{"by":["comm","errno"]}}"#),
+            ("prom-keyed-tracepoint", #"{"name":"prom-keyed-tracepoint","target":{"type":"tracepoint","name":"sched:sched_switch"},"aggregate":{"by":["cpu"]}}"#),
         ]
         let report = await store.get()
         if (report.supports(.fentry) && report.supports(.fexit)) || (report.supports(.kprobe) && report.supports(.kretprobe)) {

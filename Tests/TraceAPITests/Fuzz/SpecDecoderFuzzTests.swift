@@ -3,7 +3,6 @@ import Testing
 import TraceCoreTestSupport
 @testable import TraceAPI
 @testable import TraceCore
-import TraceCoreTestSupport
 
 /// Property-based fuzzing of request decoding and validation (`SpecDecoder.decode`, then
 /// `ProbeSpec.validate`): thousands of generated and mutated bodies from a seeded RNG,
