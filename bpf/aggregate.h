@@ -4,6 +4,10 @@
 #ifndef TRACEPLANE_AGGREGATE_H
 #define TRACEPLANE_AGGREGATE_H
 
+/* Histogram indexes pass through barrier_var (bpf_helpers.h) before their bounds check or
+ * mask: clang otherwise moves a mask into an OR of partial results, which the 6.1 verifier
+ * cannot bound ("unbounded memory access"). */
+
 /* The log2 histogram slot of `v`: floor(log2(v)), 0 for 0 and 1. */
 static __always_inline u32 log2_slot(u64 v)
 {

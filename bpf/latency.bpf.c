@@ -306,6 +306,7 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 	v->count++;
 	v->sum += value;
 	u32 slot = value_slot(value, hist_kind, hist_min, hist_step, hist_n);
+	barrier_var(slot);
 	if (slot >= hist_n)
 		return;
 	u64 *h = (u64 *)(v + 1);

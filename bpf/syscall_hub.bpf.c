@@ -180,6 +180,7 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 	v->stats.count++;
 	v->stats.sum += value;
 	u32 b = value_slot(value, f->hist_kind, f->hist_min, f->hist_step, f->hist_n);
+	barrier_var(b);
 	if (b < HUB_HIST_SLOTS)
 		v->hist[b]++;
 }
@@ -203,7 +204,9 @@ __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 r
 		a->stats.errors++;
 	a->stats.lat_count++;
 	a->stats.lat_sum_ns += delta;
-	a->hist[log2_slot(delta) & (TP_HIST_SLOTS - 1)]++;
+	u32 bucket = log2_slot(delta);
+	barrier_var(bucket);
+	a->hist[bucket & (TP_HIST_SLOTS - 1)]++;
 	if (f->flags & HUB_F_PROCS)
 		proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, st->tgid);
 	if (f->flags & HUB_F_KEYED)

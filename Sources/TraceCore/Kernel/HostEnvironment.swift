@@ -51,7 +51,7 @@ public struct LinuxHost: HostEnvironment {
         let bpffs = ensureMounted(path: "/sys/fs/bpf", type: "bpf", source: "bpf", magic: Self.bpffsMagic, options: "mode=0700")
         var prefixBuffer = [CChar](repeating: 0, count: 32)
         let btfResult = tp_vmlinux_btf_syscall_prefix(&prefixBuffer, prefixBuffer.count)
-        var prefix: String? = btfResult == 1 ? String(cString: prefixBuffer) : nil
+        var prefix: String? = btfResult == 1 ? String(decoding: prefixBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil
         if prefix == nil { prefix = Self.syscallPrefixFromKallsyms() }
         let sources = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/event_source/devices"))?.sorted() ?? []
         let kprobeEvents = tracefs.mounted && access("\(tracefs.path)/kprobe_events", F_OK) == 0
@@ -120,7 +120,7 @@ public struct LinuxHost: HostEnvironment {
         var found = Set<String>()
         var line = [CChar](repeating: 0, count: 512)
         while fgets(&line, Int32(line.count), file) != nil {
-            let text = String(cString: line)
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             guard text.hasSuffix("sys_getpgid\n") || text.contains("sys_getpgid\t") else { continue }
             guard let symbol = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).dropFirst(2).first,
                   symbol.hasSuffix("sys_getpgid") else { continue }

@@ -77,10 +77,17 @@ enum LibBPFLog {
         if let end = lines.lastIndex(where: { $0.contains("-- END PROG LOAD LOG --") }), end > 0 {
             // The verifier ends with its statistics; the reason is the line before them.
             let statistics = ["processed ", "verification time ", "stack depth "]
-            let verifier = lines[..<end].last { line in
+            if let at = lines[..<end].lastIndex(where: { line in
                 !statistics.contains { line.hasPrefix($0) } && !line.contains("BEGIN PROG LOAD LOG")
+            }) {
+                // With the instruction it refused (`917: (79) r1 = *(u64 *)(r0 +32)`), when
+                // the log has it, without the register states after it.
+                let reason = lines[at]
+                if at > 0, let insn = lines[at - 1].split(separator: ";").first, insn.first?.isNumber == true, insn.contains(": (") {
+                    return "verifier: \(reason) at \(insn.trimmingCharacters(in: " "))"
+                }
+                return "verifier: \(reason)"
             }
-            if let verifier { return "verifier: \(verifier)" }
         }
         return lines.last.map(String.init) ?? ""
     }

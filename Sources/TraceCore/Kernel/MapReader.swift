@@ -60,14 +60,18 @@ enum MapReader {
     /// - Throws: ``KernelError`` for any other failure.
     static func readBatched(_ layout: Layout, name: String) throws(KernelError) -> [MapEntry]? {
         let valueBytes = layout.stride * layout.cpus
-        // Hash maps return whole buckets, and fail with ENOSPC when a bucket does not fit:
-        // start with room for the whole map (they are small here) and grow on ENOSPC.
-        var capacity = max(1, min(layout.maxEntries, 4_096))
+        // Batches of at most 256 entries, read on from the cursor: a key table of 1,024 entries
+        // of 552 bytes on each CPU would otherwise cost a megabyte per probe per scrape,
+        // however few keys it holds. Hash maps return whole buckets, and fail with ENOSPC
+        // when a bucket does not fit: grow then. The buffers are not zeroed: the kernel
+        // writes the `count` entries that are read.
+        var capacity = max(1, min(layout.maxEntries, 256))
         // The batch cursor: a key for arrays, a bucket index for hashes.
         var inBatch = [UInt8](repeating: 0, count: max(layout.keySize, 8))
         var outBatch = inBatch
-        var keys = [UInt8](repeating: 0, count: layout.keySize * capacity)
-        var values = [UInt8](repeating: 0, count: valueBytes * capacity)
+        func buffer(_ n: Int) -> [UInt8] { [UInt8](unsafeUninitializedCapacity: n) { _, initialized in initialized = n } }
+        var keys = buffer(layout.keySize * capacity)
+        var values = buffer(valueBytes * capacity)
         var opts = bpf_map_batch_opts()
         opts.sz = MemoryLayout<bpf_map_batch_opts>.size
         var entries: [MapEntry] = []
@@ -80,8 +84,8 @@ enum MapReader {
             let code = rc < 0 ? -rc : 0
             if code == ENOSPC && count == 0 && capacity < 2 * max(layout.maxEntries, 1) {
                 capacity *= 2
-                keys = [UInt8](repeating: 0, count: layout.keySize * capacity)
-                values = [UInt8](repeating: 0, count: valueBytes * capacity)
+                keys = buffer(layout.keySize * capacity)
+                values = buffer(valueBytes * capacity)
                 continue
             }
             if code != 0 && code != ENOENT {
