@@ -32,7 +32,9 @@ const volatile u32 task_comm_offset = 0;
 static __always_inline void process_comm(char *comm)
 {
 	char name[TP_COMM_LEN];
-	if (task_group_leader_offset && task_comm_offset) {
+	u64 id = bpf_get_current_pid_tgid();
+	/* The leader itself: its comm is the current one, one helper call instead of two reads. */
+	if ((u32)id != id >> 32 && task_group_leader_offset && task_comm_offset) {
 		u64 task = bpf_get_current_task();
 		u64 leader = 0;
 		/* Read into a local: a failed read zeroes its destination, and a reader of the

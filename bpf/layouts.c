@@ -16,7 +16,7 @@ _Static_assert(sizeof(struct hub_filter) == 112, "hub_filter: filter, then the a
 _Static_assert(offsetof(struct hub_filter, hist_min) == 88, "hub_filter layout");
 _Static_assert(sizeof(struct tp_key_stats) == 32, "tp_key_stats: 4 counters");
 _Static_assert(sizeof(struct hub_key) == 120, "hub_key: 3 numbers, comm, thread, string");
-_Static_assert(offsetof(struct hub_key, str) == 56, "hub_key layout");
+_Static_assert(offsetof(struct hub_key, str) == 56 && HUB_KEY_SHORT == 56, "hub_key layout: the short key is all but the string");
 _Static_assert(sizeof(struct hub_key_value) == 32 + 8 * HUB_HIST_SLOTS, "hub_key_value: stats then the histogram");
 _Static_assert(sizeof(struct hub_agg) == 40 + 8 * TP_HIST_SLOTS, "hub_agg: stats then the histogram");
 _Static_assert(offsetof(struct hub_agg, hist) == sizeof(struct tp_stats), "hub_agg layout");

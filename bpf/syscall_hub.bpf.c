@@ -53,6 +53,13 @@ struct slot_table {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1);
 	/* Sizes, not types: BTF would only have forward declarations of them here. */
+	__uint(key_size, HUB_KEY_SHORT);
+	__uint(value_size, sizeof(struct hub_key_value));
+};
+
+struct slot_table_str {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1);
 	__uint(key_size, sizeof(struct hub_key));
 	__uint(value_size, sizeof(struct hub_key_value));
 };
@@ -63,6 +70,14 @@ struct {
 	__type(key, u32);
 	__array(values, struct slot_table);
 } slot_keys SEC(".maps");
+
+/* The same for slots with a string part (HUB_F_STR): the whole struct hub_key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__array(values, struct slot_table_str);
+} slot_keys_str SEC(".maps");
 
 /* One all-zero hub_key_value: what a new key starts from. */
 struct {
@@ -133,7 +148,7 @@ static __always_inline bool comm_matches(const char *comm, const struct hub_filt
 static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, struct hub_start *st, u32 i,
 					 u64 delta, s64 ret, struct hub_agg *a)
 {
-	void *table = bpf_map_lookup_elem(&slot_keys, &slot);
+	void *table = f->flags & HUB_F_STR ? bpf_map_lookup_elem(&slot_keys_str, &slot) : bpf_map_lookup_elem(&slot_keys, &slot);
 	if (!table)
 		return;
 	struct hub_key key = {};

@@ -64,6 +64,7 @@ public final class SyscallHub: Sendable {
         let nr: UInt32
         let generation: Int
         public let taskStorage: Bool
+        let plan: AggregatePlan
 
         func leave() { hub.leave(self) }
         func read(topProcesses: Int) throws(KernelError) -> ProbeCounters { try hub.read(self, topProcesses: topProcesses) }
@@ -147,10 +148,10 @@ public final class SyscallHub: Sendable {
                 try loaded.object.update(maps.procs, index: UInt32(slot * Self.processesPerSlot + i), to: tp_proc())
             }
             // A fresh key table: the previous owner's keys go with the one it replaces.
+            try loaded.object.removeInnerMap(maps.slotKeys, index: UInt32(slot))
+            try loaded.object.removeInnerMap(maps.slotKeysStr, index: UInt32(slot))
             if plan.keyed {
-                try loaded.object.setInnerMap(maps.slotKeys, index: UInt32(slot), maxEntries: UInt32(plan.maxKeys))
-            } else {
-                try loaded.object.removeInnerMap(maps.slotKeys, index: UInt32(slot))
+                try loaded.object.setInnerMap(Self.keyTable(plan), index: UInt32(slot), maxEntries: UInt32(plan.maxKeys))
             }
             try loaded.object.update(maps.filters, index: UInt32(slot), to: Self.filterValue(filter, plan: plan))
             try loaded.object.update(maps.byNr, index: nr, to: Self.nrValue(onThisSyscall + [slot]))
@@ -159,7 +160,7 @@ public final class SyscallHub: Sendable {
             return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: facts))
         }
         s.members[slot] = nr
-        return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage))
+        return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage, plan: plan))
     }
 
     /// Removes a probe: unlists its slot (its programs stop counting for it at once) and
@@ -187,6 +188,7 @@ public final class SyscallHub: Sendable {
         s.members[m.slot] = nil
         // Its key table's memory goes now, not when the slot is taken again.
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
+        try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeysStr, index: UInt32(m.slot))
         if s.members.isEmpty { drop(&s) }
         return true
     }
@@ -223,7 +225,13 @@ public final class SyscallHub: Sendable {
     func readKeys(_ m: Membership) throws(KernelError) -> [MapEntry] {
         let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr ? s.loaded?.object : nil }
         guard let object else { throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe") }
-        return try object.readInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
+        return try object.readInnerMap(Self.keyTable(m.plan), index: UInt32(m.slot))
+    }
+
+    /// Which array of key tables a slot's table is in: keys with a string part need the
+    /// whole `struct hub_key`, the others its first HUB_KEY_SHORT bytes.
+    static func keyTable(_ plan: AggregatePlan) -> BPFMapID {
+        plan.stringPart == nil ? SyscallHubBPF.Maps.slotKeys : SyscallHubBPF.Maps.slotKeysStr
     }
 
     /// The slot's process table (one batched read).
