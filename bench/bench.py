@@ -5,10 +5,13 @@ Run it through bench/run.sh (installs the tools, builds, then calls this). Secti
 
 1. overhead per traced call (getppid, 1-byte read of /dev/zero): no tracing, empty BPF
    programs on the same hooks (the floor), TracePlane (the mechanism it picks, and each
-   forced mechanism), bpftrace, libbpf-tools;
+   forced mechanism), bpftrace, libbpf-tools; and keyed aggregation (`aggregate` in the
+   probe spec) against the bpftrace script that keeps the same key, and the cheapest probe
+   (no key table, no process table) against the floor;
 2. collateral: what an untraced getpid pays meanwhile;
 3. scaling: 1, 16 and 64 syscall probes, per-syscall tracepoints vs raw_syscalls;
-4. control plane: create/delete latency, capability detection, /metrics, RSS and fds.
+4. control plane: create/delete latency, capability detection, /metrics, RSS and fds; and
+   /metrics with 100 probes of 100 keys each.
 
 The machine is shared and noisy, so every comparison is made inside one run: rounds are
 interleaved (each round visits every configuration, in a rotated order), every sample is
@@ -33,6 +36,7 @@ import time
 # ----------------------------------------------------------------------------- helpers
 
 CHILDREN = []  # every process started here; stopped at exit, so no tracer outlives the run
+MAX_TOP = 65536  # the agent's largest ?top=N (a key table's largest max_keys): all the keys
 
 
 def spawn(args, **kwargs):
@@ -140,12 +144,16 @@ class Agent:
                 if attempt:
                     raise
 
-    def put_probe(self, name, syscall, mechanism=None, pid=None):
+    def put_probe(self, name, syscall, mechanism=None, pid=None, aggregate=None):
+        """PUT a syscall probe; without `aggregate` the spec is exactly the v0 one (no
+        `aggregate` member), so that the rows measured before keys existed keep their meaning."""
         spec = {"target": {"type": "syscall", "name": syscall}}
         if mechanism:
             spec["mechanisms"] = [mechanism]
         if pid:
             spec["filter"] = {"pid": pid}
+        if aggregate is not None:
+            spec["aggregate"] = aggregate
         status, body = self.call("PUT", f"/v1/probes/{name}", spec)
         if status != 201:
             raise SystemExit(f"PUT {name} ({syscall} via {mechanism or 'default'}): HTTP {status} {body[:400]!r}")
@@ -162,6 +170,13 @@ class Agent:
     def calls(self, name):
         status, body = self.call("GET", f"/v1/probes/{name}/metrics")
         return json.loads(body)["calls"] if status == 200 else -1
+
+    def metrics(self, name, top=None):
+        """The probe's metrics JSON (with `?top=N`: the N busiest keys of its key table)."""
+        status, body = self.call("GET", f"/v1/probes/{name}/metrics" + (f"?top={top}" if top else ""))
+        if status != 200:
+            raise SystemExit(f"GET {name} metrics: HTTP {status} {body[:200]!r}")
+        return json.loads(body)
 
     def memory(self):
         """(VmRSS, VmHWM, RssAnon, RssFile) in MB, open fds, threads."""
@@ -230,7 +245,14 @@ def wait_for_line(proc, needle, timeout, what):
 # caught.
 
 
-class NoTracing:
+class Configuration:
+    """What every configuration shares: the traced syscalls it is measured on. A key that
+    only one syscall has (read's `count`) makes a configuration measured on that one."""
+
+    syscalls = ("getppid", "read")
+
+
+class NoTracing(Configuration):
     label = "no tracing"
 
     def __init__(self, pool):
@@ -244,7 +266,7 @@ class NoTracing:
         return None
 
 
-class Floor:
+class Floor(Configuration):
     """Empty BPF programs on the hooks of one mechanism (traceplane bench-hook)."""
 
     def __init__(self, binary, hook, pool, stats=False):
@@ -266,12 +288,20 @@ class Floor:
         return None
 
 
-class TracePlaneProbe:
-    def __init__(self, pool, mechanism, pid, agent_args=(), binary=None):
+class TracePlaneProbe(Configuration):
+    """One TracePlane probe per traced syscall (plus `extra` ones, for scaling).
+
+    With `aggregate` (the spec's member: keys counted in the kernel), the count read back
+    is the sum over the probe's key table rather than `calls`: it proves that the kernel
+    filled the key table, not only the totals that every probe keeps."""
+
+    def __init__(self, pool, mechanism, pid, agent_args=(), binary=None, aggregate=None, label=None, syscalls=None):
         self.pool, self.mechanism, self.pid, self.agent_args = pool, mechanism, pid, tuple(agent_args)
-        self.binary = binary
-        self.label = (f"TracePlane, {mechanism}" if mechanism else "TracePlane, default") + \
-            "".join(f" {a}" for a in agent_args) + (" (baseline build)" if binary else "")
+        self.binary, self.aggregate = binary, aggregate
+        self.label = label or ((f"TracePlane, {mechanism}" if mechanism else "TracePlane, default") +
+                               "".join(f" {a}" for a in agent_args) + (" (baseline build)" if binary else ""))
+        if syscalls:
+            self.syscalls = tuple(syscalls)
         self.picked = None
 
     def start(self, syscall, extra=()):
@@ -279,20 +309,31 @@ class TracePlaneProbe:
         names = []
         for i, target in enumerate((syscall,) + tuple(extra)):
             name = f"bench-{i}"
-            probe = self.agent.put_probe(name, target, self.mechanism, self.pid)
+            probe = self.agent.put_probe(name, target, self.mechanism, self.pid, self.aggregate)
             if i == 0:
                 self.picked = probe["mechanism"]
             names.append(name)
         return names
 
     def stop(self, names):
-        count = self.agent.calls(names[0])
+        if self.aggregate is None:
+            count = self.agent.calls(names[0])
+        else:
+            m = self.agent.metrics(names[0], top=MAX_TOP)
+            agg = m.get("aggregate") or {}
+            count = sum(k["calls"] for k in agg.get("keys", []))
+            if count != m["calls"] or agg.get("dropped_keys"):
+                log(f"{self.label}: key table sums to {count} calls of {m['calls']} "
+                    f"({agg.get('total_keys')} keys, {agg.get('dropped_keys')} dropped)")
         for name in names:
             self.agent.delete_probe(name)
         return count
 
 
-class Bpftrace:
+class Bpftrace(Configuration):
+    """bpftrace with the latency histogram TracePlane's default probe keeps (one histogram,
+    a count of calls), on the per-syscall tracepoints."""
+
     label = "bpftrace"
 
     def __init__(self, pid, pool):
@@ -318,11 +359,49 @@ class Bpftrace:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
+        return self.count(out)
+
+    def count(self, out):
         m = re.search(r"@calls:\s*(\d+)", out)
         return int(m.group(1)) if m else 0
 
 
-class Syscount:
+class BpftraceByComm(Bpftrace):
+    """bpftrace keeping what `"aggregate": {"by": ["comm"]}` keeps: a latency histogram per
+    process name, with the same pid filter and sys_enter/sys_exit structure as `Bpftrace`.
+    Its count is the sum of the histograms' buckets: a separate `count()` map would make
+    bpftrace pay for a map that TracePlane's key table does not need."""
+
+    label = "bpftrace, @[comm] = hist()"
+
+    def script(self, syscall):
+        return (f"BEGIN {{ printf(\"ready\\n\"); }} "
+                f"tracepoint:syscalls:sys_enter_{syscall} /pid == {self.pid}/ {{ @s[tid] = nsecs; }} "
+                f"tracepoint:syscalls:sys_exit_{syscall} /@s[tid]/ "
+                f"{{ @[comm] = hist(nsecs - @s[tid]); delete(@s[tid]); }}")
+
+    def count(self, out):
+        # Bucket lines of a printed hist(): "[64, 128)    1234 |@@@@   |"
+        return sum(int(m.group(1)) for m in re.finditer(r"^\[[^\]\n]*[\])]\s+(\d+)\s+\|", out, re.M))
+
+
+class BpftraceReadByCount(Bpftrace):
+    """bpftrace keeping what `"aggregate": {"by": ["arg:count"], "value": "none"}` keeps on
+    read: a count per read size. It needs no exit program (no latency), TracePlane's probe
+    still runs at entry and exit. `args->count`: bpftrace 0.17 has no `args.count` yet."""
+
+    label = "bpftrace, @[args->count] = count()"
+    syscalls = ("read",)
+
+    def script(self, syscall):
+        return (f"BEGIN {{ printf(\"ready\\n\"); }} "
+                f"tracepoint:syscalls:sys_enter_{syscall} /pid == {self.pid}/ {{ @[args->count] = count(); }}")
+
+    def count(self, out):
+        return sum(int(m.group(1)) for m in re.finditer(r"^@\[\d+\]:\s*(\d+)\s*$", out, re.M))
+
+
+class Syscount(Configuration):
     """libbpf-tools syscount -L -p PID: raw_syscalls tracepoints, count + latency of every
     syscall of the process (it cannot select one syscall)."""
 
@@ -365,7 +444,9 @@ def try_libbpf_tool(args, timeout=15):
 
 def overhead(args, loop, configs):
     """Sections 1 and 2: rounds × configurations × {getppid (+ getpid), read}, with the loop
-    pinned to each CPU in turn (some tracers cost more on one CPU than on another)."""
+    pinned to each CPU in turn (some tracers cost more on one CPU than on another). A
+    configuration measured on read only (a key that getppid has not) skips getppid and so
+    has no collateral sample."""
     samples = {}  # (config label, measurement) -> [ns per call, mean over CPUs] per round
     by_cpu = {}   # (config label, measurement, cpu) -> [ns per call] per round
     counts = {}   # (config label, syscall) -> [tracer counts]
@@ -375,6 +456,8 @@ def overhead(args, loop, configs):
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         for cfg in order:
             for syscall, measurements in (("getppid", ("getppid", "getpid")), ("read", ("read1",))):
+                if syscall not in cfg.syscalls:
+                    continue
                 handle = cfg.start(syscall)
                 per_cpu = {}
                 for cpu in (cpus if r % 2 == 0 else cpus[::-1]):
@@ -475,6 +558,99 @@ def control_plane(args, binary, fillers):
     return out
 
 
+# Labels of the keyed TracePlane rows, named once: the report pairs them by these.
+KEYED = {"no tables": "TracePlane, no keys, no process table",
+         "by comm": "TracePlane, by comm (latency histogram)",
+         "by count": "TracePlane, read by arg:count"}
+
+
+def keyed_configs(pool, pid):
+    """The keyed rows of section 1, in pairs: each TracePlane `aggregate` next to what it
+    is compared with (the bpftrace script keeping the same key; for the cheapest probe, the
+    empty-program floor, which is measured anyway). The by-comm probe and the probe with
+    no tables are measured on getppid and read; arg:count on read only (getppid has no
+    arguments)."""
+    return [
+        TracePlaneProbe(pool, None, pid, aggregate={"by": [], "by_process": False},
+                        label=KEYED["no tables"]),
+        TracePlaneProbe(pool, None, pid, aggregate={"by": ["comm"]}, label=KEYED["by comm"]),
+        BpftraceByComm(pid, pool),
+        TracePlaneProbe(pool, None, pid, aggregate={"by": ["arg:count"], "value": "none"},
+                        label=KEYED["by count"], syscalls=("read",)),
+        BpftraceReadByCount(pid, pool),
+    ]
+
+
+def keyed_control_plane(args, binary, loop_binary):
+    """Section 4b: `GET /metrics` and the agent's memory with `--key-probes` probes of
+    `--keys` keys each, on a fresh agent.
+
+    The probes are keyed by `tid` on the getter syscalls of `syscall_loop threadsK` (K
+    threads, each making every getter once while all K are alive): exactly K keys in each
+    probe, from a workload that needs no stray calls filtered out. They are spread over the
+    getters because one syscall cannot hold 100 probes: the shared raw_syscalls hook takes
+    HUB_PER_NR per syscall (bpf/include/traceplane/syscall_hub.h), a tracepoint at most 64
+    BPF programs, and a probe past both is a 422. Every probe's metrics JSON is read first (`total_keys` must be K, and
+    `calls` K); the scrapes are measured whatever they find, and the report says what."""
+    getters = usable_syscalls(subprocess.run([loop_binary, "getters"], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    if not getters:
+        raise SystemExit("keyed control plane: no getter syscall of syscall_loop has a tracepoint here")
+    out = {"keys": args.keys, "probes": args.key_probes, "getters": getters}
+    agent = Agent(binary)
+    loop = Loop(loop_binary)
+    try:
+        time.sleep(1.0)
+        out["idle"] = agent.memory()
+        names = [f"key-{i}" for i in range(args.key_probes)]
+        targets = [getters[i % len(getters)] for i in range(args.key_probes)]
+        mechanisms = {}
+        for name, target in zip(names, targets):
+            probe = agent.put_probe(name, target, pid=loop.pid, aggregate={"by": ["tid"], "value": "none"})
+            mechanisms[probe["mechanism"]] = mechanisms.get(probe["mechanism"], 0) + 1
+        out["mechanisms"] = mechanisms
+        out["created"] = agent.memory()
+        loop.measure(f"threads{args.keys}", 1, 1)
+        keys, calls, json_ms = [], [], []
+        for name in names:
+            t0 = time.perf_counter()
+            m = agent.metrics(name, top=args.keys)
+            json_ms.append((time.perf_counter() - t0) * 1000)
+            keys.append(m["aggregate"]["total_keys"])
+            calls.append(m["calls"])
+        out["total_keys"], out["calls"], out["json_ms"] = keys, calls, json_ms
+        out["keys_ok"] = all(k == args.keys for k in keys) and all(c == args.keys for c in calls)
+        if not out["keys_ok"]:
+            log(f"keyed control plane: total_keys {min(keys)}–{max(keys)}, calls {min(calls)}–{max(calls)}, "
+                f"expected {args.keys} each: the scrapes below are not of {args.keys} keys per probe")
+        out["loaded"] = agent.memory()
+        scrape_ms, body = [], b""
+        for _ in range(args.scrapes):
+            t0 = time.perf_counter()
+            status, body = agent.call("GET", "/metrics")
+            scrape_ms.append((time.perf_counter() - t0) * 1000)
+            assert status == 200
+        text = body.decode(errors="replace")
+        out["scrape_ms"], out["scrape_bytes"] = scrape_ms, len(body)
+        # What the exposition says about the keys: series of the traceplane_probe_key_*
+        # families, if this build has them (another change adds them).
+        out["key_series"] = sum(1 for line in text.splitlines() if line.startswith("traceplane_probe_key_"))
+        out["series"] = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        out["scraped"] = agent.memory()
+        for name in names:
+            agent.delete_probe(name)
+        t_deleted = time.perf_counter()
+        while agent.memory()[4] > out["idle"][4] and time.perf_counter() - t_deleted < 120:
+            time.sleep(0.02)
+        out["after"] = agent.memory()
+    finally:
+        loop.close()
+        agent.stop()
+    log(f"keyed control plane done: {args.key_probes} probes × {min(out['total_keys'])}–{max(out['total_keys'])} keys, "
+        f"/metrics median {median(out['scrape_ms']):.2f} ms (load {loadavg()})")
+    return out
+
+
 def run_wrk(port, seconds):
     res = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/metrics"],
                          capture_output=True, text=True, timeout=seconds + 60)
@@ -507,7 +683,46 @@ def machine():
     return model, os.cpu_count(), platform.release()
 
 
-def write_report(path, args, meta, over, scal, cp, tools):
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def ratio_verdict(results, num, den, measurements, limit, cpus):
+    """(ratio text, verdict cell) of configuration `num` against `den`, met when every one
+    of `measurements` is at most `limit` times `den`'s; None when one was not measured.
+
+    The verdict is on the samples as defined in the method (the mean over the CPUs, what a
+    loop the scheduler places on either CPU pays on average); each pinned CPU is shown too,
+    and a CPU that alone misses the target is named in the verdict."""
+    if any((label, m) not in results for label in (num, den) for m in measurements):
+        return None
+    text = " / ".join(f"{results[(num, m)] / results[(den, m)]:.2f}×" for m in measurements) + " (CPU mean)"
+    ok = all(results[(num, m)] <= limit * results[(den, m)] for m in measurements)
+    misses = []
+    for c in cpus:
+        pairs = [(results.get((num, m, c)), results.get((den, m, c))) for m in measurements]
+        if any(None in p for p in pairs):
+            continue
+        text += f"; CPU {c}: " + " / ".join(f"{a / b:.2f}×" for a, b in pairs)
+        if not all(a <= limit * b for a, b in pairs):
+            misses.append(f"CPU {c}")
+    return text, verdict(ok) + (f" on the CPU mean; missed pinned to {', '.join(misses)}" if ok and misses else "")
+
+
+def keyed_pairs(meta):
+    """The keyed rows and what each is compared with: (row, counterpart, target ratio,
+    measurements, the target's wording). The cheapest probe is held to the floor of the
+    hook it was put on."""
+    hook = meta["mechanisms"].get(KEYED["no tables"], "?")
+    return [(KEYED["no tables"], f"floor: empty programs, {hook}", 1.4, ("getppid", "read1"),
+             f"no keys, no process table: ≤ 1.4× the floor ({hook}; getppid / read)"),
+            (KEYED["by comm"], BpftraceByComm.label, 0.35, ("getppid", "read1"),
+             "by comm (latency histogram): ≤ 0.35× bpftrace's `@[comm] = hist()` (getppid / read)"),
+            (KEYED["by count"], BpftraceReadByCount.label, 0.35, ("read1",),
+             "read by arg:count: ≤ 0.35× bpftrace's `@[args->count] = count()` (read)")]
+
+
+def write_report(path, args, meta, over, scal, cp, kcp, tools):
     samples, counts, by_cpu = over
     lines = []
     w = lines.append
@@ -537,13 +752,25 @@ def write_report(path, args, meta, over, scal, cp, tools):
       "the CPUs. Each sample is paired with the no-tracing sample of the same round: *added ns* = traced − untraced, "
       "median over rounds [min … max]. Ratios divide medians of added ns; ÷ floor uses the floor of the same hook "
       "without BPF stats.")
-    w("- After each sample the tracer's own count is read back (a tracer that traced nothing would look free).\n")
+    w("- After each sample the tracer's own count is read back (a tracer that traced nothing would look free).")
+    if any(label.startswith("bpftrace, ") or label in KEYED.values() for (label, _m) in samples):
+        w("- Keyed rows: TracePlane probes with an `aggregate` member (`{\"by\": [], \"by_process\": false}`: no key "
+          "table and no process table; `{\"by\": [\"comm\"]}`: a latency histogram per process name; "
+          "`{\"by\": [\"arg:count\"], \"value\": \"none\"}` on read: a count per read size), each next to the bpftrace "
+          "script that keeps the same thing with the same pid filter (`@[comm] = hist(nsecs - @s[tid])` on "
+          "sys_enter/sys_exit; `@[args->count] = count()` on sys_enter_read alone). The arg:count pair is measured on "
+          "read only (getppid has no arguments), so it has no collateral sample. A keyed probe's count read back is "
+          "the sum over its key table: the keys were counted, not only the totals.")
+    w("")
 
     results, bt, floors = {}, {}, {}
     if samples:
         base = {m: samples[("no tracing", m)] for m in ("getppid", "getpid", "read1")}
 
         def added(label, m):
+            """Median, min and max added ns; None for a measurement the configuration skips."""
+            if (label, m) not in samples:
+                return None
             xs = [a - b for a, b in zip(samples[(label, m)], base[m])]
             return median(xs), min(xs), max(xs)
 
@@ -568,20 +795,28 @@ def write_report(path, args, meta, over, scal, cp, tools):
             row = [label, mech]
             for m in ("getppid", "read1"):
                 a = added(label, m)
+                if a is None:
+                    row += ["—", "—", "—"]
+                    continue
                 results[(label, m)] = a[0]
                 row.append(f"{fmt(a[0])} [{fmt(a[1])} … {fmt(a[2])}]")
                 row.append(f"{a[0] / bt[m]:.2f}×" if bt and label != "bpftrace" else "—")
                 fl = floors.get(mech, {}).get(m)
                 row.append(f"{a[0] / fl:.2f}×" if fl and not label.startswith("floor") else "—")
             c = added(label, "getpid")
-            results[(label, "getpid")] = c[0]
-            row.append(f"{fmt(c[0])} [{fmt(c[1])} … {fmt(c[2])}]")
+            if c is None:
+                row.append("—")
+            else:
+                results[(label, "getpid")] = c[0]
+                row.append(f"{fmt(c[0])} [{fmt(c[1])} … {fmt(c[2])}]")
             got = [counts.get((label, s)) for s in ("getppid", "read")]
             row.append(" / ".join("—" if g is None else (str(g[0]) if min(g) == max(g) else f"{min(g)}–{max(g)}") for g in got))
             w("| " + " | ".join(row) + " |")
         cpu_ids = sorted({k[2] for k in by_cpu}, key=int)
         if cpu_ids:
             def cpu_added(label, what, cpu):
+                if (label, what, cpu) not in by_cpu:
+                    return float("nan")
                 xs = [a - b for a, b in zip(by_cpu[(label, what, cpu)], by_cpu[("no tracing", what, cpu)])]
                 return median(xs)
             w("\nBy CPU (loop pinned), added ns, median over rounds:\n")
@@ -589,21 +824,47 @@ def write_report(path, args, meta, over, scal, cp, tools):
                                              for c in cpu_ids) + " |")
             w("|---|" + "---|---|---|---|---|" * len(cpu_ids))
             for label in labels:
-                if label == "no tracing" or (label, "getppid", cpu_ids[0]) not in by_cpu:
+                if label == "no tracing" or not any((label, m, cpu_ids[0]) in by_cpu for m in ("getppid", "read1")):
                     continue
                 cells = []
                 for c in cpu_ids:
                     g, rd, u = (cpu_added(label, m, c) for m in ("getppid", "read1", "getpid"))
                     bg, br = (cpu_added("bpftrace", m, c) for m in ("getppid", "read1")) if bt else (float("nan"),) * 2
                     by_cpu_ratio = label != "bpftrace" and bool(bt)
-                    cells += [fmt(g), f"{g / bg:.2f}×" if by_cpu_ratio else "—", fmt(rd),
-                              f"{rd / br:.2f}×" if by_cpu_ratio else "—", fmt(u)]
-                    results[(label, "getppid", c)], results[(label, "read1", c)] = g, rd
-                    if label == "bpftrace":
-                        results[("bpftrace", "getppid", c)], results[("bpftrace", "read1", c)] = g, rd
+                    cells += [fmt(g) if g == g else "—", f"{g / bg:.2f}×" if by_cpu_ratio and g == g else "—",
+                              fmt(rd) if rd == rd else "—", f"{rd / br:.2f}×" if by_cpu_ratio and rd == rd else "—",
+                              fmt(u) if u == u else "—"]
+                    for m, v in (("getppid", g), ("read1", rd)):
+                        if v == v:
+                            results[(label, m, c)] = v
                 w(f"| {label} | " + " | ".join(cells) + " |")
+        pairs = [p for p in keyed_pairs(meta) if any((p[0], m) in results for m in p[3])]
+        if pairs:
+            w("\nKeyed aggregation, side by side (added ns, median over rounds; the ratio is to the row compared with; "
+              "\"− default\" is what the aggregate costs over `TracePlane, default` in the same rounds):\n")
+            w("| configuration | compared with | traced getppid | compared | ratio | − default | traced read(1) | compared "
+              "| ratio | − default | ratios by CPU (getppid / read) |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|")
+            for label, other, _limit, ms, _target in pairs:
+                cells = [label, other]
+                for m in ("getppid", "read1"):
+                    a, b, d = results.get((label, m)), results.get((other, m)), results.get(("TracePlane, default", m))
+                    if m not in ms or a is None:
+                        cells += ["—"] * 4
+                        continue
+                    cells += [fmt(a), fmt(b) if b is not None else "n/a",
+                              f"{a / b:.2f}×" if b else "n/a", f"{a - d:+.0f}" if d is not None else "n/a"]
+                per_cpu = []
+                for c in cpu_ids:
+                    rs = [(results.get((label, m, c)), results.get((other, m, c))) for m in ms]
+                    if all(x is not None and y for x, y in rs):
+                        per_cpu.append(f"CPU {c}: " + " / ".join(f"{x / y:.2f}×" for x, y in rs))
+                cells.append("; ".join(per_cpu) or "—")
+                w("| " + " | ".join(cells) + " |")
+        entry_only = ("; bpftrace's arg:count script, which counts at entry, also counts the command read still in "
+                      "flight when it is detached") if (BpftraceReadByCount.label, "read1") in samples else ""
         w(f"\nEach sample makes {args.iterations * args.reps} traced calls per CPU (a read count is one higher: the "
-          "loop reads its next command). syscount cannot select one syscall: it traces "
+          f"loop reads its next command{entry_only}). syscount cannot select one syscall: it traces "
           "every syscall of the process (so its collateral is a traced call too), and its count is that of the busiest one.\n")
         w("libbpf-tools here:\n")
         for name, (ok, said) in meta["libbpf_tools"].items():
@@ -666,32 +927,20 @@ def write_report(path, args, meta, over, scal, cp, tools):
         w(f"| after deleting them all | {mem(cp['after'])} |")
         w("")
 
+    if kcp:
+        write_keyed_control(w, kcp)
+
     # targets
     w("## 5. Targets\n")
     picked = meta["mechanisms"].get("TracePlane, default", "?")
 
-    def verdict(ok):
-        return "**met**" if ok else "**missed**"
+    cpus = sorted({k[2] for k in by_cpu}, key=int)
     rows = []
     if ("TracePlane, default", "getppid") in results:
         tp, tpr = results[("TracePlane, default", "getppid")], results[("TracePlane, default", "read1")]
         fl = floors.get(picked, {})
         if bt:
-            # The verdict is on the samples as defined above (the mean over the CPUs, what a
-            # loop the scheduler places on either CPU pays on average); each pinned CPU is
-            # shown too, and a CPU that alone misses the target is named in the verdict.
-            text = f"{tp / bt['getppid']:.2f}× / {tpr / bt['read1']:.2f}× (CPU mean)"
-            ok = tp <= 0.35 * bt["getppid"] and tpr <= 0.35 * bt["read1"]
-            misses = []
-            for c in sorted({k[2] for k in by_cpu}, key=int):
-                g, rd = results.get(("TracePlane, default", "getppid", c)), results.get(("TracePlane, default", "read1", c))
-                bg, br = results.get(("bpftrace", "getppid", c)), results.get(("bpftrace", "read1", c))
-                if None in (g, rd, bg, br):
-                    continue
-                text += f"; CPU {c}: {g / bg:.2f}× / {rd / br:.2f}×"
-                if not (g <= 0.35 * bg and rd <= 0.35 * br):
-                    misses.append(f"CPU {c}")
-            cell = verdict(ok) + (f" on the CPU mean; missed pinned to {', '.join(misses)}" if ok and misses else "")
+            text, cell = ratio_verdict(results, "TracePlane, default", "bpftrace", ("getppid", "read1"), 0.35, cpus)
             rows.append(("traced overhead ≤ 0.35× bpftrace's (getppid / read)", text, cell))
         if fl:
             rows.append((f"traced overhead ≤ 2× the floor ({picked}; getppid / read)",
@@ -700,6 +949,10 @@ def write_report(path, args, meta, over, scal, cp, tools):
             col = results[("TracePlane, default", "getpid")]
             rows.append((f"collateral ≤ the floor's ({picked})", f"{fmt(col)} ns vs {fmt(fl['getpid'])} ns",
                          verdict(col <= fl["getpid"] + meta["noise"])))
+    for label, other, limit, ms, target in keyed_pairs(meta):
+        rv = ratio_verdict(results, label, other, ms, limit, cpus)
+        if rv:
+            rows.append((target, *rv))
     if scal:
         sc = [median([v[1] for v in scal.get(("TracePlane", picked, c), [])]) for c in probe_counts]
         scf = [median([v[1] for v in scal.get(("floor", picked, c), [])]) for c in probe_counts]
@@ -714,6 +967,13 @@ def write_report(path, args, meta, over, scal, cp, tools):
         rows.append((f"`/metrics` with {args.cp_probes} probes: median ≤ 10 ms", f"{fmt(median(sm), 2)} ms", verdict(median(sm) <= 10)))
         maxrss = max(m[0] for m in cp["with100"])
         rows.append((f"RSS ≤ 40 MB with {args.cp_probes} probes", f"{fmt(maxrss, 1)} MB (largest sample)", verdict(maxrss <= 40)))
+    if kcp:
+        size = f"{kcp['probes']} probes × {kcp['keys']} keys"
+        invalid = "" if kcp["keys_ok"] else f" (**not {kcp['keys']} keys per probe**: see 4b)"
+        ksm = median(kcp["scrape_ms"])
+        rows.append((f"`/metrics` with {size}: median ≤ 20 ms", f"{fmt(ksm, 2)} ms{invalid}", verdict(ksm <= 20 and kcp["keys_ok"])))
+        krss = max(kcp[k][0] for k in ("created", "loaded", "scraped"))
+        rows.append((f"RSS ≤ 60 MB with {size}", f"{fmt(krss, 1)} MB (largest sample){invalid}", verdict(krss <= 60 and kcp["keys_ok"])))
     w("| target | measured | |")
     w("|---|---|---|")
     for r_ in rows:
@@ -740,6 +1000,43 @@ def write_report(path, args, meta, over, scal, cp, tools):
         f.write("\n".join(lines) + "\n")
 
 
+def write_keyed_control(w, kcp):
+    """Section 4b: what the keyed /metrics measurement found and cost."""
+    w("## 4b. Control plane with keys\n")
+    keys, calls, sm = kcp["total_keys"], kcp["calls"], kcp["scrape_ms"]
+
+    def span(xs):
+        return str(xs[0]) if min(xs) == max(xs) else f"{min(xs)}–{max(xs)}"
+    mechs = ", ".join(f"{n} on {m}" for m, n in sorted(kcp["mechanisms"].items()))
+    w(f"A fresh agent (default options); {kcp['probes']} probes `{{\"by\": [\"tid\"], \"value\": \"none\"}}` filtered on "
+      f"one `syscall_loop serve`, spread over {len(kcp['getters'])} getter syscalls ({', '.join(kcp['getters'])}; "
+      f"{mechs}): one syscall cannot hold {kcp['probes']} probes (the shared hook takes a few per syscall, a tracepoint "
+      f"64 programs). The loop then starts {kcp['keys']} threads that each make every getter once: {kcp['keys']} keys "
+      "per probe. Each probe's metrics JSON was read before the scrapes: "
+      f"`total_keys` {span(keys)} (expected {kcp['keys']}), `calls` {span(calls)}"
+      + (" — **keys missing: the scrapes below are not of the intended size**." if not kcp["keys_ok"] else ".") + "\n")
+    w("| measurement | median | p99 | min | max | n |")
+    w("|---|---|---|---|---|---|")
+    w(f"| `GET /metrics` ({kcp['scrape_bytes']} bytes, {kcp['series']} samples of which {kcp['key_series']} "
+      f"`traceplane_probe_key_*`) (ms) | {fmt(median(sm), 2)} | {fmt(pct(sm, 99), 2)} | {fmt(min(sm), 2)} | "
+      f"{fmt(max(sm), 2)} | {len(sm)} |")
+    js = kcp["json_ms"]
+    w(f"| `GET /v1/probes/{{name}}/metrics?top={kcp['keys']}`, each probe once (ms) | {fmt(median(js), 2)} | "
+      f"{fmt(pct(js, 99), 2)} | {fmt(min(js), 2)} | {fmt(max(js), 2)} | {len(js)} |")
+    if not kcp["key_series"]:
+        w("\nThis build's `/metrics` renders no `traceplane_probe_key_*` series: the time above is that of a scrape "
+          "of the per-probe families while these key tables are in the kernel.")
+    w("")
+    w("| agent process | VmRSS (MB) | VmHWM (MB) | RssAnon (MB) | RssFile (MB) | open fds | threads |")
+    w("|---|---|---|---|---|---|---|")
+    for key, when in (("idle", "idle"), ("created", "probes created, no keys yet"),
+                      ("loaded", f"{kcp['keys']} keys in each, metrics JSON read"), ("scraped", "after the scrapes"),
+                      ("after", "after deleting them all")):
+        m = kcp[key]
+        w(f"| {when} | " + " | ".join(fmt(v, 1) if i < 4 else str(v) for i, v in enumerate(m)) + " |")
+    w("")
+
+
 # ----------------------------------------------------------------------------- main
 
 FILLERS = ["mknod", "chroot", "sethostname", "setdomainname", "acct", "swapon", "swapoff", "reboot",
@@ -761,7 +1058,12 @@ FILLERS = ["mknod", "chroot", "sethostname", "setdomainname", "acct", "swapon", 
 
 
 def usable_fillers():
-    """Filler syscalls this kernel has tracepoints for and the agent knows by name (its
+    """Filler syscalls this kernel has tracepoints for and the agent knows by name."""
+    return usable_syscalls(FILLERS)
+
+
+def usable_syscalls(names):
+    """Those of `names` this kernel has tracepoints for and the agent knows by name (its
     table comes from the build machine's uapi headers, which may be older than the kernel)."""
     known = set()
     for header in ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm-generic/unistd.h",
@@ -769,14 +1071,14 @@ def usable_fillers():
         if os.path.exists(header):
             with open(header) as f:
                 known |= set(re.findall(r"#define __NR3?2?_?(\w+)\s", f.read()))
-    return [f for f in FILLERS if os.path.exists(f"/sys/kernel/tracing/events/syscalls/sys_enter_{f}")
+    return [f for f in names if os.path.exists(f"/sys/kernel/tracing/events/syscalls/sys_enter_{f}")
             and (not known or f in known)]
 
 
-def save_raw(args, meta, over, scal, cp, tools):
+def save_raw(args, meta, over, scal, cp, kcp, tools):
     os.makedirs(os.path.dirname(os.path.abspath(args.raw)), exist_ok=True)
     with open(args.raw, "w") as f:
-        json.dump({"args": vars(args), "meta": meta, "tools": tools, "control": cp,
+        json.dump({"args": vars(args), "meta": meta, "tools": tools, "control": cp, "keyed_control": kcp,
                    "samples": {"|".join(k): v for k, v in over[0].items()},
                    "counts": {"|".join(k): v for k, v in over[1].items()},
                    "by_cpu": {"|".join(k): v for k, v in over[2].items()},
@@ -812,7 +1114,11 @@ def main():
     ap.add_argument("--wrk-seconds", type=int, default=5)
     ap.add_argument("--cap-runs", type=int, default=5)
     ap.add_argument("--noise", type=float, default=15, help="ns tolerated by the ≤-floor and flatness checks")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: overhead,scaling,control")
+    ap.add_argument("--key-probes", type=int, default=100, help="probes of the keyed /metrics measurement")
+    ap.add_argument("--keys", type=int, default=100, help="keys in each of those probes (threads of the workload)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: overhead, scaling, control (sections); keys (the keyed "
+                         "rows of section 1), keyed-control (/metrics with keys)")
     ap.add_argument("--only", default="", help="regex: measure only the overhead configurations it matches")
     ap.add_argument("--raw", default=".build/bench/results.json", help="where the raw samples are saved")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from --raw without measuring")
@@ -827,7 +1133,7 @@ def main():
                 {tuple(k.split("|")): v for k, v in raw["counts"].items()},
                 {tuple(k.split("|")): v for k, v in raw.get("by_cpu", {}).items()})
         scal = {(k.split("|")[0], k.split("|")[1], int(k.split("|")[2])): v for k, v in raw["scaling"].items()}
-        write_report(args.out, args, raw["meta"], over, scal, raw["control"], raw["tools"])
+        write_report(args.out, args, raw["meta"], over, scal, raw["control"], raw.get("keyed_control", {}), raw["tools"])
         return
     if os.geteuid() != 0:
         raise SystemExit("bench.py needs root (it loads BPF programs)")
@@ -844,9 +1150,11 @@ def main():
         raise SystemExit(f"only {len(fillers)} filler syscalls have tracepoints here; need {need}")
     log(f"start: load {meta['load_start']}, {meta['links_start']} BPF links already on the kernel")
 
-    cp = {}
+    cp, kcp = {}, {}
     if "control" not in skip:
         cp = control_plane(args, args.traceplane, fillers)
+    if "keyed-control" not in skip:
+        kcp = keyed_control_plane(args, args.traceplane, args.loop)
     pool = AgentPool(args.traceplane)
     loop = Loop(args.loop)
     try:
@@ -868,6 +1176,10 @@ def main():
         configs.append(Bpftrace(loop.pid, pool))
         if meta["libbpf_tools"][f"syscount -L -p {loop.pid}"][0]:
             configs.append(Syscount(loop.pid, pool))
+        if "keys" not in skip:
+            keyed = keyed_configs(pool, loop.pid)
+            tps += [c for c in keyed if isinstance(c, TracePlaneProbe)]
+            configs += keyed
         if args.only:
             configs = [c for c in configs if c.label == "no tracing" or re.search(args.only, c.label)]
         over = ({}, {}, {})
@@ -878,7 +1190,8 @@ def main():
         for h in ("tracepoint", "tp_btf", "raw_tracepoint"):
             meta["mechanisms"][f"floor: empty programs, {h}"] = h
             meta["mechanisms"][f"floor: empty programs, {h} + BPF stats"] = h
-        meta["mechanisms"]["bpftrace"] = "tracepoint"
+        for label in ("bpftrace", BpftraceByComm.label, BpftraceReadByCount.label):
+            meta["mechanisms"][label] = "tracepoint"
         meta["mechanisms"]["libbpf-tools syscount -L -p"] = "tracepoint (raw_syscalls)"
         scal = {}
         if "scaling" not in skip:
@@ -889,8 +1202,8 @@ def main():
     meta["load_end"] = loadavg()
     meta["links_end"] = foreign_bpf_links()
     meta["elapsed"] = time.time() - started
-    save_raw(args, meta, over, scal, cp, tools)
-    write_report(args.out, args, meta, over, scal, cp, tools)
+    save_raw(args, meta, over, scal, cp, kcp, tools)
+    write_report(args.out, args, meta, over, scal, cp, kcp, tools)
     log(f"wrote {args.out} in {meta['elapsed']:.0f} s (load at end {meta['load_end']})")
 
 

@@ -29,7 +29,7 @@ fi
 
 swift build -c release --product traceplane
 mkdir -p .build/bench
-gcc -O2 -Wall -o .build/bench/syscall_loop bench/syscall_loop.c
+gcc -O2 -Wall -pthread -o .build/bench/syscall_loop bench/syscall_loop.c
 
 load=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load" 'BEGIN { exit !(l > 1.0) }'; then

@@ -1,17 +1,57 @@
 // SPDX-License-Identifier: Apache-2.0
 // Times a tight loop of one syscall: prints the median, min and max ns per call over
 // several rounds.
-//   syscall_loop getppid|getpid|read1 [iterations] [rounds]   one measurement
+//   syscall_loop getppid|getpid|read1|threadsK [iterations] [rounds]   one measurement
 //   syscall_loop serve    one measurement per stdin line "SYSCALL ITERATIONS ROUNDS",
 //                         answered on stdout, so that tracers can filter on one known pid
+//   syscall_loop getters  prints the names of the syscalls threadsK makes, one a line
+// threadsK starts K threads that each make every one of GETTERS once and wait until all K
+// have (so their K tids are distinct): K keys for probes keyed by tid on any of these
+// syscalls, none of which the serve loop's own thread makes.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+/* name, then three arguments; `scratch` is a buffer the call may write. */
+#define GETTERS(X) \
+    X(getppid, 0, 0, 0) X(getpid, 0, 0, 0) X(gettid, 0, 0, 0) X(getuid, 0, 0, 0) X(geteuid, 0, 0, 0) \
+    X(getgid, 0, 0, 0) X(getegid, 0, 0, 0) X(getsid, 0, 0, 0) X(getpgid, 0, 0, 0) X(sched_yield, 0, 0, 0) \
+    X(sched_getscheduler, 0, 0, 0) X(sched_get_priority_max, 0, 0, 0) X(sched_get_priority_min, 0, 0, 0) \
+    X(getpriority, PRIO_PROCESS, 0, 0) X(getresuid, scratch, scratch + 8, scratch + 16) \
+    X(getresgid, scratch, scratch + 8, scratch + 16) X(getgroups, 0, 0, 0) X(sysinfo, scratch, 0, 0) \
+    X(uname, scratch, 0, 0) X(times, scratch, 0, 0) X(getrusage, RUSAGE_SELF, scratch, 0) \
+    X(sched_getparam, 0, scratch, 0) X(getitimer, 0, scratch, 0)
+
+static pthread_barrier_t getters_done;
+
+static void *call_getters(void *unused)
+{
+    char scratch[1024] __attribute__((aligned(16)));
+    (void)unused;
+#define CALL(name, a, b, c) syscall(SYS_##name, (long)(a), (long)(b), (long)(c));
+    GETTERS(CALL)
+#undef CALL
+    pthread_barrier_wait(&getters_done);
+    return NULL;
+}
+
+static int run_threads(long k)
+{
+    pthread_t threads[4096];
+    if (k < 1 || k > 4096 || pthread_barrier_init(&getters_done, NULL, (unsigned)k) != 0) return 2;
+    long started = 0;
+    while (started < k && pthread_create(&threads[started], NULL, call_getters, NULL) == 0) started++;
+    for (long i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&getters_done);
+    return started == k ? 0 : 1;
+}
 
 static double now_ns(void)
 {
@@ -30,6 +70,11 @@ static int measure(int fd, const char *what, long n, int rounds)
 {
     char byte;
     double results[64];
+    long threads = 0;
+    if (strncmp(what, "threads", 7) == 0) {
+        threads = atol(what + 7);
+        if (threads < 1 || threads > 4096) return 2;
+    }
     if (n < 1 || rounds < 1) return 2;
     if (rounds > 64) rounds = 64;
     for (int r = 0; r < rounds; r++) {
@@ -40,6 +85,8 @@ static int measure(int fd, const char *what, long n, int rounds)
             for (long i = 0; i < n; i++) syscall(SYS_getpid);
         else if (strcmp(what, "read1") == 0)
             for (long i = 0; i < n; i++) { if (read(fd, &byte, 1) != 1) return 1; }
+        else if (threads)
+            for (long i = 0; i < n; i++) { if (run_threads(threads) != 0) return 1; }
         else
             return 2;
         results[r] = (now_ns() - start) / n;
@@ -53,8 +100,14 @@ static int measure(int fd, const char *what, long n, int rounds)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s getppid|getpid|read1 [iterations] [rounds] | serve\n", argv[0]);
+        fprintf(stderr, "usage: %s getppid|getpid|read1|threadsK [iterations] [rounds] | serve | getters\n", argv[0]);
         return 2;
+    }
+    if (strcmp(argv[1], "getters") == 0) {
+#define NAME(name, a, b, c) puts(#name);
+        GETTERS(NAME)
+#undef NAME
+        return 0;
     }
     int fd = open("/dev/zero", O_RDONLY);
     if (fd < 0) { perror("/dev/zero"); return 1; }
