@@ -162,4 +162,19 @@ struct AgentAPITests {
         #expect((errors.first?["message"] as? String)?.contains("fentry (fexit, kfunc, kretfunc)") == true)
         #expect(kernel.loadedSpecs.count == loads)
     }
+
+    @Test("An aggregate past its limits decodes, then is a 400 whose errors name aggregate.by and aggregate.max_keys")
+    func aggregateLimits() async throws {
+        let (api, _) = api()
+        let loads = kernel.loadedSpecs.count
+        let response = await send(api, .put, "/v1/probes/k",
+                                  #"{"target":{"type":"syscall","name":"read"},"aggregate":{"by":["pid","tid","comm","cpu"],"max_keys":65537}}"#)
+        #expect(response.status == .badRequest)
+        let body = try object(response)
+        #expect(body["type"] as? String == Problem.typeBase + "invalid-spec")
+        let errors = try #require(body["errors"] as? [[String: Any]])
+        #expect(errors.map { $0["field"] as? String } == ["aggregate.max_keys", "aggregate.by"])
+        #expect(errors.last?["message"] as? String == "at most 3 keys, not 4")
+        #expect(kernel.loadedSpecs.count == loads)
+    }
 }
