@@ -21,10 +21,21 @@ def target_dependent(name):
     return isinstance(name, str) and (name.startswith("arg") or name.startswith("field:"))
 
 
+def integer(value):
+    """The value as an int when JSON Schema counts it an integer (1281 or 1281.0), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def fit_linear(histogram):
     """Moves `max` (and `min` if need be) so that 1 to 512 buckets of `step` fit."""
-    lo, hi, step = histogram.get("min"), histogram.get("max"), histogram.get("step")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, step)) or step < 1:
+    lo, hi, step = (integer(histogram.get(name)) for name in ("min", "max", "step"))
+    if lo is None or hi is None or step is None or step < 1:
         return
     buckets = -(-(hi - lo) // step)
     if hi > lo and buckets <= MAX_LINEAR_BUCKETS:
