@@ -108,5 +108,12 @@ let package = Package(
             dependencies: ["TraceAPI", "TraceCore", "TraceCoreTestSupport"],
             swiftSettings: strict
         ),
+        // The command line's own logic (flags to specs, probe files, request paths); the
+        // executable is imported @testable, nothing is run.
+        .testTarget(
+            name: "traceplaneTests",
+            dependencies: ["traceplane", "TraceAPI", "TraceCore"],
+            swiftSettings: strict
+        ),
     ]
 )

@@ -25,6 +25,50 @@ struct ProbeCommand: AsyncParsableCommand {
         }
     }
 
+    /// `--by`, `--value`, `--histogram`, `--max-keys`, `--no-by-process`: the spec's
+    /// `aggregate`. Only the form is checked here; the agent checks names and bounds
+    /// against the target and answers with field errors.
+    struct AggregateOptions: ParsableArguments {
+        @Option(help: ArgumentHelp("Keys, comma-separated (at most 3): pid, tid, comm, thread, cgroup, cpu, errno, ret, arg:NAME, argN, field:NAME.",
+                                   valueName: "keys"))
+        var by: String?
+        @Option(help: "What each key's histogram measures: latency, ret, arg:NAME, argN, field:NAME or none.")
+        var value: String?
+        @Option(help: ArgumentHelp("How the value is bucketed: log2 (the default) or linear:MIN:MAX:STEP.", valueName: "kind"))
+        var histogram: String?
+        @Option(help: "Entries of the key table (default 1024, at most 65536).")
+        var maxKeys: Int?
+        @Flag(help: "Do not keep the top-process table (by_process).")
+        var noByProcess = false
+
+        /// Nil when no option was given (a probe without a key table).
+        func spec() throws -> AggregateSpec? {
+            guard by != nil || value != nil || histogram != nil || maxKeys != nil || noByProcess else { return nil }
+            return AggregateSpec(by: try by.map(Self.keys), value: value, histogram: try histogram.map(Self.histogram),
+                                 maxKeys: maxKeys, byProcess: noByProcess ? false : nil)
+        }
+
+        /// `comm,arg:fd` as its keys; the empty string is no key at all (one entry for every call).
+        static func keys(_ text: String) throws -> [String] {
+            if text.isEmpty { return [] }
+            let keys = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !keys.contains(where: \.isEmpty) else {
+                throw ValidationError("invalid --by '\(text)': an empty key; write keys separated by commas, e.g. comm,arg:fd")
+            }
+            return keys
+        }
+
+        /// `log2` or `linear:MIN:MAX:STEP` (64-bit integers, MIN may be negative).
+        static func histogram(_ text: String) throws -> HistogramSpec {
+            if text == "log2" { return HistogramSpec(kind: "log2") }
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 4, parts[0] == "linear", let min = Int64(parts[1]), let max = Int64(parts[2]), let step = Int64(parts[3]) else {
+                throw ValidationError("invalid --histogram '\(text)': use log2 or linear:MIN:MAX:STEP with integers, e.g. linear:0:4096:256")
+            }
+            return HistogramSpec(kind: "linear", min: min, max: max, step: step)
+        }
+    }
+
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create or replace a probe (PUT /v1/probes/NAME).")
 
@@ -36,19 +80,27 @@ struct ProbeCommand: AsyncParsableCommand {
         var mechanism: [String] = []
         @Option(help: "Only count this process id.") var pid: Int?
         @Option(help: "Only count this command name.") var comm: String?
+        @Option(help: ArgumentHelp("Only count calls at least this slow: 200ns, 500us, 1ms, 1.5s.", valueName: "duration")) var minLatency: String?
         @Option(help: "Detach after this many seconds unless renewed.") var ttl: Int?
         @Option(parsing: .upToNextOption, help: "Labels as key=value.") var label: [String] = []
+        @OptionGroup(title: "Keys and values (counted in the kernel)") var aggregate: AggregateOptions
         @OptionGroup var connection: Connection
 
-        func run() async throws {
+        /// The spec this command line asks for.
+        func spec() throws -> ProbeSpec {
             var labels: [String: String] = [:]
             for pair in label {
                 guard let eq = pair.firstIndex(of: "=") else { throw ValidationError("labels are key=value, got '\(pair)'") }
                 labels[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
             }
-            let spec = ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
-                                 filter: pid == nil && comm == nil ? nil : ProbeFilter(pid: pid, comm: comm),
-                                 ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels)
+            let minLatencyNs = try minLatency.map { try DurationParser.nanoseconds($0, option: "--min-latency") }
+            let filter = pid == nil && comm == nil && minLatencyNs == nil ? nil : ProbeFilter(pid: pid, comm: comm, minLatencyNs: minLatencyNs)
+            return ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
+                             filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec())
+        }
+
+        func run() async throws {
+            let spec = try spec()
             let reply = try await connection.client().send("PUT", "/v1/probes/\(name)", body: try JSONEncoder().encode(spec))
             let probe = try reply.decode(Probe.self)
             let outcome = reply.headers[AgentAPI.outcomeHeader.lowercased()] ?? (reply.status == 201 ? "created" : "updated")
@@ -77,13 +129,25 @@ struct ProbeCommand: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a probe's metrics, with a funclatency-style histogram.")
+        static let configuration = CommandConfiguration(
+            abstract: "Show a probe's metrics, with a funclatency-style histogram.",
+            discussion: "A probe with keys also gets one histogram of its value per key, for the keys with the most calls (--top).")
         @Argument var name: String
+        @Option(help: "Keys to show, those with the most calls (1 to \(AggregateSpec.maxMaxKeys); sent as ?top=N).") var top = 10
         @Flag(help: "Print the JSON the API returns.") var json = false
         @OptionGroup var connection: Connection
 
+        func validate() throws {
+            guard (1...AggregateSpec.maxMaxKeys).contains(top) else {
+                throw ValidationError("--top must be from 1 to \(AggregateSpec.maxMaxKeys), not \(top)")
+            }
+        }
+
+        /// The request path, with the query.
+        var path: String { "/v1/probes/\(name)/metrics?top=\(top)" }
+
         func run() async throws {
-            let reply = try await connection.client().send("GET", "/v1/probes/\(name)/metrics")
+            let reply = try await connection.client().send("GET", path)
             if json { print(reply.text); return }
             print(HistogramText.render(try reply.decode(ProbeMetrics.self)), terminator: "")
         }
@@ -148,7 +212,7 @@ struct AgentClient: Sendable {
 
     /// One request; any HTTP status is a reply, only a missing answer throws.
     func exchange(_ method: String, _ path: String, body: Data? = nil, timeout: TimeInterval = 30) async throws(TransportError) -> Reply {
-        let url = base.appendingPathComponent(String(path.dropFirst()))
+        let url = Self.url(base, path)
         if let caFile, url.scheme == "https" {
             return try await CurlTransport.exchange(method, url, body: body, token: token, caFile: caFile, timeout: timeout)
         }
@@ -182,6 +246,16 @@ struct AgentClient: Sendable {
             }
             throw TransportError(description: description, retryable: retryable)
         }
+    }
+
+    /// `path` (with its query, if any) under `base`. The query is kept as written, not
+    /// percent-encoded as part of the path.
+    static func url(_ base: URL, _ path: String) -> URL {
+        let (route, query) = path.firstIndex(of: "?").map { (path[..<$0], String(path[path.index(after: $0)...])) } ?? (path[...], nil)
+        let url = base.appendingPathComponent(String(route.dropFirst()))
+        guard let query, var components = URLComponents(url: url, resolvingAgainstBaseURL: false) else { return url }
+        components.percentEncodedQuery = query
+        return components.url ?? url
     }
 
     func send(_ method: String, _ path: String, body: Data? = nil) async throws -> Reply {

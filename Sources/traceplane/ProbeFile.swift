@@ -14,6 +14,10 @@ import Yams
 ///     labels: {owner: ctrl-1}
 ///   - name: switches
 ///     target: {type: tracepoint, name: "sched:sched_switch"}
+///   - name: read-sizes
+///     target: {type: syscall, name: read}
+///     filter: {min_latency_ns: 1000}
+///     aggregate: {by: [comm, "arg:fd"], value: ret, by_process: false}
 /// ```
 ///
 /// Each entry is decoded as strictly as `PUT /v1/probes/{name}` decodes a body (unknown

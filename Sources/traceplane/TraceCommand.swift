@@ -66,6 +66,32 @@ enum DurationParser {
         if let value = Double(text), value > 0, value <= 86_400 { return value }
         throw ValidationError("invalid duration '\(text)': use e.g. 500ms, 5s, 2m (at most 24h)")
     }
+
+    /// `200ns`, `500us` (or `500µs`), `1ms`, `1.5s` as whole nanoseconds; `0` needs no unit.
+    static func nanoseconds(_ text: String, option: String) throws -> Int {
+        func invalid(_ why: String) -> ValidationError {
+            ValidationError("invalid \(option) '\(text)': \(why); use e.g. 200ns, 500us, 1ms, 1.5s")
+        }
+        if text == "0" { return 0 }
+        let units: [(String, Int)] = [("ns", 1), ("us", 1_000), ("µs", 1_000), ("μs", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)]
+        guard let (suffix, factor) = units.first(where: { text.hasSuffix($0.0) }) else { throw invalid("no unit") }
+        let number = text.dropLast(suffix.count)
+        let parts = number.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        let digits = { (s: Substring) in !s.isEmpty && s.allSatisfy { $0.isASCII && $0.isNumber } }
+        guard digits(parts[0]), parts.count == 1 || digits(parts[1]) else { throw invalid("not a number of \(suffix)") }
+        // Integer arithmetic: 1.1ms is exactly 1100000 ns.
+        let fraction = parts.count == 2 ? String(parts[1]) : ""
+        let places = String(factor).count - 1
+        guard fraction.count <= places || fraction.dropFirst(places).allSatisfy({ $0 == "0" }) else {
+            throw invalid("finer than a nanosecond")
+        }
+        let padded = (fraction + String(repeating: "0", count: places)).prefix(places)
+        guard let whole = Int(parts[0]), let part = Int(padded.isEmpty ? "0" : String(padded)) else { throw invalid("too large") }
+        let (scaled, overflow) = whole.multipliedReportingOverflow(by: factor)
+        let (total, overflow2) = scaled.addingReportingOverflow(part)
+        guard !overflow, !overflow2 else { throw invalid("too large") }
+        return total
+    }
 }
 
 enum TargetParser {

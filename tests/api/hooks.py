@@ -1,19 +1,82 @@
 """schemathesis hooks for the TracePlane agent (loaded through SCHEMATHESIS_HOOKS).
 
-One rule of the contract is beyond JSON Schema: on PUT /v1/probes/{name}, a `name` in the
-body must equal the path's (else 400). For schema-valid cases we make it so; negative
-cases keep whatever was generated.
+Some rules of the contract are beyond JSON Schema, and openapi.yaml states them in words
+(each is a 400 naming the field). For schema-valid cases we make the body obey them;
+negative cases keep whatever was generated.
+
+- PUT /v1/probes/{name}: a `name` in the body must equal the path's.
+- `aggregate` (PUT and POST): which `arg:NAME`/`argN`/`field:NAME` a target has depends
+  on the target (its tracepoint format or BTF prototype), so those keys and values are
+  left out; a `histogram` needs a value to bucket (none for `value: none`, or for a
+  tracepoint without a field value); a linear histogram needs max > min and at most 512
+  buckets of `step` between them.
 """
 import schemathesis
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_LINEAR_BUCKETS = 512
+
+
+def target_dependent(name):
+    return isinstance(name, str) and (name.startswith("arg") or name.startswith("field:"))
+
+
+def integer(value):
+    """The value as an int when JSON Schema counts it an integer (1281 or 1281.0), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def fit_linear(histogram):
+    """Moves `max` (and `min` if need be) so that 1 to 512 buckets of `step` fit."""
+    lo, hi, step = (integer(histogram.get(name)) for name in ("min", "max", "step"))
+    if lo is None or hi is None or step is None or step < 1:
+        return
+    buckets = -(-(hi - lo) // step)
+    if hi > lo and buckets <= MAX_LINEAR_BUCKETS:
+        return
+    count = min(max(buckets, 1), MAX_LINEAR_BUCKETS)
+    while count > 1 and lo + step * count > INT64_MAX:
+        count -= 1
+    if lo + step * count > INT64_MAX:
+        lo = INT64_MAX - step * count
+    histogram["min"], histogram["max"] = lo, lo + step * count
+
+
+def fit_aggregate(aggregate, tracepoint):
+    if isinstance(aggregate.get("by"), list):
+        aggregate["by"] = [key for key in aggregate["by"] if not target_dependent(key)]
+    if target_dependent(aggregate.get("value")):
+        del aggregate["value"]
+    histogram = aggregate.get("histogram")
+    if histogram is None:
+        return
+    if aggregate.get("value") == "none" or (tracepoint and aggregate.get("value") is None):
+        del aggregate["histogram"]
+    elif isinstance(histogram, dict) and histogram.get("kind") == "linear":
+        fit_linear(histogram)
 
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
     # Right before sending, so that values the stateful phase fills in are covered too.
-    if case.method.upper() != "PUT" or case.operation.path != "/v1/probes/{name}":
+    method, path = case.method.upper(), case.operation.path
+    if (method, path) not in {("PUT", "/v1/probes/{name}"), ("POST", "/v1/probes")}:
         return
     meta = case.meta
     positive = meta is None or meta.generation.mode.is_positive
-    body, path = case.body, (case.path_parameters or {}).get("name")
-    if positive and isinstance(body, dict) and isinstance(body.get("name"), str) and isinstance(path, str):
-        body["name"] = path
+    body = case.body
+    if not positive or not isinstance(body, dict):
+        return
+    name = (case.path_parameters or {}).get("name")
+    if method == "PUT" and isinstance(body.get("name"), str) and isinstance(name, str):
+        body["name"] = name
+    aggregate = body.get("aggregate")
+    if isinstance(aggregate, dict):
+        target = body.get("target")
+        fit_aggregate(aggregate, isinstance(target, dict) and target.get("type") == "tracepoint")

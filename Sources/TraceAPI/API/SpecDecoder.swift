@@ -58,16 +58,18 @@ public enum SpecDecoder {
 
     /// The members of each object (by path) and their JSON types; `required` members must
     /// be present and not null, the others may be null (the same as absent).
-    enum Kind { case string, integer, object, strings, stringMap }
+    enum Kind { case string, integer, boolean, object, strings, stringMap }
     static let kinds: [String: [String: Kind]] = [
         "": ["name": .string, "target": .object, "mechanisms": .strings, "filter": .object,
              "ttl_seconds": .integer, "labels": .stringMap, "aggregate": .object],
-        "aggregate": ["by": .strings, "value": .string, "histogram": .object, "max_keys": .integer],
+        // Only JSON types here: how many keys, which names and what bounds are
+        // AggregatePlan.resolve's (field errors such as `aggregate.by`).
+        "aggregate": ["by": .strings, "value": .string, "histogram": .object, "max_keys": .integer, "by_process": .boolean],
         "aggregate.histogram": ["kind": .string, "min": .integer, "max": .integer, "step": .integer],
         "target": ["type": .string, "name": .string, "path": .string, "symbol": .string],
         "filter": ["pid": .integer, "comm": .string, "min_latency_ns": .integer],
     ]
-    static let required: [String: [String]] = ["": ["target"], "target": ["type"]]
+    static let required: [String: [String]] = ["": ["target"], "target": ["type"], "aggregate.histogram": ["kind"]]
 
     /// Collects unknown members, missing required ones and wrong JSON types, in one pass,
     /// so that the ``ProbeSpec`` decoding after it cannot fail.
@@ -93,6 +95,9 @@ public enum SpecDecoder {
                 errors.append(FieldError(field: field, message: "must be a string, not \(typeName(member))"))
             case .integer:
                 if let problem = integerProblem(member) { errors.append(FieldError(field: field, message: problem)) }
+            case .boolean:
+                if case .bool = member { continue }
+                errors.append(FieldError(field: field, message: "must be a boolean (true or false), not \(typeName(member))"))
             case .object:
                 guard case .object = member else {
                     errors.append(FieldError(field: field, message: "must be an object, not \(typeName(member))"))

@@ -18,6 +18,36 @@ public enum HistogramText {
         if m.overhead.runCount > 0 {
             out += "\nBPF run time \(m.overhead.runTimeNanoseconds) ns over \(m.overhead.runCount) runs\n"
         }
+        if let aggregate = m.aggregate {
+            out += keys(aggregate, totalKeys: m.totalKeys)
+        }
+        return out
+    }
+
+    /// The key table the way bcc's argdist draws it: a line saying what it holds, then
+    /// per key, in the table's order (most calls first), a header with the key and its
+    /// calls and errors, and the value's histogram (none when the value is `none`).
+    ///
+    /// ```
+    /// comm = nginx, arg:fd = 7  calls 812  errors 3  avg 2048
+    ///        ret                : count      distribution
+    ///       2048 -> 4095        : 812       |****************************************|
+    /// ```
+    public static func keys(_ a: KeyedAggregate, totalKeys: Int) -> String {
+        var out = "\nkeys " + (a.by.isEmpty ? "(none)" : a.by.joined(separator: ", ")) + "  value \(a.value)"
+        out += "  showing \(a.entries.count) of \(totalKeys)"
+        if a.droppedKeys > 0 { out += "  dropped \(a.droppedKeys) calls (the key table was full)" }
+        out += "\n"
+        let unit = a.valueIsLatency ? " ns" : ""
+        for entry in a.entries {
+            var header = zip(a.by, entry.key).map { "\($0) = \($1.text)" }.joined(separator: ", ")
+            header += (header.isEmpty ? "" : "  ") + "calls \(entry.calls)  errors \(entry.errors)"
+            if a.histogram != nil, entry.count > 0 { header += "  avg \(entry.sum / Int64(clamping: entry.count))\(unit)" }
+            out += "\n" + header + "\n"
+            if let layout = a.histogram, !entry.buckets.isEmpty {
+                out += histogram(entry.buckets, layout: layout, label: a.valueIsLatency ? "nsecs" : a.value)
+            }
+        }
         return out
     }
 
@@ -26,7 +56,6 @@ public enum HistogramText {
     public static func histogram(_ buckets: [ProbeCounters.Bucket]) -> String {
         guard let first = buckets.first, let last = buckets.last else { return "" }
         let byLower = Dictionary(buckets.map { ($0.lower, $0.count) }, uniquingKeysWith: +)
-        let maxCount = buckets.map(\.count).max() ?? 1
         var slots: [(UInt64, UInt64, UInt64)] = []
         var slot = first.lower == 0 ? 0 : first.lower.trailingZeroBitCount
         while true {
@@ -35,11 +64,39 @@ public enum HistogramText {
             if b.lower >= last.lower || slot >= 63 { break }
             slot += 1
         }
-        let width = max(10, String(last.upper).count)
-        var out = "nsecs".leftPadded(width) + String(repeating: " ", count: width + 4) + " : " + "count".padded(9) + "  distribution\n"
-        for (lower, upper, count) in slots {
+        return draw(label: "nsecs", rows: slots.map { (String($0.0), String($0.1), $0.2) })
+    }
+
+    /// A key's value histogram: every slot of `layout` from the first to the last
+    /// non-empty one, in ascending order (log2: the negative slot first). The ends of the
+    /// 64-bit range show as `-inf` and `inf`.
+    public static func histogram(_ buckets: [KeyedAggregate.Bucket], layout: AggregatePlan.Histogram, label: String) -> String {
+        let counts = Dictionary(buckets.map { ($0.lower, $0.count) }, uniquingKeysWith: +)
+        let order = layout.linear ? Array(0..<layout.slots) : [layout.slots - 1] + Array(0..<layout.slots - 1)
+        var slots: [(lower: Int64, upper: Int64)] = []
+        for bounds in order.map(layout.bounds) where slots.last?.lower != bounds.lower { slots.append(bounds) }
+        let rows: [(lower: Int64, upper: Int64, count: UInt64)]
+        if let first = slots.firstIndex(where: { counts[$0.lower] != nil }),
+           let last = slots.lastIndex(where: { counts[$0.lower] != nil }),
+           Set(counts.keys).isSubset(of: slots.map(\.lower)) {
+            rows = slots[first...last].map { ($0.lower, $0.upper, counts[$0.lower] ?? 0) }
+        } else {
+            // Buckets of another layout than the one announced: drawn as they came.
+            rows = buckets.map { ($0.lower, $0.upper, $0.count) }
+        }
+        func text(_ v: Int64) -> String { v == .min ? "-inf" : v == .max ? "inf" : String(v) }
+        return draw(label: label, rows: rows.map { (text($0.lower), text($0.upper), $0.count) })
+    }
+
+    /// `label : count distribution` and one `lower -> upper : count |***|` row per slot,
+    /// with 40-column bars scaled to the largest count.
+    static func draw(label: String, rows: [(lower: String, upper: String, count: UInt64)]) -> String {
+        let width = max(10, label.count, rows.map { max($0.lower.count, $0.upper.count) }.max() ?? 0)
+        let maxCount = rows.map(\.count).max() ?? 0
+        var out = label.leftPadded(width) + String(repeating: " ", count: width + 4) + " : " + "count".padded(9) + "  distribution\n"
+        for (lower, upper, count) in rows {
             let stars = maxCount == 0 ? 0 : Int((Double(count) / Double(maxCount) * 40).rounded(.down))
-            out += String(lower).leftPadded(width) + " -> " + String(upper).padded(width) + " : "
+            out += lower.leftPadded(width) + " -> " + upper.padded(width) + " : "
             out += String(count).padded(9) + " |" + String(repeating: "*", count: stars).padded(40) + "|\n"
         }
         return out

@@ -102,6 +102,7 @@ struct AggregateJSON: Encodable {
         }
         struct Entry: Decodable {
             var key: [String: JSONScalar]
+            var cgroup_id: UInt64?
             var calls: UInt64
             var errors: UInt64
             var value: Value?
@@ -126,8 +127,16 @@ struct AggregateJSON: Encodable {
                 return AggregatePlan.Histogram(linear: true, min: min, step: step, slots: Int((max - min + step - 1) / step) + 2)
             }
             let entries = keys.map { e in
-                KeyedAggregate.Entry(key: by.map { e.key[$0]?.keyValue ?? .string("") }, calls: e.calls, errors: e.errors,
-                                     count: e.value?.count ?? 0, sum: e.value?.sum ?? 0, buckets: e.value?.buckets ?? [])
+                // The cgroup part is its path (null when not found) with the id beside it.
+                let key = by.map { name -> KeyedAggregate.KeyValue in
+                    if name == "cgroup", let id = e.cgroup_id {
+                        if case .string(let path)? = e.key[name] { return .cgroup(id: id, path: path) }
+                        return .cgroup(id: id, path: nil)
+                    }
+                    return e.key[name]?.keyValue ?? .string("")
+                }
+                return KeyedAggregate.Entry(key: key, calls: e.calls, errors: e.errors,
+                                            count: e.value?.count ?? 0, sum: e.value?.sum ?? 0, buckets: e.value?.buckets ?? [])
             }
             return KeyedAggregate(by: by, value: value, histogram: h, droppedKeys: dropped_keys, entries: entries)
         }

@@ -162,4 +162,39 @@ struct AgentAPITests {
         #expect((errors.first?["message"] as? String)?.contains("fentry (fexit, kfunc, kretfunc)") == true)
         #expect(kernel.loadedSpecs.count == loads)
     }
+
+    @Test("An aggregate past its limits decodes, then is a 400 whose errors name aggregate.by and aggregate.max_keys")
+    func aggregateLimits() async throws {
+        let (api, _) = api()
+        let loads = kernel.loadedSpecs.count
+        let response = await send(api, .put, "/v1/probes/k",
+                                  #"{"target":{"type":"syscall","name":"read"},"aggregate":{"by":["pid","tid","comm","cpu"],"max_keys":65537}}"#)
+        #expect(response.status == .badRequest)
+        let body = try object(response)
+        #expect(body["type"] as? String == Problem.typeBase + "invalid-spec")
+        let errors = try #require(body["errors"] as? [[String: Any]])
+        #expect(errors.map { $0["field"] as? String } == ["aggregate.max_keys", "aggregate.by"])
+        #expect(errors.last?["message"] as? String == "at most 3 keys, not 4")
+        #expect(kernel.loadedSpecs.count == loads)
+    }
+
+    @Test("?top=N on metrics: 1 to 65536, anything else a bad-request problem naming top, checked before the name")
+    func metricsTop() async throws {
+        let (api, probes) = api()
+        #expect(await send(api, .post, "/v1/probes", #"{"name":"t","target":{"type":"tracepoint","name":"sched:sched_switch"}}"#).status == .created)
+        for top in ["1", "100", "65536"] {
+            #expect(await send(api, .get, "/v1/probes/t/metrics?top=\(top)").status == .ok, "top=\(top)")
+        }
+        for top in ["0", "65537", "-1", "1.5", "ten", ""] {
+            let response = await send(api, .get, "/v1/probes/t/metrics?top=\(top)")
+            #expect(response.status == .badRequest, "top=\(top)")
+            let body = try object(response)
+            #expect(body["type"] as? String == Problem.typeBase + "bad-request")
+            let errors = try #require(body["errors"] as? [[String: Any]])
+            #expect(errors.map { $0["field"] as? String } == ["top"])
+        }
+        #expect(await send(api, .get, "/v1/probes/nope/metrics?top=0").status == .badRequest)
+        #expect(await send(api, .get, "/v1/probes/nope/metrics?top=5").status == .notFound)
+        await probes.removeAll()
+    }
 }

@@ -120,7 +120,7 @@ struct KeyedAggregateKernelTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let present = "\(dir)/present", absent = "\(dir)/absent"
-        FileManager.default.createFile(atPath: present, contents: Data())
+        #expect(FileManager.default.createFile(atPath: present, contents: Data()))
         Self.named(comm) {
             for _ in 0..<12 { let fd = open(present, O_RDONLY); if fd >= 0 { close(fd) } }
             for _ in 0..<5 { _ = open(absent, O_RDONLY) }
