@@ -89,6 +89,9 @@ public struct AggregatePlan: Sendable, Hashable {
                                          : Value(name: "none", kind: UInt32(TP_V_NONE.rawValue)))
     }
 
+    /// The most a key table may take on one CPU (it is preallocated on each).
+    public static let maxTableBytesPerCPU = 64 << 20
+
     static func k(_ kind: tp_key_kind) -> UInt32 { UInt32(kind.rawValue) }
     static func v(_ kind: tp_value_kind) -> UInt32 { UInt32(kind.rawValue) }
 }
@@ -173,6 +176,12 @@ extension AggregatePlan {
         }
         plan.keyed = !plan.parts.isEmpty || !(plan.value.kind == v(TP_V_LATENCY) || plan.value.kind == v(TP_V_NONE))
         if aggregate.histogram != nil, !plan.keyed, plan.value.kind == v(TP_V_LATENCY) { plan.keyed = true }
+        // The table is preallocated on every CPU: bound what one spec can make the kernel hold.
+        let bytes = plan.maxKeys * (plan.keySize + plan.valueSize)
+        if plan.keyed, bytes > Self.maxTableBytesPerCPU {
+            errors.append(FieldError(field: "aggregate.max_keys",
+                                     message: "the key table would take \(bytes >> 20) MiB on each CPU (\(plan.maxKeys) keys of \(plan.keySize + plan.valueSize) bytes); at most \(Self.maxTableBytesPerCPU >> 20) MiB: fewer keys or histogram buckets"))
+        }
         return errors.isEmpty ? .success(plan) : .failure(FieldErrors(errors))
     }
 

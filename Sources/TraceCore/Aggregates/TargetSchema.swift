@@ -73,10 +73,18 @@ public final class TargetSchemaReader: Sendable {
         self.btfPath = btfPath
     }
 
+    /// Schemas kept at most; past it the cache starts over (clients can name any target).
+    static let cacheLimit = 512
+
     public func schema(for target: ProbeTarget) -> TargetSchema? {
         if let hit = cache.withLock({ $0[target] }) { return hit }
         guard let read = read(target) else { return nil }
-        cache.withLock { $0[target] = read }
+        // Misses too (a function without a BTF prototype costs a parse of vmlinux BTF to
+        // find out); a tracepoint without a format is not cached (nil), it may come later.
+        cache.withLock { c in
+            if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
+            c[target] = read
+        }
         return read
     }
 

@@ -89,6 +89,8 @@ struct AggregatePlanTests {
             (AggregateSpec(value: "none", histogram: HistogramSpec(kind: "log2")), "aggregate.histogram", "needs a value"),
             (AggregateSpec(maxKeys: 0), "aggregate.max_keys", "from 1 to 65536"),
             (AggregateSpec(maxKeys: 65_537), "aggregate.max_keys", "from 1 to 65536"),
+            (AggregateSpec(by: ["pid"], value: "arg:count", histogram: HistogramSpec(kind: "linear", min: 0, max: 512, step: 1), maxKeys: 65_536),
+             "aggregate.max_keys", "MiB on each CPU"),
           ] as [(AggregateSpec, String, String)])
     func hostile(aggregate: AggregateSpec, field: String, message: String) {
         let found = errors(spec(aggregate))
