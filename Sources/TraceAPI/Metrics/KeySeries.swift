@@ -61,14 +61,17 @@ struct KeySeries {
         let perKey = Self.seriesPerKey(bounds: uppers.count, histogram: hasHistogram, errors: errors)
         let kept = keys.count * perKey <= maxSeries || keys.count == 1 ? keys.count : max(maxSeries / perKey - 1, 0)
         let names = table.by.map(Self.labelName)
+        // Checked once here; every key's label set reuses them.
+        _ = LabelSet(names.map { (name: $0, value: "") } + [(name: "other", value: "")])
         let emptyBins = [UInt64](repeating: 0, count: hasHistogram ? uppers.count + 1 : 0)
         var groups: [Group] = keys.prefix(kept).map { key in
-            var group = Group(labels: LabelSet(zip(names, key.texts).map { (name: $0, value: $1) }), bins: emptyBins)
+            var group = Group(labels: LabelSet(checkedNames: names, values: key.texts), bins: emptyBins)
             for i in key.entries { group.add(table.entries[i], bounds: uppers) }
             return group
         }
         if kept < keys.count {
-            var fold = Group(labels: LabelSet(names.map { (name: $0, value: "") } + [(name: "other", value: "true")]), bins: emptyBins)
+            var fold = Group(labels: LabelSet(checkedNames: names, values: names.map { _ in "" }, extra: (name: "other", value: "true")),
+                             bins: emptyBins)
             for key in keys[kept...] {
                 for i in key.entries { fold.add(table.entries[i], bounds: uppers) }
             }
@@ -134,10 +137,19 @@ struct KeySeries {
     /// The table's keys by label values, each with the entries that read so, by calls
     /// (descending) then label values, as the table orders its entries.
     private static func distinctKeys(_ entries: [KeyedAggregate.Entry]) -> [Key] {
+        // Numbers and errno names read as they are: only a string part (decoded lossily from
+        // arbitrary bytes) or a cgroup path (a cgroup removed and made again) can make two
+        // keys read the same.
+        let mayCollide = entries.contains { entry in
+            entry.key.contains { switch $0 { case .string, .cgroup: true; default: false } }
+        }
+        guard mayCollide else {
+            return entries.enumerated().map { i, entry in Key(texts: entry.texts, calls: entry.calls, entries: [i]) }
+        }
         var index: [[String]: Int] = [:]
         var keys: [Key] = []
         for (i, entry) in entries.enumerated() {
-            let texts = entry.key.map(\.text)
+            let texts = entry.texts
             if let k = index[texts] {
                 keys[k].calls &+= entry.calls
                 keys[k].entries.append(i)

@@ -12,6 +12,27 @@ public struct LabelSet: Sendable, Hashable {
         self.init(pairs.map { (name: $0.key, value: $0.value) })
     }
 
+    /// Renders `values` under `names`, which the caller checked once (valid, distinct) for
+    /// the many label sets it makes with them: a key table's thousands of keys.
+    init(checkedNames names: [String], values: [String], extra: (name: String, value: String)? = nil) {
+        var bytes: [UInt8] = []
+        for (i, (name, value)) in zip(names, values).enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            bytes.append(contentsOf: name.utf8)
+            bytes.append(contentsOf: [UInt8(ascii: "="), UInt8(ascii: "\"")])
+            ExpositionWriter.appendEscaped(value, to: &bytes)
+            bytes.append(UInt8(ascii: "\""))
+        }
+        if let extra {
+            if !bytes.isEmpty { bytes.append(UInt8(ascii: ",")) }
+            bytes.append(contentsOf: extra.name.utf8)
+            bytes.append(contentsOf: [UInt8(ascii: "="), UInt8(ascii: "\"")])
+            ExpositionWriter.appendEscaped(extra.value, to: &bytes)
+            bytes.append(UInt8(ascii: "\""))
+        }
+        rendered = bytes
+    }
+
     /// Renders `pairs` in the given order (see ``init(_:)-(KeyValuePairs<String,String>)``).
     public init(_ pairs: [(name: String, value: String)]) {
         var bytes: [UInt8] = []

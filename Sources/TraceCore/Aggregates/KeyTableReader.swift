@@ -37,10 +37,8 @@ enum KeyTableReader {
             }
             out.append(KeyedAggregate.Entry(key: key, calls: calls, errors: errors, count: count, sum: sum, buckets: buckets))
         }
-        out.sort { a, b in
-            if a.calls != b.calls { return a.calls > b.calls }
-            return a.key.map(\.text).joined(separator: "\u{0}") < b.key.map(\.text).joined(separator: "\u{0}")
-        }
+        // By calls, then by the key parts' text (made once per key, when it is decoded).
+        out.sort { a, b in a.calls != b.calls ? a.calls > b.calls : a.texts.lexicographicallyPrecedes(b.texts) }
         return KeyedAggregate(by: plan.parts.map(\.name), value: plan.value.name, histogram: hasValue ? plan.histogram : nil,
                               droppedKeys: droppedKeys, entries: out)
     }

@@ -39,7 +39,9 @@ public struct KeyedAggregate: Sendable, Hashable {
 
     public struct Entry: Sendable, Hashable {
         /// One value per key name of `by`, in that order.
-        public var key: [KeyValue]
+        public var key: [KeyValue] { didSet { texts = key.map(\.text) } }
+        /// The text of each key part (labels, ordering), made once.
+        public private(set) var texts: [String]
         public var calls: UInt64
         public var errors: UInt64
         /// Values recorded, their sum, and the non-empty buckets (ascending); all empty when
@@ -50,6 +52,7 @@ public struct KeyedAggregate: Sendable, Hashable {
 
         public init(key: [KeyValue], calls: UInt64, errors: UInt64, count: UInt64 = 0, sum: Int64 = 0, buckets: [Bucket] = []) {
             self.key = key
+            texts = key.map(\.text)
             self.calls = calls
             self.errors = errors
             self.count = count

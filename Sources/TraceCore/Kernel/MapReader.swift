@@ -60,12 +60,14 @@ enum MapReader {
     /// - Throws: ``KernelError`` for any other failure.
     static func readBatched(_ layout: Layout, name: String) throws(KernelError) -> [MapEntry]? {
         let valueBytes = layout.stride * layout.cpus
-        // Batches of at most 256 entries, read on from the cursor: a key table of 1,024 entries
+        // Small batches, read on from the cursor: a key table of 1,024 entries
         // of 552 bytes on each CPU would otherwise cost a megabyte per probe per scrape,
         // however few keys it holds. Hash maps return whole buckets, and fail with ENOSPC
         // when a bucket does not fit: grow then. The buffers are not zeroed: the kernel
         // writes the `count` entries that are read.
-        var capacity = max(1, min(layout.maxEntries, 256))
+        // At most 64 KiB of values per batch: larger buffers come from mmap, and their page
+        // faults and unmapping (TLB shootdowns) cost more than the extra bpf() calls.
+        var capacity = max(1, min(layout.maxEntries, 256, 65_536 / max(valueBytes, 1)))
         // The batch cursor: a key for arrays, a bucket index for hashes.
         var inBatch = [UInt8](repeating: 0, count: max(layout.keySize, 8))
         var outBatch = inBatch
