@@ -9,12 +9,16 @@ negative cases keep whatever was generated.
   on the target (its tracepoint format or BTF prototype), so those keys and values are
   left out; a `histogram` needs a value to bucket (none for `value: none`, or for a
   tracepoint without a field value); a linear histogram needs max > min and at most 512
-  buckets of `step` between them.
+  buckets of `step` between them; a key table (preallocated on every CPU) may take at most
+  64 MiB per CPU: `max_keys` × (key + 32 bytes + 8 per histogram slot).
 """
 import schemathesis
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_LINEAR_BUCKETS = 512
+MAX_TABLE_BYTES = 64 << 20
+MAX_KEY_BYTES = 128   # TP_KEY_MAX: no valid key is larger
+LOG2_SLOTS = 65
 
 
 def target_dependent(name):
@@ -54,12 +58,29 @@ def fit_aggregate(aggregate, tracepoint):
     if target_dependent(aggregate.get("value")):
         del aggregate["value"]
     histogram = aggregate.get("histogram")
-    if histogram is None:
+    if histogram is not None:
+        if aggregate.get("value") == "none" or (tracepoint and aggregate.get("value") is None):
+            del aggregate["histogram"]
+        elif isinstance(histogram, dict) and histogram.get("kind") == "linear":
+            fit_linear(histogram)
+    fit_table(aggregate)
+
+
+def fit_table(aggregate):
+    """Lowers `max_keys` so that the key table fits 64 MiB per CPU (counted for the largest
+    key, so that whatever else the case holds it fits)."""
+    keys = integer(aggregate.get("max_keys"))
+    if keys is None or keys < 1:
         return
-    if aggregate.get("value") == "none" or (tracepoint and aggregate.get("value") is None):
-        del aggregate["histogram"]
-    elif isinstance(histogram, dict) and histogram.get("kind") == "linear":
-        fit_linear(histogram)
+    histogram = aggregate.get("histogram")
+    slots = LOG2_SLOTS
+    if isinstance(histogram, dict) and histogram.get("kind") == "linear":
+        lo, hi, step = (integer(histogram.get(name)) for name in ("min", "max", "step"))
+        if lo is not None and hi is not None and step:
+            slots = -(-(hi - lo) // step) + 2
+    entry = MAX_KEY_BYTES + 32 + 8 * slots
+    if keys * entry > MAX_TABLE_BYTES:
+        aggregate["max_keys"] = max(1, MAX_TABLE_BYTES // entry)
 
 
 @schemathesis.hook
