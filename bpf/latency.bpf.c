@@ -18,6 +18,8 @@ const volatile char filter_comm[TP_COMM_LEN] = {};
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
 const volatile bool count_procs = true;        /* the top-process table (aggregate.by_process) */
 const volatile u64 min_latency_ns = 0;         /* filter.min_latency_ns: faster calls are not counted */
+const volatile u32 ret_len = 0;                /* the return type's width when narrower than a register; 255: void */
+const volatile bool ret_signed = true;
 
 /* Keyed aggregation (see include/traceplane/probe.h); all off by default, so the verifier
  * drops every branch of it from a probe without keys. */
@@ -221,10 +223,10 @@ static __always_inline void record_args(void *ctx, enum arg_source src, struct t
 		if (key_kind[i] == TP_K_ARG_STR) {
 			void *p = (void *)a[str_arg % TP_ARGS];
 			__builtin_memset(st->str, 0, TP_STR_LEN);
-			if (str_user)
+			/* Kernels built with gcc have no `__user` tags in BTF: a kernel read that fails
+			 * is tried as a user string. */
+			if (str_user || bpf_probe_read_kernel_str(st->str, TP_STR_LEN, p) < 0)
 				bpf_probe_read_user_str(st->str, TP_STR_LEN, p);
-			else
-				bpf_probe_read_kernel_str(st->str, TP_STR_LEN, p);
 		}
 	}
 	if (val_kind == TP_V_ARG)
@@ -330,6 +332,12 @@ static __always_inline int on_entry(void *ctx, enum arg_source src)
  * filters (and a helper call less on every traced call). */
 static __always_inline int on_exit(void *ctx, s64 ret)
 {
+	/* A function returning `int` leaves the upper half of the register zero: -EBADF
+	 * would read as 4294967287, neither an error nor its errno. */
+	if (ret_len == 255)
+		ret = 0;
+	else if (ret_len)
+		ret = (s64)narrow((u64)ret, ret_len, ret_signed);
 	struct tp_start *st = start_slot(false);
 	if (!st || st->ts == 0)
 		return 0; /* filtered out at entry, or entry not seen (probe attached mid-call) */

@@ -731,6 +731,14 @@ extension TargetSchema {
             }
             return TargetSchema(arguments: args, fields: nil, source: "the fake host's format of syscalls:sys_enter_\(target.name ?? "")")
         case .function:
+            if target.name == "security_file_open" {
+                return TargetSchema(arguments: [Argument(name: "file", index: 0, type: "pointer", shape: .integer(size: 8, signed: false))],
+                                    fields: nil, source: "the fake host's BTF prototype of security_file_open", returns: .integer(size: 4, signed: true))
+            }
+            if target.name == "fput" {
+                return TargetSchema(arguments: [Argument(name: "file", index: 0, type: "pointer", shape: .integer(size: 8, signed: false))],
+                                    fields: nil, source: "the fake host's BTF prototype of fput", returns: .unreadable("void: the function returns nothing"))
+            }
             guard target.name == "vfs_read" else { return TargetSchema(arguments: nil, fields: nil, source: "no BTF prototype") }
             return TargetSchema(arguments: [
                 Argument(name: "file", index: 0, type: "pointer", shape: .integer(size: 8, signed: false)),

@@ -69,6 +69,12 @@ public struct AggregatePlan: Sendable, Hashable {
     public var keyed: Bool = false
     public var countProcesses = true
     public var minLatencyNanoseconds: UInt64 = 0
+    /// The return value's width when the target's type is narrower than a register (a
+    /// function returning `int`: the upper half of the register is not the sign), else 0;
+    /// `returnsVoid`: the function returns nothing (its register is garbage).
+    public var returnLength: UInt32 = 0
+    public var returnSigned = true
+    public var returnsVoid = false
     /// The string part's argument, if any.
     public var stringPart: Part? { parts.first { $0.kind == UInt32(TP_K_ARG_STR.rawValue) } }
     public var needsArguments: Bool {
@@ -108,6 +114,15 @@ extension AggregatePlan {
         let type = spec.target.type
         var plan = defaults(for: type)
         var errors: [FieldError] = []
+        switch schema?.returns {
+        case .integer(let size, let signed)? where size < 8:
+            plan.returnLength = UInt32(size)
+            plan.returnSigned = signed
+        case .unreadable?:
+            plan.returnsVoid = true
+        default:
+            break
+        }
         if let min = spec.filter?.minLatencyNs {
             if !type.isCall {
                 errors.append(FieldError(field: "filter.min_latency_ns", message: "tracepoint targets have no latency; it applies to syscall, function and uprobe targets"))
@@ -201,6 +216,7 @@ extension AggregatePlan {
         case .thread: return .success(Part(name: text, kind: k(TP_K_THREAD), display: .string, size: 16))
         case .errno, .ret:
             guard type.isCall else { return .failure("tracepoint targets have no return value; valid: \(validKeys(type, schema))") }
+            if case .unreadable(let why)? = schema?.returns { return .failure("the target's return value is \(why); it cannot be a key") }
             return key == .errno ? number(TP_K_ERRNO, .errno) : number(TP_K_RET, .signed)
         case .kstack, .ustack:
             return .failure("stack keys are not available in this version of the agent; valid: \(validKeys(type, schema))")
@@ -248,6 +264,7 @@ extension AggregatePlan {
         case .none: return .success(Value(name: text, kind: v(TP_V_NONE)))
         case .latency, .ret:
             guard type.isCall else { return .failure("tracepoint targets have no \(text); valid: \(validValues)") }
+            if value == .ret, case .unreadable(let why)? = schema?.returns { return .failure("the target's return value is \(why)") }
             return .success(Value(name: text, kind: value == .latency ? v(TP_V_LATENCY) : v(TP_V_RET), signed: true))
         case .argName, .argIndex:
             let key: KeyName = if case .argName(let n) = value { .argName(n) } else if case .argIndex(let i) = value { .argIndex(i) } else { .pid }
@@ -291,6 +308,11 @@ extension AggregatePlan {
             guard errors.isEmpty else { return .failure(FieldErrors(errors)) }
             let (span, overflow) = max.subtractingReportingOverflow(min)
             let buckets = overflow ? Int64.max : (span / step + (span % step == 0 ? 0 : 1))
+            // The last bucket ends at min + buckets × step, which must be a number too.
+            let (width, wide) = step.multipliedReportingOverflow(by: Swift.min(buckets, Int64(HistogramSpec.maxLinearBuckets)))
+            if wide || min.addingReportingOverflow(width).overflow {
+                return .failure(FieldErrors([FieldError(field: "aggregate.histogram", message: "min + buckets × step is beyond a 64-bit integer")]))
+            }
             if buckets > Int64(HistogramSpec.maxLinearBuckets) {
                 return .failure(FieldErrors([FieldError(field: "aggregate.histogram", message: "(max - min) / step is \(overflow ? "too large" : String(buckets)) buckets; at most \(HistogramSpec.maxLinearBuckets)")]))
             }
@@ -355,7 +377,8 @@ extension AggregatePlan {
         if type.isCall {
             keys += ["errno", "ret"]
             if let args = schema?.arguments { keys += args.prefix(Int(TP_ARGS)).map { "arg:\($0.name)" } }
-            keys += ["arg0 to arg\(min(Int(TP_ARGS), schema?.arguments?.count ?? Int(TP_ARGS)) - 1)"]
+            let count = min(Int(TP_ARGS), schema?.arguments?.count ?? Int(TP_ARGS))
+            if count > 0 { keys += [count == 1 ? "arg0" : "arg0 to arg\(count - 1)"] }
         } else {
             keys += (schema?.fields ?? []).map { "field:\($0.name)" }
         }

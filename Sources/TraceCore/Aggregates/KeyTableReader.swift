@@ -39,6 +39,8 @@ enum KeyTableReader {
         }
         // By calls, then by the key parts' text (made once per key, when it is decoded).
         out.sort { a, b in a.calls != b.calls ? a.calls > b.calls : a.texts.lexicographicallyPrecedes(b.texts) }
+        // With `by: []` there is always the one key `{}`, before its first call too.
+        if plan.parts.isEmpty && out.isEmpty { out = [KeyedAggregate.Entry(key: [], calls: 0, errors: 0)] }
         return KeyedAggregate(by: plan.parts.map(\.name), value: plan.value.name, histogram: hasValue ? plan.histogram : nil,
                               droppedKeys: droppedKeys, entries: out)
     }
@@ -53,7 +55,7 @@ enum KeyTableReader {
                                          count: latency ? counters.latencyCount : 0, sum: latency ? Int64(clamping: counters.latencySumNanoseconds) : 0,
                                          buckets: buckets)
         return KeyedAggregate(by: [], value: plan.value.name, histogram: latency ? .log2 : nil, droppedKeys: counters.droppedKeys,
-                              entries: counters.calls > 0 ? [entry] : [])
+                              entries: [entry])
     }
 
     static func value(of part: AggregatePlan.Part, at offset: Int, in key: [UInt8], cgroups: CgroupPaths) -> KeyedAggregate.KeyValue {

@@ -53,11 +53,15 @@ public struct TargetSchema: Sendable, Hashable {
     public var fields: [Field]?
     /// Where the names came from, for error messages.
     public var source: String
+    /// The return value: nil when unknown (its whole register is used), `.unreadable` for
+    /// a function that returns void.
+    public var returns: Argument.Shape?
 
-    public init(arguments: [Argument]?, fields: [Field]?, source: String) {
+    public init(arguments: [Argument]?, fields: [Field]?, source: String, returns: Argument.Shape? = nil) {
         self.arguments = arguments
         self.fields = fields
         self.source = source
+        self.returns = returns
     }
 }
 
@@ -109,7 +113,14 @@ public final class TargetSchemaReader: Sendable {
             guard let params = btf.parameters(of: name) else {
                 return TargetSchema(arguments: nil, fields: nil, source: "no BTF prototype for \(name)")
             }
+            var afterStruct = false
             let args = params.enumerated().map { i, p in
+                // A struct by value takes one or two registers: what follows it is not at its index.
+                if afterStruct {
+                    return TargetSchema.Argument(name: p.name, index: i, type: "after a struct passed by value",
+                                                 shape: .unreadable("after a struct passed by value, so its register is not known"))
+                }
+                if case .other = p.shape { afterStruct = true }
                 let shape: TargetSchema.Argument.Shape
                 let type: String
                 switch p.shape {
@@ -121,7 +132,14 @@ public final class TargetSchemaReader: Sendable {
                 }
                 return TargetSchema.Argument(name: p.name, index: i, type: type, shape: shape)
             }
-            return TargetSchema(arguments: args, fields: nil, source: "the BTF prototype of \(name)")
+            let returns: TargetSchema.Argument.Shape? = switch btf.returnShape(of: name) {
+            case .some(.some(.integer(let size, let signed))): .integer(size: size, signed: signed)
+            case .some(.some(.pointer)): .integer(size: 8, signed: false)
+            case .some(.some(.other(let why))): .unreadable(why)
+            case .some(.none): .unreadable("void: the function returns nothing")
+            case .none: nil
+            }
+            return TargetSchema(arguments: args, fields: nil, source: "the BTF prototype of \(name)", returns: returns)
         case .tracepoint:
             let (category, event) = target.tracepointParts
             let path = "\(tracefs)/events/\(category)/\(event)/format"

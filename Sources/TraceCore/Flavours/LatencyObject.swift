@@ -31,6 +31,12 @@ enum LatencyObject {
     static func configure(_ load: inout LoadSpec, plan: AggregatePlan, syscallRegisters: Bool) {
         let g = LatencyBPF.Globals.self
         if !plan.countProcesses { load.set(g.countProcs, false) }
+        if plan.returnsVoid {
+            load.set(g.retLen, UInt32(255))
+        } else if plan.returnLength > 0 {
+            load.set(g.retLen, plan.returnLength)
+            load.set(g.retSigned, plan.returnSigned)
+        }
         if plan.minLatencyNanoseconds > 0 { load.set(g.minLatencyNs, plan.minLatencyNanoseconds) }
         guard plan.keyed else { return }
         func u32s(_ values: [UInt32]) -> [UInt8] { values.flatMap { v in withUnsafeBytes(of: v.littleEndian) { Array($0) } } }

@@ -149,6 +149,16 @@ public struct VmlinuxBTF: Sendable {
         return result
     }
 
+    /// The return type of function `function`: nil when there is no such function, or it
+    /// returns void.
+    public func returnShape(of function: String) -> Parameter.Shape?? {
+        guard let id = (1..<typeOffsets.count).first(where: { kind($0) == .function && name($0) == function }) else { return nil }
+        let proto = Int(u32(typeOffsets[id] + 8))
+        guard proto > 0, proto < typeOffsets.count, kind(proto) == .functionProto else { return nil }
+        let type = Int(u32(typeOffsets[proto] + 8))
+        return .some(type == 0 ? nil : shape(of: type))
+    }
+
     private func shape(of type: Int) -> Parameter.Shape {
         guard let id = resolved(type), let k = kind(id) else { return .other("an unknown type") }
         switch k {
@@ -168,8 +178,9 @@ public struct VmlinuxBTF: Sendable {
                 guard [.typeTag, .const, .volatile, .restrict, .typedef].contains(tk) else { break }
                 target = Int(u32(typeOffsets[target] + 8))
             }
+            // `char` itself: `u8`/`unsigned char` buffers are bytes, not strings.
             let toChar = target > 0 && target < typeOffsets.count && kind(target) == .int && u32(typeOffsets[target] + 8) == 1
-                && name(target).hasSuffix("char")
+                && name(target) == "char"
             return .pointer(toChar: toChar, user: user)
         case .structure, .union:
             return .other("a \(k == .structure ? "struct" : "union") passed by value")

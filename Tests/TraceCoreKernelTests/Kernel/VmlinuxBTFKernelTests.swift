@@ -31,4 +31,19 @@ struct VmlinuxBTFKernelTests {
             #expect(typedefs.contains(name) == (oracle_btf_has(name, Int32(ORACLE_BTF_KIND_TYPEDEF)) == 1), "\(name)")
         }
     }
+
+    @Test("Prototypes from BTF: vfs_read's parameter names and its 64-bit return, an int return, a void one")
+    func prototypes() throws {
+        let btf = try #require(VmlinuxBTF.read())
+        let read = try #require(btf.parameters(of: "vfs_read"))
+        #expect(read.map(\.name) == ["file", "buf", "count", "pos"])
+        #expect(read[2].shape == .integer(size: 8, signed: false))  // size_t
+        if case .pointer(let toChar, _) = read[1].shape { #expect(toChar) } else { Issue.record("buf: \(read[1].shape)") }
+        #expect(btf.returnShape(of: "vfs_read") == .some(.integer(size: 8, signed: true)))     // ssize_t
+        #expect(btf.returnShape(of: "security_file_open") == .some(.integer(size: 4, signed: true)))  // int
+        #expect(btf.returnShape(of: "fput") == .some(nil))                                     // void
+        #expect(btf.returnShape(of: "no_such_function_here") == nil)
+        let schema = try #require(TargetSchemaReader().schema(for: ProbeTarget(type: .function, name: "security_file_open")))
+        #expect(schema.returns == .integer(size: 4, signed: true))
+    }
 }

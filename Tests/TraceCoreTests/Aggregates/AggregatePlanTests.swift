@@ -88,6 +88,8 @@ struct AggregatePlanTests {
             (AggregateSpec(histogram: HistogramSpec(kind: "log2", step: 2)), "aggregate.histogram", "takes no min, max or step"),
             (AggregateSpec(value: "none", histogram: HistogramSpec(kind: "log2")), "aggregate.histogram", "needs a value"),
             (AggregateSpec(maxKeys: 0), "aggregate.max_keys", "from 1 to 65536"),
+            (AggregateSpec(value: "arg:count", histogram: HistogramSpec(kind: "linear", min: 0, max: Int64.max, step: 1 << 62)),
+             "aggregate.histogram", "beyond a 64-bit integer"),
             (AggregateSpec(maxKeys: 65_537), "aggregate.max_keys", "from 1 to 65536"),
             (AggregateSpec(by: ["pid"], value: "arg:count", histogram: HistogramSpec(kind: "linear", min: 0, max: 512, step: 1), maxKeys: 65_536),
              "aggregate.max_keys", "MiB on each CPU"),
@@ -121,6 +123,19 @@ struct AggregatePlanTests {
         #expect(errors(ok).isEmpty)
         #expect(errors(spec(nil, filter: ProbeFilter(minLatencyNs: -1))).first?.field == "filter.min_latency_ns")
         #expect(try resolve(spec(nil, filter: ProbeFilter(minLatencyNs: 1_000))).get().minLatencyNanoseconds == 1_000)
+    }
+
+    @Test("A function's return type from BTF: an int return is narrowed (its errno readable), a void one has no ret or errno")
+    func returnTypes() throws {
+        let int = try resolve(spec(AggregateSpec(by: ["errno"]), .function, "security_file_open")).get()
+        #expect(int.returnLength == 4 && int.returnSigned && !int.returnsVoid)
+        // Narrowing applies without keys too: the probe's error count needs it.
+        #expect(try resolve(spec(nil, .function, "security_file_open")).get().returnLength == 4)
+        #expect(try resolve(spec(nil, .function, "vfs_read")).get().returnLength == 0)
+        #expect(errors(spec(AggregateSpec(by: ["errno"]), .function, "fput")).first?.message.contains("void") == true)
+        #expect(errors(spec(AggregateSpec(value: "ret"), .function, "fput")).first?.field == "aggregate.value")
+        #expect(try resolve(spec(nil, .function, "fput")).get().returnsVoid)
+        #expect(errors(spec(AggregateSpec(by: ["arg0"]), .syscall, "getppid")).first?.message.contains("valid: none") == true)
     }
 
     @Test("The manager refuses a hostile aggregate with 400 field errors before any load")
