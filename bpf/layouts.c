@@ -12,7 +12,7 @@ _Static_assert(sizeof(struct tp_stats) == 40, "tp_stats: 5 counters");
 _Static_assert(sizeof(struct tp_proc) == 32, "tp_proc: tgid, pad, calls, comm[16]");
 _Static_assert(offsetof(struct tp_proc, calls) == 8 && offsetof(struct tp_proc, comm) == 16, "tp_proc layout");
 _Static_assert(sizeof(struct hub_nr) == 32, "hub_nr: count, 6 slots, pad");
-_Static_assert(sizeof(struct hub_filter) == 112, "hub_filter: filter, then the aggregation settings");
+_Static_assert(sizeof(struct hub_filter) == 120, "hub_filter: filter, then the aggregation settings");
 _Static_assert(offsetof(struct hub_filter, hist_min) == 88, "hub_filter layout");
 _Static_assert(sizeof(struct tp_key_stats) == 32, "tp_key_stats: 4 counters");
 _Static_assert(sizeof(struct hub_key) == 120, "hub_key: 3 numbers, comm, thread, string");

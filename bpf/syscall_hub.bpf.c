@@ -94,6 +94,7 @@ struct hub_start {
 	u32 tgid;  /* saves a helper call at exit */
 	u32 count; /* entries of `slots` */
 	u32 slots[HUB_PER_NR]; /* slot + 1 of each probe whose filter passed at entry, else 0 */
+	u32 claims[HUB_PER_NR_POW2]; /* each listed slot's claim at entry (hub_filter.claim) */
 	u64 args[TP_ARGS];     /* the syscall's arguments, when a slot needs them (HUB_F_ARGS) */
 	/* Per listed slot: its string argument (HUB_F_STR). One dimension: kernels before 6.6
 	 * take a struct as a global function's argument only if its arrays are of scalars. */
@@ -207,7 +208,7 @@ __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 r
 	if (!st || i >= HUB_PER_NR)
 		return 0;
 	const struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
-	if (!f)
+	if (!f || f->claim != st->claims[i & (HUB_PER_NR_POW2 - 1)])
 		return 0;
 	if (f->min_latency_ns && delta < f->min_latency_ns)
 		return 0;
@@ -258,6 +259,7 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 	char comm[TP_COMM_LEN] = {};
 	bool have_comm = false;
 	u32 passed[HUB_PER_NR] = {};
+	u32 claims[HUB_PER_NR_POW2] = {};
 	bool any = false;
 	u32 needs = 0;
 	for (int i = 0; i < HUB_PER_NR; i++) {
@@ -278,6 +280,7 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 				continue;
 		}
 		passed[i] = slot + 1;
+		claims[i] = f->claim;
 		needs |= f->flags;
 		any = true;
 	}
@@ -308,6 +311,7 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 		}
 	}
 	__builtin_memcpy(st->slots, passed, sizeof(passed));
+	__builtin_memcpy(st->claims, claims, sizeof(claims));
 	st->count = count;
 	st->tgid = tgid;
 	st->ts = bpf_ktime_get_ns();

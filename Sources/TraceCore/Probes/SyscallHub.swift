@@ -44,6 +44,11 @@ public final class SyscallHub: Sendable {
         var generation = 0
         /// Probes whose leave the kernel refused (their slot is still listed): retried.
         var stuckLeaves: [Membership] = []
+        /// Claims made so far: each slot's current claim is in its filter, so a call that
+        /// entered under the slot's previous owner is not counted for the next one.
+        var claims: UInt32 = 0
+        /// The claim of each member's slot.
+        var memberClaims: [Int: UInt32] = [:]
     }
 
     private let state = Mutex(State())
@@ -65,6 +70,8 @@ public final class SyscallHub: Sendable {
         let generation: Int
         public let taskStorage: Bool
         let plan: AggregatePlan
+        /// Which claim of the slot this membership is.
+        let claim: UInt32
 
         func leave() { hub.leave(self) }
         func read(topProcesses: Int) throws(KernelError) -> ProbeCounters { try hub.read(self, topProcesses: topProcesses) }
@@ -153,14 +160,23 @@ public final class SyscallHub: Sendable {
             if plan.keyed {
                 try loaded.object.setInnerMap(Self.keyTable(plan), index: UInt32(slot), maxEntries: UInt32(plan.maxKeys))
             }
-            try loaded.object.update(maps.filters, index: UInt32(slot), to: Self.filterValue(filter, plan: plan))
+            s.claims &+= 1
+            var value = Self.filterValue(filter, plan: plan)
+            value.claim = s.claims
+            try loaded.object.update(maps.filters, index: UInt32(slot), to: value)
             try loaded.object.update(maps.byNr, index: nr, to: Self.nrValue(onThisSyscall + [slot]))
         } catch {
+            // A key table made for this claim goes with it (else it would hold its memory until
+            // the slot is taken again).
+            try? loaded.object.removeInnerMap(maps.slotKeys, index: UInt32(slot))
+            try? loaded.object.removeInnerMap(maps.slotKeysStr, index: UInt32(slot))
             if s.members.isEmpty { drop(&s) }
             return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: facts))
         }
         s.members[slot] = nr
-        return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage, plan: plan))
+        s.memberClaims[slot] = s.claims
+        return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage, plan: plan,
+                                   claim: s.claims))
     }
 
     /// Removes a probe: unlists its slot (its programs stop counting for it at once) and
@@ -169,7 +185,7 @@ public final class SyscallHub: Sendable {
     /// retried with every later join and leave.
     func leave(_ m: Membership) {
         state.withLock { s in
-            guard m.generation == s.generation, s.members[m.slot] == m.nr, s.loaded != nil else { return }
+            guard m.generation == s.generation, s.members[m.slot] == m.nr, s.memberClaims[m.slot] == m.claim, s.loaded != nil else { return }
             if !unlist(m, &s) { s.stuckLeaves.append(m) }
             retryStuckLeaves(&s)
         }
@@ -178,7 +194,7 @@ public final class SyscallHub: Sendable {
     /// Takes `m` out of the kernel's per-syscall table and the members; false when the
     /// kernel refused the map update.
     private func unlist(_ m: Membership, _ s: inout State) -> Bool {
-        guard m.generation == s.generation, s.members[m.slot] == m.nr, let loaded = s.loaded else { return true }
+        guard m.generation == s.generation, s.members[m.slot] == m.nr, s.memberClaims[m.slot] == m.claim, let loaded = s.loaded else { return true }
         let remaining = s.members.filter { $0.value == m.nr && $0.key != m.slot }.keys.sorted()
         do throws(KernelError) {
             try loaded.object.update(SyscallHubBPF.Maps.byNr, index: m.nr, to: Self.nrValue(remaining))
@@ -186,6 +202,7 @@ public final class SyscallHub: Sendable {
             return false
         }
         s.members[m.slot] = nil
+        s.memberClaims[m.slot] = nil
         // Its key table's memory goes now, not when the slot is taken again.
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeysStr, index: UInt32(m.slot))
@@ -202,7 +219,7 @@ public final class SyscallHub: Sendable {
 
     /// Reads one probe's aggregates: its slot of `aggs` and its processes in `procs`.
     func read(_ m: Membership, topProcesses: Int) throws(KernelError) -> ProbeCounters {
-        let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr ? s.loaded?.object : nil }
+        let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr && s.memberClaims[m.slot] == m.claim ? s.loaded?.object : nil }
         guard let object else { throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe") }
         var counters = ProbeCounters()
         var slots = [UInt64](repeating: 0, count: Int(TP_HIST_SLOTS))
@@ -223,7 +240,7 @@ public final class SyscallHub: Sendable {
 
     /// The slot's key table.
     func readKeys(_ m: Membership) throws(KernelError) -> [MapEntry] {
-        let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr ? s.loaded?.object : nil }
+        let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr && s.memberClaims[m.slot] == m.claim ? s.loaded?.object : nil }
         guard let object else { throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe") }
         return try object.readInnerMap(Self.keyTable(m.plan), index: UInt32(m.slot))
     }

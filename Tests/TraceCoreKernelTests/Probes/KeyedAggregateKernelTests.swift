@@ -223,4 +223,43 @@ struct KeyedAggregateKernelTests {
         let after = FDCensus.take()
         #expect(after.kernelObjects == before.kernelObjects, "before \(before), after \(after)")
     }
+
+    @Test("A call in flight when its probe's hub slot is taken over is not counted for the new owner")
+    func slotTakeoverInFlight() async throws {
+        let manager = await manager()
+        // Another probe keeps the shared hook loaded, so the next probe gets the freed slot.
+        _ = try await manager.create(ProbeSpec(name: "keys-keeper", target: ProbeTarget(type: .syscall, name: "getppid"), mechanisms: ["tp_btf"]))
+        let comm = "kt-inflight"
+        let first = ProbeSpec(name: "keys-first", target: ProbeTarget(type: .syscall, name: "read"), mechanisms: ["tp_btf"],
+                              filter: ProbeFilter(comm: comm), aggregate: AggregateSpec(by: ["arg:fd"], value: "none"))
+        _ = try await manager.create(first)
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let reader = fds[0]
+        let entered = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+        Thread {
+            Self.named(comm) {
+                entered.signal()
+                var byte: UInt8 = 0
+                _ = Glibc.read(reader, &byte, 1)  // blocks until the write below
+            }
+            done.signal()
+        }.start()
+        entered.wait()
+        try await Task.sleep(for: .milliseconds(200))  // the read is now blocked in the kernel
+        try await manager.delete("keys-first")
+        var second = first
+        second.name = "keys-second"
+        let taken = try await manager.create(second).0
+        #expect(taken.mechanism == .tpBTF)
+        var byte: UInt8 = 1
+        #expect(write(fds[1], &byte, 1) == 1)
+        done.wait()
+        Self.named(comm) { Self.read(reader, bytes: 0, times: 3) }  // three calls the new probe does count
+        let metrics = try await manager.metrics("keys-second")
+        #expect(metrics.calls == 3, "the read that entered under keys-first was counted for keys-second")
+        #expect(metrics.aggregate?.entries.map(\.calls) == [3])
+        await manager.removeAll()
+    }
 }

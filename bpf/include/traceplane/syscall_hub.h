@@ -50,6 +50,9 @@ struct hub_filter {
 	__s64 hist_min;
 	__s64 hist_step;
 	__u64 min_latency_ns;          /* 0: every call */
+	__u32 claim;                   /* which claim of the slot: a call that entered under an
+	                                * earlier owner is not counted for the next */
+	__u32 pad;
 };
 
 /* Key of a slot's key table: each kind of part has its place (numbers by part index). A
