@@ -182,6 +182,12 @@ public final class TargetSchemaReader: Sendable {
             let shape: TargetSchema.Field.Shape
             if decl.hasPrefix("__data_loc") {
                 shape = decl.contains("char[]") ? .dataLocation : .unreadable("a variable-length array that is not a string")
+            } else if decl.hasPrefix("__rel_loc") {
+                shape = .unreadable("a __rel_loc field, which this agent does not read")
+            } else if type.contains("*") {
+                // A kernel address: as a key or value it would hand kernel pointers to every
+                // reader of the metrics.
+                shape = .unreadable("a kernel pointer (\(type))")
             } else if let n = array {
                 shape = type.hasPrefix("char") || type.hasPrefix("unsigned char") ? .chars(n)
                     : .unreadable("an array (\(type))")
