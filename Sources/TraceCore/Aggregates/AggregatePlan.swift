@@ -81,10 +81,6 @@ public struct AggregatePlan: Sendable, Hashable {
         parts.contains { $0.kind == UInt32(TP_K_ARG.rawValue) || $0.kind == UInt32(TP_K_ARG_STR.rawValue) }
             || value.kind == UInt32(TP_V_ARG.rawValue)
     }
-    public var usesFields: Bool {
-        parts.contains { [TP_K_FIELD, TP_K_FIELD_STR, TP_K_FIELD_DATALOC].map { UInt32($0.rawValue) }.contains($0.kind) }
-            || value.kind == UInt32(TP_V_FIELD.rawValue)
-    }
     /// Bytes of a packed key (at least 8: a hash key cannot be empty).
     public var keySize: Int { max(8, parts.last.map { $0.offset + $0.size } ?? 0) }
     /// Bytes of a key table value: the head and the histogram.

@@ -110,11 +110,11 @@ public final class TargetSchemaReader: Sendable {
             guard let btf = VmlinuxBTF.read(path: btfPath) else {
                 return TargetSchema(arguments: nil, fields: nil, source: "no kernel BTF (\(btfPath))")
             }
-            guard let params = btf.parameters(of: name) else {
+            guard let prototype = btf.prototype(of: name) else {
                 return TargetSchema(arguments: nil, fields: nil, source: "no BTF prototype for \(name)")
             }
             var afterStruct = false
-            let args = params.enumerated().map { i, p in
+            let args = prototype.parameters.enumerated().map { i, p in
                 // A struct by value takes one or two registers: what follows it is not at its index.
                 if afterStruct {
                     return TargetSchema.Argument(name: p.name, index: i, type: "after a struct passed by value",
@@ -132,12 +132,11 @@ public final class TargetSchemaReader: Sendable {
                 }
                 return TargetSchema.Argument(name: p.name, index: i, type: type, shape: shape)
             }
-            let returns: TargetSchema.Argument.Shape? = switch btf.returnShape(of: name) {
-            case .some(.some(.integer(let size, let signed))): .integer(size: size, signed: signed)
-            case .some(.some(.pointer)): .integer(size: 8, signed: false)
-            case .some(.some(.other(let why))): .unreadable(why)
-            case .some(.none): .unreadable("void: the function returns nothing")
-            case .none: nil
+            let returns: TargetSchema.Argument.Shape = switch prototype.returns {
+            case .integer(let size, let signed)?: .integer(size: size, signed: signed)
+            case .pointer?: .integer(size: 8, signed: false)
+            case .other(let why)?: .unreadable(why)
+            case nil: .unreadable("void: the function returns nothing")
             }
             return TargetSchema(arguments: args, fields: nil, source: "the BTF prototype of \(name)", returns: returns)
         case .tracepoint:

@@ -133,31 +133,36 @@ public struct VmlinuxBTF: Sendable {
         public var shape: Shape
     }
 
-    /// The parameters of function `function` (BTF_KIND_FUNC), in order; nil when there is
-    /// no such function. A variadic prototype's `...` is left out.
-    public func parameters(of function: String) -> [Parameter]? {
+    /// A function's prototype: its parameters in order (a variadic `...` left out) and its
+    /// return type (nil: void).
+    public struct Prototype: Sendable, Hashable {
+        public var parameters: [Parameter]
+        public var returns: Parameter.Shape?
+    }
+
+    /// The prototype of function `function` (BTF_KIND_FUNC), found with one scan of the
+    /// types; nil when there is no such function.
+    public func prototype(of function: String) -> Prototype? {
         guard let id = (1..<typeOffsets.count).first(where: { kind($0) == .function && name($0) == function }) else { return nil }
         let proto = Int(u32(typeOffsets[id] + 8))
         guard proto > 0, proto < typeOffsets.count, kind(proto) == .functionProto else { return nil }
-        var result: [Parameter] = []
+        var parameters: [Parameter] = []
         for i in 0..<vlen(proto) {
             let at = typeOffsets[proto] + 12 + 8 * i
             let type = Int(u32(at + 4))
             if type == 0 { continue }  // `...`
-            result.append(Parameter(name: string(u32(at)), shape: shape(of: type)))
+            parameters.append(Parameter(name: string(u32(at)), shape: shape(of: type)))
         }
-        return result
+        let returns = Int(u32(typeOffsets[proto] + 8))
+        return Prototype(parameters: parameters, returns: returns == 0 ? nil : shape(of: returns))
     }
 
-    /// The return type of function `function`: nil when there is no such function, or it
-    /// returns void.
-    public func returnShape(of function: String) -> Parameter.Shape?? {
-        guard let id = (1..<typeOffsets.count).first(where: { kind($0) == .function && name($0) == function }) else { return nil }
-        let proto = Int(u32(typeOffsets[id] + 8))
-        guard proto > 0, proto < typeOffsets.count, kind(proto) == .functionProto else { return nil }
-        let type = Int(u32(typeOffsets[proto] + 8))
-        return .some(type == 0 ? nil : shape(of: type))
-    }
+    /// The parameters of function `function`; nil when there is no such function.
+    public func parameters(of function: String) -> [Parameter]? { prototype(of: function)?.parameters }
+
+    /// The return type of function `function`: nil when there is no such function, `.some(nil)`
+    /// when it returns void.
+    public func returnShape(of function: String) -> Parameter.Shape?? { prototype(of: function).map(\.returns) }
 
     private func shape(of type: Int) -> Parameter.Shape {
         guard let id = resolved(type), let k = kind(id) else { return .other("an unknown type") }
