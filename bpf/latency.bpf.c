@@ -15,6 +15,9 @@
 const volatile u32 filter_tgid = 0;            /* 0: every process */
 const volatile bool filter_comm_set = false;
 const volatile char filter_comm[TP_COMM_LEN] = {};
+const volatile u32 filter_cgroup_mode = TP_CG_NONE; /* enum tp_cgroup_mode */
+const volatile u64 filter_cgroup_id = 0;       /* TP_CG_ANCESTOR: the filter cgroup's id... */
+const volatile u32 filter_cgroup_level = 0;    /* ...and its depth below the root cgroup */
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
 const volatile bool count_procs = true;        /* the top-process table (aggregate.by_process) */
 const volatile u64 min_latency_ns = 0;         /* filter.min_latency_ns: faster calls are not counted */
@@ -73,6 +76,14 @@ struct tp_start {
 	char str[TP_STR_LEN];
 };
 
+/* TP_CG_UNDER: the filter cgroup, put here by user space after load and before attach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} filter_cgroup SEC(".maps");
+
 /* Entry records: task-local storage, or (map type changed before load) a hash keyed by
  * thread id on kernels without task storage for this program type. */
 struct {
@@ -104,6 +115,13 @@ static __always_inline bool pass_filter(void)
 	if (filter_tgid) {
 		u32 tgid = bpf_get_current_pid_tgid() >> 32;
 		if (tgid != filter_tgid)
+			return false;
+	}
+	if (filter_cgroup_mode == TP_CG_ANCESTOR) {
+		if (bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id)
+			return false;
+	} else if (filter_cgroup_mode == TP_CG_UNDER) {
+		if (bpf_current_task_under_cgroup(&filter_cgroup, 0) != 1)
 			return false;
 	}
 	if (filter_comm_set) {

@@ -18,6 +18,7 @@
 #include "aggregate.h"
 
 const volatile bool use_task_storage = true;   /* else `starts` is a hash keyed by thread id */
+const volatile u32 cgroup_mode = TP_CG_ANCESTOR; /* how slots with HUB_F_CGROUP check it (enum tp_cgroup_mode) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -39,6 +40,14 @@ struct {
 	__type(key, u32);
 	__type(value, struct hub_agg);
 } aggs SEC(".maps");
+
+/* TP_CG_UNDER: each filtering slot's cgroup at the slot's index. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__type(value, u32);
+} filter_cgroups SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -271,6 +280,14 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 			continue;
 		if (f->tgid && f->tgid != tgid)
 			continue;
+		if (f->flags & HUB_F_CGROUP) {
+			if (cgroup_mode == TP_CG_UNDER) {
+				if (bpf_current_task_under_cgroup(&filter_cgroups, slot) != 1)
+					continue;
+			} else if (bpf_get_current_ancestor_cgroup_id(f->cgroup_level) != f->cgroup_id) {
+				continue;
+			}
+		}
 		if (f->comm_set) {
 			if (!have_comm) {
 				bpf_get_current_comm(comm, sizeof(comm));

@@ -609,6 +609,7 @@ public final class FakeHost: HostEnvironment, Sendable {
         var facts: KernelFacts
         var features: [Feature: KernelError] = [:]
         var schemas: [ProbeTarget: TargetSchema] = [:]
+        var cgroups: [CgroupSelector: CgroupMatch] = [:]
         var recorder: (@Sendable (FakeKernel.Call) -> Void)?
     }
 
@@ -629,6 +630,18 @@ public final class FakeHost: HostEnvironment, Sendable {
     var recorder: (@Sendable (FakeKernel.Call) -> Void)? {
         get { state.withLock { $0.recorder } }
         set { state.withLock { $0.recorder = newValue } }
+    }
+
+    /// The cgroups `matchCgroup` finds (every other selector names none).
+    public var cgroups: [CgroupSelector: CgroupMatch] {
+        get { state.withLock { $0.cgroups } }
+        set { state.withLock { $0.cgroups = newValue } }
+    }
+
+    public func matchCgroup(_ selector: CgroupSelector, fact: Cgroup2Fact) -> Result<CgroupMatch, CgroupLookupError> {
+        guard fact.layout != .none else { return .failure(CgroupLookupError(field: selector.field, message: "this host has no cgroup2 mount")) }
+        if let found = state.withLock({ $0.cgroups[selector] }) { return .success(found) }
+        return .failure(CgroupLookupError(field: selector.field, message: "no such cgroup on the fake host"))
     }
 
     /// Makes `check(feature)` fail with `error`.

@@ -95,6 +95,7 @@ enum {
     TP_PROG_TYPE_KPROBE = BPF_PROG_TYPE_KPROBE,
     TP_PROG_TYPE_TRACEPOINT = BPF_PROG_TYPE_TRACEPOINT,
     TP_FUNC_GET_ATTACH_COOKIE = BPF_FUNC_get_attach_cookie,
+    TP_FUNC_GET_CURRENT_ANCESTOR_CGROUP_ID = BPF_FUNC_get_current_ancestor_cgroup_id,
 };
 
 /// Creates a BPF link through BPF_LINK_CREATE for a perf event (the modern link API).

@@ -27,6 +27,8 @@ struct KeySeries {
         /// above the last (only in `+Inf`); empty without a histogram.
         var bins: [UInt64]
         var sum: Int64 = 0
+        /// The cgroup of a kept key whose key has a `cgroup` part, for `traceplane_cgroup_info`.
+        var cgroup: (path: String, identity: CgroupIdentity)? = nil
 
         mutating func add(_ entry: KeyedAggregate.Entry, bounds: [Int64]) {
             calls &+= entry.calls
@@ -60,12 +62,25 @@ struct KeySeries {
         let keys = Self.distinctKeys(table.entries)
         let perKey = Self.seriesPerKey(bounds: uppers.count, histogram: hasHistogram, errors: errors)
         let kept = keys.count * perKey <= maxSeries || keys.count == 1 ? keys.count : max(maxSeries / perKey - 1, 0)
-        let names = table.by.map(Self.labelName)
+        // A cgroup key also says which container and pod (empty when the path names none).
+        let cgroupPart = table.by.firstIndex(of: "cgroup")
+        let names = table.by.map(Self.labelName) + (cgroupPart == nil ? [] : ["container_id", "pod_uid"])
         // Checked once here; every key's label set reuses them.
         _ = LabelSet(names.map { (name: $0, value: "") } + [(name: "other", value: "")])
         let emptyBins = [UInt64](repeating: 0, count: hasHistogram ? uppers.count + 1 : 0)
         var groups: [Group] = keys.prefix(kept).map { key in
-            var group = Group(labels: LabelSet(checkedNames: names, values: key.texts), bins: emptyBins)
+            var values = key.texts
+            var cgroup: (path: String, identity: CgroupIdentity)? = nil
+            if let cgroupPart {
+                var identity = CgroupIdentity()
+                if case .cgroup(_, let path, let container, _) = table.entries[key.entries[0]].key[cgroupPart] {
+                    identity = container ?? CgroupIdentity()
+                    if let path { cgroup = (path, identity) }
+                }
+                values += [identity.containerID ?? "", identity.podUID ?? ""]
+            }
+            var group = Group(labels: LabelSet(checkedNames: names, values: values), bins: emptyBins)
+            group.cgroup = cgroup
             for i in key.entries { group.add(table.entries[i], bounds: uppers) }
             return group
         }

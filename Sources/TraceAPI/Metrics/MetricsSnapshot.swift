@@ -177,6 +177,25 @@ public struct MetricsSnapshot: Sendable {
             writer.value(table.droppedKeys)
         }
 
+        // One info series per cgroup that a kept key names: joins the key series (by
+        // `cgroup`) or kube-state-metrics (`pod_uid` = kube_pod_info's `uid`).
+        var cgroups: [String: CgroupIdentity] = [:]
+        for case let keys? in keyed {
+            for group in keys.groups { if let c = group.cgroup { cgroups[c.path] = c.identity } }
+        }
+        writer.family("traceplane_cgroup_info", type: .gauge,
+                      help: "Always 1: what the path of a cgroup that a keyed series names says runs there (systemd unit, container id, kubelet pod UID and QoS class; empty when not applicable).")
+        for (path, identity) in cgroups.sorted(by: { $0.key < $1.key }) {
+            writer.sample()
+            writer.label("cgroup", path)
+            writer.label("container_id", identity.containerID ?? "")
+            writer.label("pod_uid", identity.podUID ?? "")
+            writer.label("qos", identity.qos ?? "")
+            writer.label("runtime", identity.runtime ?? "")
+            writer.label("unit", identity.unit ?? "")
+            writer.value(1)
+        }
+
         writer.family("traceplane_probes", type: .gauge, help: "Probes held by the agent, by state.")
         for (state, count) in probesByState {
             writer.sample()

@@ -1,6 +1,4 @@
 import CBPFLayouts
-import Foundation
-import Synchronization
 
 /// Unpacks a key table's raw entries (per-CPU values summed) with the probe's plan.
 enum KeyTableReader {
@@ -72,62 +70,10 @@ enum KeyTableReader {
         switch part.display {
         case .signed: return .signed(Int64(bitPattern: raw))
         case .errno: return .errno(raw == 0 ? "ok" : Errno(rawValue: Int32(truncatingIfNeeded: raw)).name)
-        case .cgroup: return .cgroup(id: raw, path: cgroups.path(of: raw))
+        case .cgroup:
+            let known = cgroups.resolve(raw)
+            return .cgroup(id: raw, path: known?.path, container: known?.identity, removed: known?.removed ?? false)
         default: return .unsigned(raw)
-        }
-    }
-}
-
-/// cgroup v2 ids to paths under the cgroup2 mount: the id of a cgroup is its directory's
-/// inode number. Cached; an id not found walks the hierarchy again (at most once a second).
-/// A cgroup removed meanwhile keeps its last known path.
-public final class CgroupPaths: Sendable {
-    public static let shared = CgroupPaths()
-
-    struct State {
-        var paths: [UInt64: String] = [:]
-        var lastWalk: ContinuousClock.Instant?
-    }
-    private let state = Mutex(State())
-    let mounts: [String]
-
-    public init(mounts: [String] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]) {
-        self.mounts = mounts
-    }
-
-    /// The cgroup2 mount point, if any.
-    public var root: String? {
-        mounts.first { LinuxHost.fsMagic($0) == 0x6367_7270 }  // CGROUP2_SUPER_MAGIC
-    }
-
-    public func path(of id: UInt64) -> String? {
-        if let hit = state.withLock({ $0.paths[id] }) { return hit }
-        let now = ContinuousClock.now
-        let due = state.withLock { s -> Bool in
-            if let last = s.lastWalk, now - last < .seconds(1) { return false }
-            s.lastWalk = now
-            return true
-        }
-        guard due, let root else { return nil }
-        var found: [UInt64: String] = [:]
-        walk(root, relative: "/", depth: 0, into: &found)
-        return state.withLock { s in
-            s.paths.merge(found) { _, new in new }
-            return s.paths[id]
-        }
-    }
-
-    private func walk(_ path: String, relative: String, depth: Int, into found: inout [UInt64: String]) {
-        var info = stat()
-        guard depth < 32, found.count < 100_000, stat(path, &info) == 0 else { return }
-        found[UInt64(info.st_ino)] = relative
-        guard let dir = opendir(path) else { return }
-        defer { closedir(dir) }
-        while let entry = readdir(dir) {
-            guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name == "." || name == ".." { continue }
-            walk(path + "/" + name, relative: relative == "/" ? "/" + name : relative + "/" + name, depth: depth + 1, into: &found)
         }
     }
 }

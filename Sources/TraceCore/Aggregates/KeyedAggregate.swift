@@ -10,8 +10,9 @@ public struct KeyedAggregate: Sendable, Hashable {
         case string(String)
         /// `ok`, or the errno name of a negative return (`EBADF`; `E123` when unnamed).
         case errno(String)
-        /// A cgroup v2 id and its path under the cgroup2 mount, when found.
-        case cgroup(id: UInt64, path: String?)
+        /// A cgroup v2 id; its path under the cgroup2 mount and what the path says runs
+        /// there, when found; `removed` when the cgroup is gone (the path is its last).
+        case cgroup(id: UInt64, path: String?, container: CgroupIdentity?, removed: Bool)
 
         /// The value as a label or a line of text.
         public var text: String {
@@ -20,7 +21,7 @@ public struct KeyedAggregate: Sendable, Hashable {
             case .signed(let v): String(v)
             case .string(let s): s
             case .errno(let s): s
-            case .cgroup(let id, let path): path ?? "cgroup-id:\(id)"
+            case .cgroup(let id, let path, _, _): path ?? "cgroup-id:\(id)"
             }
         }
     }

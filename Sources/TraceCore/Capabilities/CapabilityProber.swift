@@ -184,6 +184,7 @@ public struct CapabilityProber: Sendable {
         case .bpfLink: "a BPF link was created for a perf event (BPF_LINK_CREATE)"
         case .bpfStats: "BPF run-time stats can be enabled for the agent's lifetime"
         case .bpfKfuncCalls: "a program calling the kfuncs bpf_rcu_read_lock/unlock loaded"
+        case .cgroupAncestor: "a tracepoint program calling bpf_get_current_ancestor_cgroup_id loaded: cgroup filters compare the task's ancestor id"
         }
     }
 
@@ -192,6 +193,7 @@ public struct CapabilityProber: Sendable {
         switch feature {
         case .vmlinuxBTF: return "no usable vmlinux BTF (/sys/kernel/btf/vmlinux missing or unreadable): kernel built without CONFIG_DEBUG_INFO_BTF"
         case .taskStorage: return "task storage maps are not supported: entry timestamps fall back to a hash keyed by thread id"
+        case .cgroupAncestor: return "tracing programs cannot call bpf_get_current_ancestor_cgroup_id here: cgroup filters use bpf_current_task_under_cgroup with a cgroup array"
         case .bpfKfuncCalls: return "the kernel rejected a program calling bpf_rcu_read_lock: BPF kfunc calls are not available here\(error.detail.isEmpty ? "" : " (\(error.detail))")"
         default: return "\(error.operation) failed: \(error.errno?.name ?? "no errno")"
         }

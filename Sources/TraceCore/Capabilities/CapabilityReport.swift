@@ -144,13 +144,17 @@ public struct KernelFacts: Sendable, Codable, Hashable {
     public var kprobeEvents: Bool
     /// Whether the agent runs with full privileges (effective uid 0).
     public var privileged: Bool
+    /// Where the cgroup v2 hierarchy is mounted (cgroup keys and filters).
+    public var cgroup2: Cgroup2Fact
     /// Offsets in `struct task_struct` from vmlinux BTF (nil without BTF). Not part of the
     /// report's JSON: it configures the BPF programs.
     public var taskLayout: TaskLayout? = nil
 
     public init(release: String, machine: String, btf: Bool, lockdown: String?, jit: String?, tracefs: MountFact,
                 bpffs: MountFact, syscallPrefix: String?, eventSources: [String], kprobeEvents: Bool, privileged: Bool,
+                cgroup2: Cgroup2Fact = Cgroup2Fact(path: "/sys/fs/cgroup", layout: .unified, wholeHierarchy: true),
                 taskLayout: TaskLayout? = nil) {
+        self.cgroup2 = cgroup2
         self.release = release
         self.machine = machine
         self.btf = btf
@@ -166,7 +170,7 @@ public struct KernelFacts: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case release, machine, btf, lockdown, jit, tracefs, bpffs, privileged
+        case release, machine, btf, lockdown, jit, tracefs, bpffs, privileged, cgroup2
         case syscallPrefix = "syscall_prefix"
         case eventSources = "event_sources"
         case kprobeEvents = "kprobe_events"
@@ -185,6 +189,7 @@ public struct KernelFacts: Sendable, Codable, Hashable {
         try c.encode(eventSources, forKey: .eventSources)
         try c.encode(kprobeEvents, forKey: .kprobeEvents)
         try c.encode(privileged, forKey: .privileged)
+        try c.encode(cgroup2, forKey: .cgroup2)
     }
 }
 

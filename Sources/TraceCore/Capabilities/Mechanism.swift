@@ -45,4 +45,7 @@ public enum Feature: String, Sendable, Codable, CaseIterable, Hashable {
     case bpfStats = "bpf_stats"
     /// BPF programs calling kernel functions through kfuncs (verifier-checked calls).
     case bpfKfuncCalls = "bpf_kfunc_calls"
+    /// `bpf_get_current_ancestor_cgroup_id` in tracing programs: cgroup filters compare one
+    /// id (else they look the cgroup up in a cgroup array).
+    case cgroupAncestor = "cgroup_ancestor"
 }

@@ -86,7 +86,17 @@ public struct FlavourDescriptor: Sendable {
         self.unavailable = unavailable
         self.bindings = bindings
         self.btfRequirement = btfRequirement
-        self.recipe = recipe
+        // Every own-object flavour loads latency.bpf.c, whose cgroup filter may need the
+        // cgroup in its cgroup array before the programs attach.
+        if strategy == .ownObject {
+            self.recipe = { @Sendable (input: RecipeInput) -> Recipe in
+                var made = recipe(input)
+                made.cgroupArray = LatencyObject.cgroupArray(input)
+                return made
+            }
+        } else {
+            self.recipe = recipe
+        }
     }
 
     /// Whether it can trace targets of `type`.
@@ -108,6 +118,11 @@ struct RecipeInput: Sendable {
     var hubSlots: Int = 0
     /// The probe's keys and value.
     var plan: AggregatePlan
+    /// The probe's cgroup filter, resolved (filter.cgroup, container_id or pod_uid).
+    var cgroup: CgroupFilter? = nil
+    /// Whether tracing programs may call bpf_get_current_ancestor_cgroup_id here (the
+    /// shared hook picks its cgroup check once, for every slot).
+    var cgroupAncestor: Bool = true
 
     /// Whether the bound function takes the syscall's `struct pt_regs` (the x86-64 and arm64
     /// syscall wrappers, `__x64_sys_read`): arguments are then read through it.
@@ -128,6 +143,14 @@ struct Recipe: Sendable {
     }
     var load: LoadSpec
     var attachments: [Attachment]
+    /// A cgroup to put into a cgroup array after load and before attach (the filter's
+    /// `bpf_current_task_under_cgroup` check).
+    var cgroupArray: CgroupArray? = nil
+
+    struct CgroupArray: Sendable {
+        var map: BPFMapID
+        var filter: CgroupFilter
+    }
 
     /// What it binds to, for the attempt message: a load-time target, or the first attach point.
     var boundTo: String? {

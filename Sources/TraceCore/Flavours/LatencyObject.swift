@@ -8,6 +8,12 @@ enum LatencyObject {
     /// kernel refuses it for the program type.
     static let threadHashEntries: UInt32 = 16_384
 
+    /// The cgroup array the filter's `bpf_current_task_under_cgroup` check reads, when it uses one.
+    static func cgroupArray(_ input: RecipeInput) -> Recipe.CgroupArray? {
+        guard let cgroup = input.cgroup, cgroup.mode == .underCgroup else { return nil }
+        return Recipe.CgroupArray(map: LatencyBPF.Maps.filterCgroup, filter: cgroup)
+    }
+
     static func load(_ programs: [LoadSpec.Program], _ input: RecipeInput) -> LoadSpec {
         let globals = LatencyBPF.Globals.self
         var load = LoadSpec(object: LatencyBPF.object, programs: programs)
@@ -15,6 +21,11 @@ enum LatencyObject {
         if let comm = input.spec.filter?.comm {
             load.set(globals.filterCommSet, true)
             load.set(globals.filterComm, bytes: Array(comm.utf8.prefix(15)))
+        }
+        if let cgroup = input.cgroup {
+            load.set(globals.filterCgroupMode, cgroup.mode.rawValue)
+            load.set(globals.filterCgroupId, cgroup.match.id)
+            load.set(globals.filterCgroupLevel, cgroup.match.level ?? 0)
         }
         load.set(globals.useTaskStorage, input.taskStorage)
         if !input.taskStorage { load.change(LatencyBPF.Maps.starts, .taskStorageToHash(maxEntries: threadHashEntries)) }

@@ -37,6 +37,16 @@ struct ObjectAttacher: Sendable {
             let error = lastError ?? KernelError(stage: .load, errno: nil, operation: "load \(recipe.load.object)")
             return .failure(.failed(descriptor.flavour, recipe.attachments.first?.mechanism ?? descriptor.needs[0], error, facts: input.facts))
         }
+        if let array = recipe.cgroupArray {
+            do throws(KernelError) {
+                let fd = try array.filter.openDirectory()
+                defer { close(fd) }
+                try object.update(array.map, index: 0, to: UInt32(bitPattern: fd))
+            } catch {
+                reaper.dispose(links: [], objects: [object])
+                return .failure(.failed(descriptor.flavour, recipe.attachments.first?.mechanism ?? descriptor.needs[0], error, facts: input.facts))
+            }
+        }
         var links: [any AttachedLink] = []
         for step in recipe.attachments {
             do {

@@ -51,6 +51,13 @@ enum SyscallHubObject {
         return nil
     }
 
+    /// How every slot's cgroup filter is checked: by ancestor id where tracing programs
+    /// may call that helper and the cgroup2 mount shows the root cgroup (depths are known),
+    /// else through the cgroup array.
+    static func cgroupMode(_ input: RecipeInput) -> CgroupFilterMode {
+        input.cgroupAncestor && input.facts.cgroup2.wholeHierarchy ? .ancestor : .underCgroup
+    }
+
     /// Entries of a slot's process table (`1 << HUB_PROCS_BITS`).
     static let processesPerSlot = 1 << Int(HUB_PROCS_BITS)
 
@@ -59,7 +66,9 @@ enum SyscallHubObject {
         precondition(input.hubSlots >= 1, "the shared hook is loaded with its slot count")
         var load = LoadSpec(object: SyscallHubBPF.object, programs: programs)
         load.set(globals.useTaskStorage, input.taskStorage)
+        load.set(globals.cgroupMode, cgroupMode(input).rawValue)
         load.change(maps.filters, .maxEntries(UInt32(input.hubSlots)))
+        load.change(maps.filterCgroups, .maxEntries(UInt32(input.hubSlots)))
         load.change(maps.aggs, .maxEntries(UInt32(input.hubSlots)))
         load.change(maps.procs, .maxEntries(UInt32(input.hubSlots * processesPerSlot)))
         if !input.taskStorage { load.change(maps.starts, .taskStorageToHash(maxEntries: LatencyObject.threadHashEntries)) }

@@ -19,6 +19,9 @@ public protocol HostEnvironment: Sendable {
     /// What `target` offers to keys and values (argument names, tracepoint fields); nil
     /// when the target does not exist (a tracepoint without a format).
     func schema(for target: ProbeTarget) -> TargetSchema?
+
+    /// The cgroup a filter names, found under the cgroup2 mount `fact` describes.
+    func matchCgroup(_ selector: CgroupSelector, fact: Cgroup2Fact) -> Result<CgroupMatch, CgroupLookupError>
 }
 
 /// The real Linux host.
@@ -37,6 +40,10 @@ public struct LinuxHost: HostEnvironment {
     static let schemas = TargetSchemaReader()
 
     public func schema(for target: ProbeTarget) -> TargetSchema? { Self.schemas.schema(for: target) }
+
+    public func matchCgroup(_ selector: CgroupSelector, fact: Cgroup2Fact) -> Result<CgroupMatch, CgroupLookupError> {
+        CgroupPaths.shared.match(selector, fact: fact)
+    }
 
     public var executablePath: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
@@ -58,7 +65,7 @@ public struct LinuxHost: HostEnvironment {
         return KernelFacts(
             release: release, machine: machine, btf: btfResult >= 0, lockdown: lockdownMode(), jit: jitMode(),
             tracefs: tracefs, bpffs: bpffs, syscallPrefix: prefix, eventSources: sources,
-            kprobeEvents: kprobeEvents, privileged: geteuid() == 0,
+            kprobeEvents: kprobeEvents, privileged: geteuid() == 0, cgroup2: Cgroup2Fact.inspect(),
             taskLayout: VmlinuxBTF.read().flatMap(TaskLayout.init(btf:)))
     }
 
@@ -155,6 +162,9 @@ public struct LinuxHost: HostEnvironment {
                 return .success(())
             }
             return .failure(KernelError(stage: .load, code: -fd, operation: "enable BPF run-time stats (BPF_ENABLE_STATS)"))
+        case .cgroupAncestor:
+            return probe(tp_probe_helper(Int32(TP_PROG_TYPE_TRACEPOINT), Int32(TP_FUNC_GET_CURRENT_ANCESTOR_CGROUP_ID)),
+                         "load a tracepoint program calling bpf_get_current_ancestor_cgroup_id")
         case .bpfKfuncCalls:
             preconditionFailure("bpf_kfunc_calls is checked by the prober with a real program, not by the host.")
         }

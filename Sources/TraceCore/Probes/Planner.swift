@@ -37,13 +37,21 @@ public struct Planner: Sendable {
             return .failure(AttachFailure(attempts: [AttachAttempt(flavour: spec.flavours.first ?? .tracepoint, outcome: .unsupported,
                                                                    stage: nil, errno: nil, message: message)]))
         }
+        let cgroup: CgroupFilter?
+        switch Self.cgroupFilter(spec, plan: plan, report: report, host: host) {
+        case .success(let resolved): cgroup = resolved
+        case .failure(let refused):
+            return .failure(AttachFailure(attempts: [AttachAttempt(flavour: spec.flavours.first ?? FlavourCatalog.chain(for: spec).first?.flavour ?? .tracepoint,
+                                                                   outcome: .unsupported, stage: nil, errno: nil,
+                                                                   message: "\(refused.field): \(refused.message)")]))
+        }
         var attempts: [AttachAttempt] = []
         for descriptor in FlavourCatalog.chain(for: spec) {
             if let skipped = Self.skip(descriptor, report: report) {
                 attempts.append(skipped)
                 continue
             }
-            switch attempt(descriptor, spec: spec, plan: plan, report: report) {
+            switch attempt(descriptor, spec: spec, plan: plan, cgroup: cgroup, report: report) {
             case .success(let probe):
                 let bound = probe.boundTo.map { " (\($0))" } ?? ""
                 attempts.append(AttachAttempt(flavour: descriptor.flavour, outcome: .attached, stage: .attach, errno: nil,
@@ -81,11 +89,27 @@ public struct Planner: Sendable {
         return nil
     }
 
-    func attempt(_ descriptor: FlavourDescriptor, spec: ProbeSpec, plan: AggregatePlan, report: CapabilityReport) -> Result<AttachedProbe, AttachAttempt> {
+    /// The probe's cgroup filter, found on this host now (a cgroup made again since the
+    /// probe was made has another id: a restored probe finds it anew); a refusal when the
+    /// filter names no cgroup, or a cgroup key or filter meets a host without cgroup2.
+    static func cgroupFilter(_ spec: ProbeSpec, plan: AggregatePlan, report: CapabilityReport,
+                             host: any HostEnvironment) -> Result<CgroupFilter?, CgroupLookupError> {
+        let fact = report.kernel.cgroup2
+        if fact.layout == .none, let i = plan.parts.firstIndex(where: { $0.name == "cgroup" }) {
+            return .failure(CgroupLookupError(field: "aggregate.by[\(i)]", message: "the cgroup key needs cgroup v2, and this host has none (\(fact.error ?? "no cgroup2 mount"))"))
+        }
+        guard let selector = spec.filter?.cgroupSelector else { return .success(nil) }
+        return host.matchCgroup(selector, fact: fact).map { CgroupFilter(match: $0, ancestorHelper: report.supports(.cgroupAncestor)) }
+    }
+
+    func attempt(_ descriptor: FlavourDescriptor, spec: ProbeSpec, plan: AggregatePlan, cgroup: CgroupFilter?,
+                 report: CapabilityReport) -> Result<AttachedProbe, AttachAttempt> {
         if let why = descriptor.keySupport(plan) {
             return .failure(AttachAttempt(flavour: descriptor.flavour, outcome: .unsupported, stage: nil, errno: nil, message: why))
         }
-        let input = RecipeInput(spec: spec, facts: report.kernel, taskStorage: report.supports(.taskStorage), binding: nil, plan: plan)
+        var input = RecipeInput(spec: spec, facts: report.kernel, taskStorage: report.supports(.taskStorage), binding: nil, plan: plan)
+        input.cgroup = cgroup
+        input.cgroupAncestor = report.supports(.cgroupAncestor)
         switch descriptor.strategy {
         case .sharedSyscallHook:
             guard let hub = hubs[descriptor.id] else { preconditionFailure("no shared hook for flavour \(descriptor.id)") }

@@ -103,6 +103,8 @@ struct AggregateJSON: Encodable {
         struct Entry: Decodable {
             var key: [String: JSONScalar]
             var cgroup_id: UInt64?
+            var container: CgroupIdentity?
+            var removed: Bool?
             var calls: UInt64
             var errors: UInt64
             var value: Value?
@@ -130,8 +132,9 @@ struct AggregateJSON: Encodable {
                 // The cgroup part is its path (null when not found) with the id beside it.
                 let key = by.map { name -> KeyedAggregate.KeyValue in
                     if name == "cgroup", let id = e.cgroup_id {
-                        if case .string(let path)? = e.key[name] { return .cgroup(id: id, path: path) }
-                        return .cgroup(id: id, path: nil)
+                        var path: String? = nil
+                        if case .string(let p)? = e.key[name] { path = p }
+                        return .cgroup(id: id, path: path, container: e.container, removed: e.removed ?? false)
                     }
                     return e.key[name]?.keyValue ?? .string("")
                 }
@@ -198,18 +201,22 @@ struct AggregateJSON: Encodable {
         for entry in aggregate.entries {
             var e = keys.nestedContainer(keyedBy: Name.self)
             var k = e.nestedContainer(keyedBy: Name.self, forKey: Name("key"))
-            var cgroupID: UInt64? = nil
+            var cgroup: (id: UInt64, container: CgroupIdentity?, removed: Bool)? = nil
             for (name, value) in zip(aggregate.by, entry.key) {
                 switch value {
                 case .unsigned(let v): try k.encode(v, forKey: Name(name))
                 case .signed(let v): try k.encode(v, forKey: Name(name))
                 case .string(let v), .errno(let v): try k.encode(v, forKey: Name(name))
-                case .cgroup(let id, let path):
-                    cgroupID = id
+                case .cgroup(let id, let path, let container, let removed):
+                    cgroup = (id, container, removed)
                     if let path { try k.encode(path, forKey: Name(name)) } else { try k.encodeNil(forKey: Name(name)) }
                 }
             }
-            if let cgroupID { try e.encode(cgroupID, forKey: Name("cgroup_id")) }
+            if let cgroup {
+                try e.encode(cgroup.id, forKey: Name("cgroup_id"))
+                if let container = cgroup.container { try e.encode(container, forKey: Name("container")) } else { try e.encodeNil(forKey: Name("container")) }
+                try e.encode(cgroup.removed, forKey: Name("removed"))
+            }
             try e.encode(entry.calls, forKey: Name("calls"))
             try e.encode(entry.errors, forKey: Name("errors"))
             if aggregate.histogram == nil {

@@ -29,22 +29,60 @@ public struct ProbeTarget: Sendable, Codable, Hashable {
     }
 }
 
-/// Only events from this process / command are counted. Checked in the kernel before
-/// any map operation.
+/// Only events from this process / command / cgroup are counted. Checked in the kernel
+/// before any map operation.
 public struct ProbeFilter: Sendable, Codable, Hashable {
     public var pid: Int?
     public var comm: String?
     /// Only calls at least this slow are counted (call targets).
     public var minLatencyNs: Int?
-    public init(pid: Int? = nil, comm: String? = nil, minLatencyNs: Int? = nil) {
+    /// A cgroup v2 path relative to the cgroup2 mount: calls from it and its descendants.
+    public var cgroup: String?
+    /// A container (docker, containerd, cri-o, podman): its cgroup and descendants. The
+    /// full id, or a prefix of at least 12 hex digits that names one container.
+    public var containerID: String?
+    /// A Kubernetes pod (kubelet's pod UID): every container of the pod, later ones too.
+    public var podUID: String?
+
+    public init(pid: Int? = nil, comm: String? = nil, minLatencyNs: Int? = nil, cgroup: String? = nil,
+                containerID: String? = nil, podUID: String? = nil) {
         self.pid = pid
         self.comm = comm
         self.minLatencyNs = minLatencyNs
+        self.cgroup = cgroup
+        self.containerID = containerID
+        self.podUID = podUID
     }
 
     enum CodingKeys: String, CodingKey {
-        case pid, comm
+        case pid, comm, cgroup
         case minLatencyNs = "min_latency_ns"
+        case containerID = "container_id"
+        case podUID = "pod_uid"
+    }
+
+    /// The cgroup the filter names, in whichever form it was given.
+    public var cgroupSelector: CgroupSelector? {
+        if let cgroup { return .path(cgroup) }
+        if let containerID { return .container(containerID.lowercased()) }
+        if let podUID { return .pod(podUID.lowercased().replacingOccurrences(of: "_", with: "-")) }
+        return nil
+    }
+}
+
+/// How a filter names a cgroup.
+public enum CgroupSelector: Sendable, Hashable {
+    case path(String)
+    case container(String)
+    case pod(String)
+
+    /// The spec field it came from.
+    public var field: String {
+        switch self {
+        case .path: "filter.cgroup"
+        case .container: "filter.container_id"
+        case .pod: "filter.pod_uid"
+        }
     }
 }
 
@@ -117,6 +155,27 @@ extension ProbeSpec {
         return s.utf8.allSatisfy { c in
             (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || extra.contains(c)
         }
+    }
+
+    static func isHexDigit(_ c: UInt8) -> Bool {
+        (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)
+    }
+
+    /// A UUID, with dashes or (as kubelet's systemd driver writes it) underscores.
+    static func validPodUID(_ s: String) -> Bool {
+        let groups = s.split(separator: s.contains("_") ? "_" : "-", omittingEmptySubsequences: false)
+        return groups.map(\.utf8.count) == [8, 4, 4, 4, 12] && groups.allSatisfy { $0.utf8.allSatisfy(isHexDigit) }
+    }
+
+    /// Why `path` cannot name a cgroup under the cgroup2 mount, if it cannot.
+    static func cgroupPathProblem(_ path: String) -> String? {
+        guard path.hasPrefix("/") else { return "must be a path relative to the cgroup2 mount, starting with / (e.g. /system.slice/nginx.service)" }
+        guard path.utf8.count <= 4096, !path.utf8.contains(0) else { return "must be at most 4096 bytes, without NUL" }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        if path != "/" && parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) {
+            return "must be a normalized path: no empty, . or .. components, no trailing /"
+        }
+        return nil
     }
 
     /// Checks the spec's form (not whether the kernel can attach it). Returns every problem.
@@ -195,6 +254,20 @@ extension ProbeSpec {
             }
             if let comm = filter.comm, comm.isEmpty || comm.utf8.count > 15 || comm.utf8.contains(0) {
                 errors.append(FieldError(field: "filter.comm", message: "must be 1 to 15 bytes (the kernel's comm length)"))
+            }
+            let cgroupFields = [("filter.cgroup", filter.cgroup), ("filter.container_id", filter.containerID), ("filter.pod_uid", filter.podUID)]
+                .filter { $0.1 != nil }.map(\.0)
+            if cgroupFields.count > 1 {
+                errors.append(FieldError(field: cgroupFields[1], message: "give one of filter.cgroup, filter.container_id and filter.pod_uid, not \(cgroupFields.joined(separator: " and "))"))
+            }
+            if let path = filter.cgroup, let problem = Self.cgroupPathProblem(path) {
+                errors.append(FieldError(field: "filter.cgroup", message: problem))
+            }
+            if let id = filter.containerID, !(12...64).contains(id.utf8.count) || !id.utf8.allSatisfy(Self.isHexDigit) {
+                errors.append(FieldError(field: "filter.container_id", message: "must be a container id: 12 to 64 hex digits (the full id, or a prefix of it that names one container)"))
+            }
+            if let uid = filter.podUID, !Self.validPodUID(uid) {
+                errors.append(FieldError(field: "filter.pod_uid", message: "must be a pod UID: 8-4-4-4-12 hex digits (`kubectl get pod -o jsonpath='{.metadata.uid}'`)"))
             }
         }
         if let ttl = ttlSeconds, ttl < 1 || ttl > Self.maxTTLSeconds {

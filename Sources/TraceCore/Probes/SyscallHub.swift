@@ -34,6 +34,8 @@ public final class SyscallHub: Sendable {
         var object: any LoadedObject
         var links: [any AttachedLink]
         var taskStorage: Bool
+        /// How the loaded programs check a slot's cgroup filter.
+        var cgroupMode: CgroupFilterMode
     }
 
     struct State {
@@ -129,17 +131,21 @@ public final class SyscallHub: Sendable {
                 case .failure(let failed): return .failure(failed)
                 case .success(let made):
                     // Joins are serialized and only a join loads, so nobody loaded meanwhile.
-                    state.withLock { $0.loaded = Loaded(object: made.object, links: made.links, taskStorage: made.taskStorage) }
+                    state.withLock {
+                        $0.loaded = Loaded(object: made.object, links: made.links, taskStorage: made.taskStorage,
+                                           cgroupMode: SyscallHubObject.cgroupMode(hubInput))
+                    }
                 }
             }
-            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, plan: input.plan, facts: input.facts) }) { return joined }
+            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, cgroup: input.cgroup, plan: input.plan, facts: input.facts) }) { return joined }
         }
         return .failure(refusal("the shared raw_syscalls hook was dropped three times while joining", errno: .EBUSY))
     }
 
     /// Takes a free slot of the loaded hub for syscall `nr`; nil when the hub was dropped
     /// meanwhile (the caller loads it again).
-    private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, plan: AggregatePlan, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
+    private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, cgroup: CgroupFilter?, plan: AggregatePlan,
+                       facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
         guard let loaded = s.loaded else { return nil }
         guard let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
             return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
@@ -163,6 +169,21 @@ public final class SyscallHub: Sendable {
             s.claims &+= 1
             var value = Self.filterValue(filter, plan: plan)
             value.claim = s.claims
+            if var cgroup {
+                if loaded.cgroupMode == .underCgroup || cgroup.match.level == nil {
+                    cgroup.mode = .underCgroup
+                    let fd = try cgroup.openDirectory()
+                    defer { close(fd) }
+                    try loaded.object.update(maps.filterCgroups, index: UInt32(slot), to: UInt32(bitPattern: fd))
+                }
+                guard cgroup.mode == loaded.cgroupMode else {
+                    throw KernelError(stage: .attach, errno: .EOPNOTSUPP, operation: "filter by cgroup \(cgroup.match.path)",
+                                      detail: "the shared hook checks cgroups by ancestor id and this mount does not show the root cgroup")
+                }
+                value.flags |= UInt32(HUB_F_CGROUP)
+                value.cgroup_id = cgroup.match.id
+                value.cgroup_level = cgroup.match.level ?? 0
+            }
             try loaded.object.update(maps.filters, index: UInt32(slot), to: value)
             try loaded.object.update(maps.byNr, index: nr, to: Self.nrValue(onThisSyscall + [slot]))
         } catch {

@@ -84,7 +84,7 @@ struct SpecDecoderTests {
             "aggregate.histogram.buckets is not a known field (known: kind, max, min, step)",
         ])
         #expect(errors(#""filter":{"min_latency":5}"#) == [
-            "filter.min_latency is not a known field (known: comm, min_latency_ns, pid)",
+            "filter.min_latency is not a known field (known: cgroup, comm, container_id, min_latency_ns, pid, pod_uid)",
         ])
     }
 

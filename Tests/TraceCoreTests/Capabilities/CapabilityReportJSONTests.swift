@@ -39,8 +39,12 @@ struct CapabilityReportJSONTests {
         report.kernel.lockdown = nil
         let kernel = try #require(try encodeToObject(report)["kernel"] as? [String: Any])
         #expect(Set(kernel.keys) == ["release", "machine", "btf", "lockdown", "jit", "tracefs", "bpffs",
-                                     "syscall_prefix", "event_sources", "kprobe_events", "privileged"])
+                                     "syscall_prefix", "event_sources", "kprobe_events", "privileged", "cgroup2"])
         #expect(kernel["syscall_prefix"] is NSNull)
+        let cgroup2 = try #require(kernel["cgroup2"] as? [String: Any])
+        #expect(Set(cgroup2.keys) == ["path", "layout", "whole_hierarchy", "error"])
+        #expect(cgroup2["layout"] as? String == "unified")
+        #expect(cgroup2["error"] is NSNull)
         #expect(kernel["lockdown"] is NSNull)
         let tracefs = try #require(kernel["tracefs"] as? [String: Any])
         #expect(Set(tracefs.keys) == ["path", "mounted", "mounted_by_agent", "error"])

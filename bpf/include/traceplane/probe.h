@@ -16,6 +16,17 @@
 #define TP_HIST_SLOTS 64
 #define TP_COMM_LEN 16
 
+/* How a cgroup filter (filter.cgroup, container_id, pod_uid) is checked in the kernel:
+ * the current task's cgroup v2 ancestor at the filter's level compared with the filter's
+ * id (bpf_get_current_ancestor_cgroup_id), or membership of the cgroup in a cgroup array
+ * (bpf_current_task_under_cgroup) where that helper is missing or the levels are unknown.
+ * Both match the cgroup and every descendant, including ones created later. */
+enum tp_cgroup_mode {
+	TP_CG_NONE = 0,
+	TP_CG_ANCESTOR = 1,
+	TP_CG_UNDER = 2,
+};
+
 /* Per-CPU totals, in map `stats` (one entry). */
 struct tp_stats {
 	__u64 calls;        /* completed calls (events for count-only targets) */

@@ -28,6 +28,7 @@ struct hub_nr {
 #define HUB_F_KEYED 2     /* the slot has a key table in `slot_keys` */
 #define HUB_F_ARGS 4      /* its keys or value need the syscall's arguments */
 #define HUB_F_STR 8       /* a key part is the string argument `str_arg` points to */
+#define HUB_F_CGROUP 16   /* only calls from the cgroup `cgroup_id` (at `cgroup_level`) and below */
 
 /* Value of map `filters` (array keyed by slot): the slot's filter and what it aggregates. */
 struct hub_filter {
@@ -52,7 +53,8 @@ struct hub_filter {
 	__u64 min_latency_ns;          /* 0: every call */
 	__u32 claim;                   /* which claim of the slot: a call that entered under an
 	                                * earlier owner is not counted for the next */
-	__u32 pad;
+	__u32 cgroup_level;            /* HUB_F_CGROUP: the filter cgroup's depth (root: 0) */
+	__u64 cgroup_id;               /* HUB_F_CGROUP: its id (TP_CG_UNDER: the slot's entry of `filter_cgroups`) */
 };
 
 /* Key of a slot's key table: each kind of part has its place (numbers by part index). A
