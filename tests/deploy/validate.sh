@@ -5,7 +5,8 @@
 #      binary, then `systemd-analyze security --offline` must rate it "OK" or better;
 #   2. the Kubernetes manifests: kubernetes-validate (PyPI, installed into the gitignored
 #      .venv-deploy/) in strict mode, so unknown fields are errors;
-#   3. the Prometheus config: promtool check config (Debian package `prometheus`).
+#   3. the Prometheus config: promtool check config (Debian package `prometheus`), and its
+#      recording rules: promtool check rules, then promtool test rules on synthetic series.
 # Usage: tests/deploy/validate.sh [path/to/traceplane]   (default: .build/debug/traceplane)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,7 +43,9 @@ if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "1.37.0" ]; t
 fi
 "$venv/bin/kubernetes-validate" --strict deploy/kubernetes/*.yaml
 
-echo "--- prometheus: deploy/prometheus/prometheus.yml"
+echo "--- prometheus: deploy/prometheus/prometheus.yml, rules.yml"
+promtool check rules deploy/prometheus/rules.yml
+promtool test rules tests/deploy/rules.test.yml
 # The credentials file is a path inside the Prometheus pod; promtool insists it exists.
 # Debian's promtool is built without Kubernetes service discovery; then the scrape job is
 # checked with a static target in its place, and the kubernetes_sd_configs block by
@@ -50,6 +53,8 @@ echo "--- prometheus: deploy/prometheus/prometheus.yml"
 mkdir -p "$work/prom"
 echo "read-token-for-promtool-check" >"$work/prom/read.token"
 sed "s#credentials_file: .*#credentials_file: $work/prom/read.token#" deploy/prometheus/prometheus.yml >"$work/prom/prometheus.yml"
+# rule_files is relative to the config: the copy needs rules.yml beside it.
+cp deploy/prometheus/rules.yml "$work/prom/"
 if promtool check config --syntax-only "$work/prom/prometheus.yml" >/dev/null 2>&1; then
   promtool check config "$work/prom/prometheus.yml"
 else
