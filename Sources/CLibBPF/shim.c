@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
+#define _GNU_SOURCE 1
 #include "clibbpf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/perf_event.h>
 #include <malloc.h>
 #include <stdarg.h>
@@ -369,4 +371,31 @@ long tp_syscall_number(const char *name)
             return table[i].nr;
     }
     return -1;
+}
+
+int tp_cgroup_path(const char *mount, uint64_t id, char *path, size_t size)
+{
+	/* A kernfs file handle is the node's 64-bit id (FILEID_KERNFS). */
+	struct {
+		struct file_handle fh;
+		uint64_t id;
+	} handle = { .fh = { .handle_bytes = sizeof(uint64_t), .handle_type = 0xfe } };
+	memcpy(handle.fh.f_handle, &id, sizeof(id));
+	int mount_fd = open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (mount_fd < 0)
+		return -errno;
+	int fd = open_by_handle_at(mount_fd, &handle.fh, O_RDONLY | O_CLOEXEC);
+	int err = errno;
+	close(mount_fd);
+	if (fd < 0)
+		return -err;
+	char link[64];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, size - 1);
+	err = errno;
+	close(fd);
+	if (n < 0)
+		return -err;
+	path[n] = 0;
+	return (int)n;
 }

@@ -87,6 +87,11 @@ int tp_malloc_bound_retention(int mmap_threshold, int arena_max);
 int tp_probe_map_type(int map_type);
 int tp_probe_helper(int prog_type, int helper_id);
 
+/// The absolute path of the cgroup v2 directory with id `id` (open_by_handle_at with the
+/// kernfs handle, then the fd's link), under `mount`. Returns its length, or -errno
+/// (-ESTALE: no such cgroup; -EPERM without CAP_DAC_READ_SEARCH).
+int tp_cgroup_path(const char *mount, uint64_t id, char *path, size_t size);
+
 /// Program/map type and helper constants (enums that Swift imports awkwardly).
 enum {
     TP_MAP_TYPE_RINGBUF = BPF_MAP_TYPE_RINGBUF,

@@ -1,3 +1,4 @@
+import CLibBPF
 import Glibc
 import Synchronization
 
@@ -76,6 +77,13 @@ public final class CgroupPaths: Sendable {
             state.withLock { $0.entries[id] = entry }
             return Known(path: entry.path, identity: entry.identity, removed: entry.removedAt != nil)
         }
+        // One lookup by file handle (what the kernel's id is to kernfs) finds a cgroup made
+        // a moment ago; the walk is for hosts that refuse it (no CAP_DAC_READ_SEARCH).
+        if let root, let path = Self.byHandle(root: root, id: id) {
+            let identity = CgroupIdentity.parse(path)
+            state.withLock { $0.entries[id] = Entry(path: path, identity: identity, checked: t, removedAt: nil) }
+            return Known(path: path, identity: identity, removed: false)
+        }
         let due = state.withLock { s -> Bool in
             if let last = s.lastWalk, t - last < .seconds(1) { return false }
             s.lastWalk = t
@@ -153,6 +161,17 @@ public final class CgroupPaths: Sendable {
             }
             return .success(made(outer.value, outer.key))
         }
+    }
+
+    /// The path under `root` of cgroup `id`, through open_by_handle_at.
+    static func byHandle(root: String, id: UInt64) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4097)
+        let n = tp_cgroup_path(root, id, &buffer, buffer.count)
+        guard n > 0 else { return nil }
+        let absolute = String(decoding: buffer.prefix(Int(n)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if absolute == root { return "/" }
+        guard absolute.hasPrefix(root + "/") else { return nil }
+        return String(absolute.dropFirst(root.utf8.count))
     }
 
     static func inode(_ path: String) -> UInt64? {

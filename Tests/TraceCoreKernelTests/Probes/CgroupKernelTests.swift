@@ -216,6 +216,7 @@ struct CgroupKernelTests {
     @Test("A filter naming no cgroup is refused with the field and what was looked for; the kernel keeps nothing")
     func unknownCgroup() async throws {
         let manager = await manager()
+        Reaper.shared.drain()
         let before = oracle_bpf_fd_count()
         let target = ProbeTarget(type: .syscall, name: "getppid")
         for (filter, field) in [(ProbeFilter(cgroup: "/tp-no-such-cgroup-\(getpid())"), "filter.cgroup"),
