@@ -80,6 +80,9 @@ struct ProbeCommand: AsyncParsableCommand {
         var mechanism: [String] = []
         @Option(help: "Only count this process id.") var pid: Int?
         @Option(help: "Only count this command name.") var comm: String?
+        @Option(help: ArgumentHelp("Only count calls from this cgroup v2 (path under the cgroup2 mount) and its descendants.", valueName: "path")) var cgroup: String?
+        @Option(help: ArgumentHelp("Only count calls from this container (docker, containerd, cri-o, podman id, or a unique prefix of 12+ digits).", valueName: "id")) var containerId: String?
+        @Option(help: ArgumentHelp("Only count calls from this Kubernetes pod (its UID), containers started later included.", valueName: "uid")) var podUid: String?
         @Option(help: ArgumentHelp("Only count calls at least this slow: 200ns, 500us, 1ms, 1.5s.", valueName: "duration")) var minLatency: String?
         @Option(help: "Detach after this many seconds unless renewed.") var ttl: Int?
         @Option(parsing: .upToNextOption, help: "Labels as key=value.") var label: [String] = []
@@ -94,7 +97,8 @@ struct ProbeCommand: AsyncParsableCommand {
                 labels[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
             }
             let minLatencyNs = try minLatency.map { try DurationParser.nanoseconds($0, option: "--min-latency") }
-            let filter = pid == nil && comm == nil && minLatencyNs == nil ? nil : ProbeFilter(pid: pid, comm: comm, minLatencyNs: minLatencyNs)
+            let filter = pid == nil && comm == nil && minLatencyNs == nil && cgroup == nil && containerId == nil && podUid == nil ? nil
+                : ProbeFilter(pid: pid, comm: comm, minLatencyNs: minLatencyNs, cgroup: cgroup, containerID: containerId, podUID: podUid)
             return ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
                              filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec())
         }

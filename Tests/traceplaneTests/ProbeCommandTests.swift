@@ -38,6 +38,17 @@ struct ProbeCommandTests {
         #expect(decoded.aggregate == spec.aggregate && decoded.filter == spec.filter)
     }
 
+    @Test("--cgroup, --container-id and --pod-uid land in the filter as given")
+    func cgroupFlags() throws {
+        #expect(try add(["--cgroup", "/system.slice/nginx.service"]).filter == ProbeFilter(cgroup: "/system.slice/nginx.service"))
+        #expect(try add(["--container-id", "abcdefabcdef"]).filter == ProbeFilter(containerID: "abcdefabcdef"))
+        let uid = "5f0c1d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f"
+        let spec = try add(["--pod-uid", uid, "--by", "cgroup"])
+        #expect(spec.filter == ProbeFilter(podUID: uid))
+        let decoded = try SpecDecoder.decode(Array(try JSONEncoder().encode(spec)))
+        #expect(decoded.filter == spec.filter)
+    }
+
     @Test("Without those flags the spec is today's: no aggregate, no filter, nothing new in the JSON")
     func noFlags() throws {
         let spec = try add(["--pid", "42"])

@@ -257,4 +257,27 @@ struct KeySeriesTests {
             #expect(parsed.family(family) != nil, "\(family) has no HELP and TYPE")
         }
     }
+
+    @Test("A cgroup key carries container_id and pod_uid, and each kept cgroup gets one traceplane_cgroup_info series")
+    func cgroupLabels() throws {
+        let uid = "5f0c1d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f", id = String(repeating: "a1", count: 32)
+        let pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod\(uid.replacingOccurrences(of: "-", with: "_")).slice/cri-containerd-\(id).scope"
+        let service = "/system.slice/nginx.service"
+        let table = KeyedAggregate(by: ["cgroup"], value: "none", histogram: nil, droppedKeys: 0, entries: [
+            Self.entry([.cgroup(id: 7, path: pod, container: CgroupIdentity.parse(pod), removed: false)], calls: 30),
+            Self.entry([.cgroup(id: 8, path: service, container: CgroupIdentity.parse(service), removed: true)], calls: 20),
+            Self.entry([.cgroup(id: 9, path: nil, container: nil, removed: false)], calls: 10),
+        ])
+        let (text, _) = try Self.render([Self.probe(table)])
+        #expect(Self.keyLines(text).prefix(3) == [
+            "traceplane_probe_key_calls_total{\(Self.identity),cgroup=\"\(pod)\",container_id=\"\(id)\",pod_uid=\"\(uid)\"} 30",
+            "traceplane_probe_key_calls_total{\(Self.identity),cgroup=\"\(service)\",container_id=\"\",pod_uid=\"\"} 20",
+            "traceplane_probe_key_calls_total{\(Self.identity),cgroup=\"cgroup-id:9\",container_id=\"\",pod_uid=\"\"} 10",
+        ])
+        let info = text.split(separator: "\n").filter { $0.hasPrefix("traceplane_cgroup_info{") }
+        #expect(info == [
+            "traceplane_cgroup_info{cgroup=\"\(pod)\",container_id=\"\(id)\",pod_uid=\"\(uid)\",qos=\"burstable\",runtime=\"containerd\",unit=\"cri-containerd-\(id).scope\"} 1",
+            "traceplane_cgroup_info{cgroup=\"\(service)\",container_id=\"\",pod_uid=\"\",qos=\"\",runtime=\"\",unit=\"nginx.service\"} 1",
+        ])
+    }
 }

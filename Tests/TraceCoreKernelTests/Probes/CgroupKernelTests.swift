@@ -1,6 +1,7 @@
 import CKernelOracle
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 @testable import TraceCore
 import TraceCoreTestSupport
@@ -231,5 +232,24 @@ struct CgroupKernelTests {
             }
         }
         #expect(oracle_bpf_fd_count() == before)
+    }
+
+    @Test("A cgroup's path: found by handle the moment it exists; kept and marked removed when it goes; forgotten after the retention")
+    func pathsAgeOut() throws {
+        let tree = try Tree("age")
+        let path = try tree.make("/docker-\(Self.idD).scope")
+        let id = try #require(CgroupPaths.inode(tree.mount + path))
+        let now = Mutex(ContinuousClock.now)
+        let paths = CgroupPaths(root: tree.mount, recheck: .seconds(5), retention: .seconds(60), now: { now.withLock { $0 } })
+        let found = try #require(paths.resolve(id))
+        #expect(found.path == path && !found.removed && found.identity.containerID == Self.idD)
+        tree.remove(path)
+        #expect(paths.resolve(id)?.removed == false, "not checked again within 5 s")
+        now.withLock { $0 += .seconds(6) }
+        #expect(paths.resolve(id) == CgroupPaths.Known(path: path, identity: found.identity, removed: true))
+        now.withLock { $0 += .seconds(59) }
+        #expect(paths.resolve(id)?.removed == true)
+        now.withLock { $0 += .seconds(2) }
+        #expect(paths.resolve(id) == nil, "forgotten 60 s after it was seen gone")
     }
 }
