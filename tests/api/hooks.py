@@ -11,6 +11,9 @@ negative cases keep whatever was generated.
   tracepoint without a field value); a linear histogram needs max > min and at most 512
   buckets of `step` between them; a key table (preallocated on every CPU) may take at most
   64 MiB per CPU: `max_keys` × (key + 32 bytes + 8 per histogram slot).
+- `filter`: at most one of `cgroup`, `container_id` and `pod_uid` (the first kept), and a
+  cgroup path without `.` or `..` components. Whether the cgroup exists is the host's
+  business (422 when not), as for a missing function or binary.
 """
 import schemathesis
 
@@ -97,7 +100,22 @@ def before_call(context, case, kwargs):
     name = (case.path_parameters or {}).get("name")
     if method == "PUT" and isinstance(body.get("name"), str) and isinstance(name, str):
         body["name"] = name
+    if isinstance(body.get("filter"), dict):
+        fit_filter(body["filter"])
     aggregate = body.get("aggregate")
     if isinstance(aggregate, dict):
         target = body.get("target")
         fit_aggregate(aggregate, isinstance(target, dict) and target.get("type") == "tracepoint")
+
+
+CGROUP_FILTERS = ("cgroup", "container_id", "pod_uid")
+
+
+def fit_filter(filter_):
+    given = [name for name in CGROUP_FILTERS if filter_.get(name) is not None]
+    for name in given[1:]:
+        del filter_[name]
+    path = filter_.get("cgroup")
+    if isinstance(path, str) and path != "/":
+        parts = [p if p not in (".", "..") else "x" for p in path.split("/")[1:]]
+        filter_["cgroup"] = "/" + "/".join(parts)

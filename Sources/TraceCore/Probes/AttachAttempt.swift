@@ -58,6 +58,9 @@ extension AttachAttempt.Outcome {
 /// No flavour attached; nothing was kept.
 public struct AttachFailure: Error, Sendable {
     public var attempts: [AttachAttempt]
+    /// Why no flavour was tried, when the host lacks what the spec names (a cgroup that
+    /// is not there); the one attempt says it too.
+    public var refusal: String? = nil
 
     /// The chain stopped because the agent ran out of file descriptors or memory: the
     /// request was not at fault, and the same request can work later (503, not 422).

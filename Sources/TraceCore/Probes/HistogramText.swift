@@ -33,6 +33,17 @@ public enum HistogramText {
     ///        ret                : count      distribution
     ///       2048 -> 4095        : 812       |****************************************|
     /// ```
+    /// What a cgroup key's path says: ` (pod 5f0c…, burstable, containerd a1a1a1a1a1a1)`.
+    static func cgroupNote(_ value: KeyedAggregate.KeyValue) -> String {
+        guard case .cgroup(_, _, let c?, let removed) = value else { return "" }
+        var parts: [String] = []
+        if let uid = c.podUID { parts.append("pod \(uid)" + (c.qos.map { " \($0)" } ?? "")) }
+        if let id = c.containerID { parts.append("\(c.runtime ?? "container") \(id.prefix(12))") }
+        if parts.isEmpty, let unit = c.unit { parts.append(unit) }
+        if removed { parts.append("removed") }
+        return parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")"
+    }
+
     public static func keys(_ a: KeyedAggregate, totalKeys: Int) -> String {
         var out = "\nkeys " + (a.by.isEmpty ? "(none)" : a.by.joined(separator: ", ")) + "  value \(a.value)"
         out += "  showing \(a.entries.count) of \(totalKeys)"
@@ -40,7 +51,7 @@ public enum HistogramText {
         out += "\n"
         let unit = a.valueIsLatency ? " ns" : ""
         for entry in a.entries {
-            var header = zip(a.by, entry.key).map { "\($0) = \($1.text)" }.joined(separator: ", ")
+            var header = zip(a.by, entry.key).map { "\($0) = \($1.text)\(cgroupNote($1))" }.joined(separator: ", ")
             header += (header.isEmpty ? "" : "  ") + "calls \(entry.calls)  errors \(entry.errors)"
             if a.histogram != nil, entry.count > 0 { header += "  avg \(entry.sum / Int64(clamping: entry.count))\(unit)" }
             out += "\n" + header + "\n"

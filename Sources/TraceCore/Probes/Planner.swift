@@ -41,9 +41,10 @@ public struct Planner: Sendable {
         switch Self.cgroupFilter(spec, plan: plan, report: report, host: host) {
         case .success(let resolved): cgroup = resolved
         case .failure(let refused):
+            let message = "\(refused.field): \(refused.message)"
             return .failure(AttachFailure(attempts: [AttachAttempt(flavour: spec.flavours.first ?? FlavourCatalog.chain(for: spec).first?.flavour ?? .tracepoint,
-                                                                   outcome: .unsupported, stage: nil, errno: nil,
-                                                                   message: "\(refused.field): \(refused.message)")]))
+                                                                   outcome: .unsupported, stage: nil, errno: nil, message: message)],
+                                          refusal: message))
         }
         var attempts: [AttachAttempt] = []
         for descriptor in FlavourCatalog.chain(for: spec) {

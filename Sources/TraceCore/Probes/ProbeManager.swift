@@ -442,6 +442,9 @@ public actor ProbeManager {
                                  detail: "the agent ran out of \(errno == .ENOMEM ? "memory" : "file descriptors") (\(errno?.name ?? "?")) while attaching \(spec.target.label); nothing was kept, retry later (\(summary))",
                                  attempts: failure.attempts, errno: errno)
             }
+            if let refusal = failure.refusal {
+                throw ProbeError(kind: .attachFailed, detail: "\(spec.target.label) cannot be traced as asked on this host: \(refusal)", attempts: failure.attempts)
+            }
             throw ProbeError(kind: .attachFailed, detail: "no mechanism could attach \(spec.target.label): \(summary)", attempts: failure.attempts)
         }
     }
