@@ -161,8 +161,10 @@ extension ProbeSpec {
         (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)
     }
 
-    /// A UUID, with dashes or (as kubelet's systemd driver writes it) underscores.
+    /// A UUID, with dashes or (as kubelet's systemd driver writes it) underscores, or 32
+    /// hex digits (static pods).
     static func validPodUID(_ s: String) -> Bool {
+        if s.utf8.count == 32 { return s.utf8.allSatisfy(isHexDigit) }  // a static pod's: its config's hash
         let groups = s.split(separator: s.contains("_") ? "_" : "-", omittingEmptySubsequences: false)
         return groups.map(\.utf8.count) == [8, 4, 4, 4, 12] && groups.allSatisfy { $0.utf8.allSatisfy(isHexDigit) }
     }
@@ -267,7 +269,7 @@ extension ProbeSpec {
                 errors.append(FieldError(field: "filter.container_id", message: "must be a container id: 12 to 64 hex digits (the full id, or a prefix of it that names one container)"))
             }
             if let uid = filter.podUID, !Self.validPodUID(uid) {
-                errors.append(FieldError(field: "filter.pod_uid", message: "must be a pod UID: 8-4-4-4-12 hex digits (`kubectl get pod -o jsonpath='{.metadata.uid}'`)"))
+                errors.append(FieldError(field: "filter.pod_uid", message: "must be a pod UID: 8-4-4-4-12 hex digits, or a static pod's 32 (`kubectl get pod -o jsonpath='{.metadata.uid}'`)"))
             }
         }
         if let ttl = ttlSeconds, ttl < 1 || ttl > Self.maxTTLSeconds {
