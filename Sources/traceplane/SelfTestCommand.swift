@@ -103,8 +103,32 @@ struct CheckResult: Encodable {
             var calls: UInt64
             var buckets: [[Int64]]
         }
+        /// cgroup checks: every key of the probe keyed by cgroup (filtered to the workload's
+        /// name), by its path under the cgroup2 mount.
+        var cgroups: [String: CgroupKey]?
+        /// cgroup checks: the probe filtered by filter.pod_uid (and keyed by cgroup).
+        var podFilter: PodFilter?
+        struct CgroupKey: Encodable, Hashable {
+            var id: UInt64
+            var calls: UInt64
+            /// What the path says runs there (CgroupIdentity); null when unresolved.
+            var container: CgroupIdentity?
+            var removed: Bool
+        }
+        struct PodFilter: Encodable, Hashable {
+            var podUID: String
+            var calls: UInt64
+            var latencyCount: UInt64?
+            var keys: [String: UInt64]
+            enum CodingKeys: String, CodingKey {
+                case calls, keys
+                case podUID = "pod_uid"
+                case latencyCount = "latency_count"
+            }
+        }
         enum CodingKeys: String, CodingKey {
-            case keys
+            case keys, cgroups
+            case podFilter = "pod_filter"
             case calls
             case latencyCount = "latency_count"
             case histogramCount = "histogram_count"

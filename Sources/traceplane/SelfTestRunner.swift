@@ -92,6 +92,7 @@ struct SelfTestRunner: Sendable {
                                            events: n, expectation: .exact(n),
                                            trigger: { _ = traceplane_uprobe_target(41) })))
         results += await keyedChecks()
+        results += await cgroupChecks()
         return (results, search)
     }
 
@@ -195,22 +196,7 @@ struct SelfTestRunner: Sendable {
     // MARK: One check
 
     func run(_ plan: CheckPlan) async -> CheckResult {
-        let chain = plan.flavours.map { $0.compactMap { FlavourCatalog.descriptor($0, for: plan.target.type) } }
-            ?? FlavourCatalog.chain(for: plan.target.type)
-        var reasons: [String] = []
-        var capabilityRuledOut = false
-        var predicted: Flavour?
-        for descriptor in chain {
-            if let why = capabilityReason(descriptor) {
-                reasons.append(why)
-                capabilityRuledOut = true
-            } else if let why = btfReason(descriptor, target: plan.target) {
-                reasons.append(why)
-            } else {
-                predicted = descriptor.flavour
-                break
-            }
-        }
+        let (predicted, reasons, capabilityRuledOut) = predict(plan.flavours, target: plan.target)
         let expectedText: String
         switch plan.expectation {
         case .exact(let count):
@@ -292,6 +278,27 @@ struct SelfTestRunner: Sendable {
         let actual = result.actual.map { "calls \($0.calls)" + ($0.latencyCount.map { ", latency count \($0)" } ?? "") } ?? "unread"
         Self.log("[\(result.status)] \(plan.name): \(chosen ?? "none"), \(actual)")
         return result
+    }
+
+    /// The first flavour of `flavours` (nil: the default chain) that the capability report
+    /// and vmlinux BTF allow for `target`, why the ones before it are ruled out, and whether
+    /// the capability report ruled any out.
+    func predict(_ flavours: [Flavour]?, target: ProbeTarget) -> (predicted: Flavour?, reasons: [String], capabilityRuledOut: Bool) {
+        let chain = flavours.map { $0.compactMap { FlavourCatalog.descriptor($0, for: target.type) } }
+            ?? FlavourCatalog.chain(for: target.type)
+        var reasons: [String] = []
+        var capabilityRuledOut = false
+        for descriptor in chain {
+            if let why = capabilityReason(descriptor) {
+                reasons.append(why)
+                capabilityRuledOut = true
+            } else if let why = btfReason(descriptor, target: target) {
+                reasons.append(why)
+            } else {
+                return (descriptor.flavour, reasons, capabilityRuledOut)
+            }
+        }
+        return (nil, reasons, capabilityRuledOut)
     }
 
     func counted(_ actual: CheckResult.Actual, _ plan: CheckPlan) -> Bool {

@@ -41,6 +41,17 @@ def check(doc, profile):
             expect(c["mechanism"] in mechanisms, f"'{name}' chose {c['mechanism']}, expected one of {sorted(mechanisms)}")
         return c
 
+    def cgroups(mechanism):
+        # Exact per-cgroup counts and identities are the check's own pass; the totals are
+        # asserted again here so a weakened check cannot pass unnoticed.
+        c = chose(f"cgroups: syscall getppid by cgroup and filter.pod_uid, mechanisms [{mechanism}]", {mechanism})
+        if c and c["actual"]:
+            a = c["actual"]
+            expect(a["calls"] == 1550 and len(a.get("cgroups") or {}) == 6,
+                   f"cgroup check [{mechanism}]: {a['calls']} calls in {len(a.get('cgroups') or {})} cgroups, expected 1550 in 6")
+            expect((a.get("pod_filter") or {}).get("calls") == 350, f"cgroup check [{mechanism}]: pod filter calls {(a.get('pod_filter') or {}).get('calls')}, expected 350")
+
+    cg = doc["kernel"].get("cgroup2") or {}
     expect(doc["pass"] is True, f"selftest reports failures: {[c['name'] for c in doc['checks'] if c['pass'] is False]}")
     if profile == "fentry-kprobe":
         for m in ("fentry", "fexit", "kprobe", "kretprobe"):
@@ -65,6 +76,11 @@ def check(doc, profile):
             chose(f"keys: syscall read by arg:fd, value arg:count, mechanisms [{m}]", {m})
         for m in ("fentry", "kprobe"):
             chose(f"keys: function vfs_read by arg:count, value arg:count, mechanisms [{m}]", {m})
+        # The initramfs mounts only cgroup2, at /sys/fs/cgroup: a pure v2 host.
+        expect(cg.get("layout") == "unified" and cg.get("path") == "/sys/fs/cgroup" and cg.get("whole_hierarchy") is True,
+               f"cgroup2 should be unified at /sys/fs/cgroup showing the whole hierarchy: {cg}")
+        for m in ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"):
+            cgroups(m)
     elif profile == "host":
         # The development kernel denies fentry and has no kprobes: syscalls go to the shared
         # raw_syscalls hook via tp_btf (vmlinux BTF is there).
@@ -73,6 +89,10 @@ def check(doc, profile):
         chose("tracepoint sched:sched_switch, default chain", TRACEPOINT_FLAVOURS)
         for m in ("tp_btf", "raw_tracepoint", "tracepoint"):
             chose(f"keys: syscall read by arg:fd, value arg:count, mechanisms [{m}]", {m})
+        # This host is hybrid (cgroup2 at /sys/fs/cgroup/unified beside v1 hierarchies).
+        expect(cg.get("layout") in ("hybrid", "unified") and cg.get("path"), f"no cgroup2 mount on this host: {cg}")
+        for m in ("tp_btf", "raw_tracepoint", "tracepoint"):
+            cgroups(m)
     else:
         sys.exit(f"unknown profile {profile}")
     chose("uprobe traceplane_uprobe_target, default chain", {"uprobe"})

@@ -110,6 +110,12 @@ int tp_link_create_perf_event(int prog_fd, int perf_fd);
 /// Opens a perf event for the tracepoint with the given tracefs id. Returns fd or -errno.
 int tp_perf_event_open_tracepoint(uint64_t tracepoint_id);
 
+/// The self-test's cgroup workload: forks a child that moves itself into the cgroup v2
+/// directory `cgroup` (writes "0" to its cgroup.procs), names itself `comm` and makes
+/// `calls` raw getppid syscalls, then waits for it. Returns 0, or -errno (the child's
+/// errno when it could not join the cgroup). The child makes only async-signal-safe calls.
+int tp_getppid_in_cgroup(const char *cgroup, const char *comm, long calls);
+
 /// A function with a stable symbol that the uprobe capability probe attaches to.
 int traceplane_uprobe_target(int value);
 
