@@ -18,7 +18,6 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -830,33 +829,3 @@ long oracle_task_struct_offset(const char *member)
 	return result;
 }
 
-int oracle_getppid_in_cgroup(const char *cgroup, const char *comm, long calls)
-{
-	char procs[4096];
-	if (snprintf(procs, sizeof(procs), "%s/cgroup.procs", cgroup) >= (int)sizeof(procs))
-		return -ENAMETOOLONG;
-	pid_t child = fork();
-	if (child < 0)
-		return -errno;
-	if (child == 0) {
-		/* Only async-signal-safe calls here: the parent is multi-threaded. */
-		int fd = open(procs, O_WRONLY | O_CLOEXEC);
-		if (fd < 0)
-			_exit(errno & 0xff);
-		if (write(fd, "0\n", 2) != 2) /* "0": the writing process itself */
-			_exit(errno & 0xff);
-		close(fd);
-		prctl(PR_SET_NAME, comm, 0, 0, 0);
-		for (long i = 0; i < calls; i++)
-			syscall(SYS_getppid);
-		_exit(0);
-	}
-	int status = 0;
-	while (waitpid(child, &status, 0) < 0) {
-		if (errno != EINTR)
-			return -errno;
-	}
-	if (!WIFEXITED(status))
-		return -ECHILD;
-	return -WEXITSTATUS(status);
-}

@@ -128,12 +128,6 @@ int oracle_set_thread_name(const char *name);
 /// (looking into anonymous structs and unions), or -errno (-ENOENT when absent).
 long oracle_task_struct_offset(const char *member);
 
-/// Runs a child process that moves itself into the cgroup v2 directory `cgroup` (writing
-/// its pid to cgroup.procs), names itself `comm`, makes `calls` getppid system calls and
-/// exits; waits for it. Returns 0, or -errno of the step that failed (in the child: its
-/// exit status carries the errno).
-int oracle_getppid_in_cgroup(const char *cgroup, const char *comm, long calls);
-
 /// The function the uprobe trials attach to. Returns `x + 1`.
 int oracle_uprobe_target(int x);
 

@@ -1,4 +1,5 @@
 import CKernelOracle
+import CLibBPF
 import Foundation
 import Glibc
 import Synchronization
@@ -52,7 +53,7 @@ struct CgroupKernelTests {
 
         /// `calls` getppid calls from a process named `comm` in `path` (under the mount).
         func run(_ path: String, comm: String, calls: Int) {
-            let rc = oracle_getppid_in_cgroup(mount + path, comm, calls)
+            let rc = tp_getppid_in_cgroup(mount + path, comm, calls)
             #expect(rc == 0, "workload in \(path): \(rc)")
         }
 
