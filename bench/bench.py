@@ -794,6 +794,16 @@ def ratio_verdict(results, num, den, measurements, limit, cpus):
     return text, verdict(ok) + (f" on the CPU mean; missed pinned to {', '.join(misses)}" if ok and misses else "")
 
 
+def paired_diff(samples, label, other, m):
+    """Median, min and max over rounds of `label`'s sample minus `other`'s of the same
+    round (both are paired with the same no-tracing sample, so this is the difference of
+    their added ns, round by round); None when either was not measured."""
+    if (label, m) not in samples or (other, m) not in samples:
+        return None
+    xs = [a - b for a, b in zip(samples[(label, m)], samples[(other, m)])]
+    return median(xs), min(xs), max(xs)
+
+
 def keyed_pairs(meta):
     """The keyed rows and what each is compared with: (row, counterpart, target ratio,
     measurements, the target's wording). The cheapest probe is held to the floor of the
@@ -964,16 +974,19 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
             w(f"\nCgroup filter, side by side: `filter.cgroup` `{cgm.get('path', '?')}` (under {cgm.get('mount', '?')}), "
               "the cgroup the loop runs in, so every traced call passes it and is counted, next to the same probe "
               f"without it (both with the pid filter; kernel check here: {how}). \"+ filter\" is the difference of "
-              "the two rows' medians of added ns:\n")
-            w("| configuration | compared with | traced getppid | compared | + filter | traced read(1) | compared | + filter "
-              "| + filter by CPU (getppid / read) |")
-            w("|---|---|---|---|---|---|---|---|---|")
+              "the two rows' medians of added ns; \"paired\" the median [min … max] over rounds of the difference "
+              "between the two rows' samples of the same round (less of the round-to-round noise):\n")
+            w("| configuration | compared with | traced getppid | compared | + filter | paired | traced read(1) | compared "
+              "| + filter | paired | + filter by CPU (getppid / read) |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|")
             for label, other in cg_pairs:
                 cells = [label, other]
                 for m in ("getppid", "read1"):
                     a, b = results.get((label, m)), results.get((other, m))
+                    d = paired_diff(samples, label, other, m)
                     cells += [fmt(a) if a is not None else "n/a", fmt(b) if b is not None else "n/a",
-                              f"{a - b:+.0f}" if None not in (a, b) else "n/a"]
+                              f"{a - b:+.0f}" if None not in (a, b) else "n/a",
+                              f"{d[0]:+.0f} [{d[1]:+.0f} … {d[2]:+.0f}]" if d else "n/a"]
                 per_cpu = []
                 for c in cpu_ids:
                     rs = [(results.get((label, m, c)), results.get((other, m, c))) for m in ("getppid", "read1")]
@@ -1078,9 +1091,10 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
               if (label, m) in results and (other, m) in results]
         if len(ds) == 2:
             flavour = meta["mechanisms"].get(label, "?")
-            text = " / ".join(f"{d:+.0f} ns" for d in ds) + " (CPU mean)"
+            pd = [paired_diff(samples, label, other, m) for m in ("getppid", "read1")]
+            text = " / ".join(f"{d:+.0f} ns" for d in ds) + " (CPU mean; paired by round: " + " / ".join(
+                f"{p[0]:+.0f}" for p in pd) + ")"
             for c in cpus:
-                dc = [results.get((label, m, c)), results.get((other, m, c))]
                 pc = [(results.get((label, m, c)), results.get((other, m, c))) for m in ("getppid", "read1")]
                 if all(None not in p for p in pc):
                     text += f"; CPU {c}: " + " / ".join(f"{a - b:+.0f}" for a, b in pc)
