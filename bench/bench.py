@@ -144,14 +144,15 @@ class Agent:
                 if attempt:
                     raise
 
-    def put_probe(self, name, syscall, mechanism=None, pid=None, aggregate=None):
+    def put_probe(self, name, syscall, mechanism=None, pid=None, aggregate=None, filter_extra=None):
         """PUT a syscall probe; without `aggregate` the spec is exactly the v0 one (no
-        `aggregate` member), so that the rows measured before keys existed keep their meaning."""
+        `aggregate` member), so that the rows measured before keys existed keep their meaning.
+        `filter_extra`: more members of `filter` (e.g. `cgroup`), next to the pid."""
         spec = {"target": {"type": "syscall", "name": syscall}}
         if mechanism:
             spec["mechanisms"] = [mechanism]
-        if pid:
-            spec["filter"] = {"pid": pid}
+        if pid or filter_extra:
+            spec["filter"] = ({"pid": pid} if pid else {}) | dict(filter_extra or {})
         if aggregate is not None:
             spec["aggregate"] = aggregate
         status, body = self.call("PUT", f"/v1/probes/{name}", spec)
@@ -295,9 +296,10 @@ class TracePlaneProbe(Configuration):
     is the sum over the probe's key table rather than `calls`: it proves that the kernel
     filled the key table, not only the totals that every probe keeps."""
 
-    def __init__(self, pool, mechanism, pid, agent_args=(), binary=None, aggregate=None, label=None, syscalls=None):
+    def __init__(self, pool, mechanism, pid, agent_args=(), binary=None, aggregate=None, label=None, syscalls=None,
+                 filter_extra=None):
         self.pool, self.mechanism, self.pid, self.agent_args = pool, mechanism, pid, tuple(agent_args)
-        self.binary, self.aggregate = binary, aggregate
+        self.binary, self.aggregate, self.filter_extra = binary, aggregate, filter_extra
         self.label = label or ((f"TracePlane, {mechanism}" if mechanism else "TracePlane, default") +
                                "".join(f" {a}" for a in agent_args) + (" (baseline build)" if binary else ""))
         if syscalls:
@@ -309,7 +311,8 @@ class TracePlaneProbe(Configuration):
         names = []
         for i, target in enumerate((syscall,) + tuple(extra)):
             name = f"bench-{i}"
-            probe = self.agent.put_probe(name, target, self.mechanism, self.pid, self.aggregate)
+            probe = self.agent.put_probe(name, target, self.mechanism, self.pid, self.aggregate,
+                                         self.filter_extra if i == 0 else None)
             if i == 0:
                 self.picked = probe["mechanism"]
             names.append(name)
@@ -383,6 +386,70 @@ class BpftraceByComm(Bpftrace):
     def count(self, out):
         # Bucket lines of a printed hist(): "[64, 128)    1234 |@@@@   |"
         return sum(int(m.group(1)) for m in re.finditer(r"^\[[^\]\n]*[\])]\s+(\d+)\s+\|", out, re.M))
+
+
+class BpftraceByCgroup(BpftraceByComm):
+    """bpftrace keeping what `"aggregate": {"by": ["cgroup"]}` keeps: a latency histogram per
+    cgroup v2 id (bpftrace's `cgroup` builtin, bpf_get_current_cgroup_id), with the same
+    pid filter and entry/exit pair as `BpftraceByComm`; counted the same way."""
+
+    label = "bpftrace, @[cgroup] = hist()"
+
+    def script(self, syscall):
+        return (f"BEGIN {{ printf(\"ready\\n\"); }} "
+                f"tracepoint:syscalls:sys_enter_{syscall} /pid == {self.pid}/ {{ @s[tid] = nsecs; }} "
+                f"tracepoint:syscalls:sys_exit_{syscall} /@s[tid]/ "
+                f"{{ @[cgroup] = hist(nsecs - @s[tid]); delete(@s[tid]); }}")
+
+
+class BenchCgroup:
+    """A cgroup made for the run under the cgroup2 mount (found in /proc/self/mountinfo),
+    holding the loop process for the whole run: every configuration measures a loop in the
+    same cgroup, the cgroup-filter rows name it (so every call passes the filter), and the
+    cgroup-keyed rows have one key, as the by-comm rows do. With no controller enabled in
+    it, membership alone changes nothing on the syscall path. Removed at the end (the loop
+    moved back to the mount's root cgroup first)."""
+
+    NAME = "tp-bench"
+
+    def __init__(self):
+        self.mount = self.find_mount()
+        self.path = os.path.join(self.mount, self.NAME)
+        if os.path.isdir(self.path):
+            self.remove()  # left over by an interrupted run
+        os.mkdir(self.path)
+        atexit.register(self.remove)
+
+    @staticmethod
+    def find_mount():
+        """The mount point of a cgroup2 filesystem whose root is the hierarchy's root."""
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[sep + 1] == "cgroup2" and fields[3] == "/":
+                    return fields[4]
+        raise SystemExit("no cgroup2 mount showing the root of the hierarchy in /proc/self/mountinfo")
+
+    def add(self, pid):
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(f"{pid}\n")
+
+    def remove(self):
+        if not os.path.isdir(self.path):
+            return
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                pids = f.read().split()
+            for pid in pids:
+                try:
+                    with open(os.path.join(self.mount, "cgroup.procs"), "w") as f:
+                        f.write(f"{pid}\n")
+                except OSError:
+                    pass  # exited meanwhile
+            os.rmdir(self.path)
+        except OSError as e:
+            log(f"could not remove {self.path}: {e}")
 
 
 class BpftraceReadByCount(Bpftrace):
@@ -561,7 +628,12 @@ def control_plane(args, binary, fillers):
 # Labels of the keyed TracePlane rows, named once: the report pairs them by these.
 KEYED = {"no tables": "TracePlane, no keys, no process table",
          "by comm": "TracePlane, by comm (latency histogram)",
-         "by count": "TracePlane, read by arg:count"}
+         "by count": "TracePlane, read by arg:count",
+         "by cgroup": "TracePlane, by cgroup (latency histogram)"}
+
+# The cgroup-filter rows (filter.cgroup naming the loop's cgroup) and the row each adds to.
+CGROUP_FILTER = {"TracePlane, default + filter.cgroup": "TracePlane, default",
+                 "TracePlane, tracepoint + filter.cgroup": "TracePlane, tracepoint"}
 
 
 def keyed_configs(pool, pid):
@@ -578,6 +650,19 @@ def keyed_configs(pool, pid):
         TracePlaneProbe(pool, None, pid, aggregate={"by": ["arg:count"], "value": "none"},
                         label=KEYED["by count"], syscalls=("read",)),
         BpftraceReadByCount(pid, pool),
+    ]
+
+
+def cgroup_configs(pool, pid, cgroup):
+    """The cgroup rows of section 1: `by: ["cgroup"]` next to bpftrace's `@[cgroup] =
+    hist()`, and the default and tracepoint probes with `filter.cgroup` naming the loop's
+    cgroup (`cgroup` relative to the mount), each compared with the same probe without it."""
+    return [
+        TracePlaneProbe(pool, None, pid, aggregate={"by": ["cgroup"]}, label=KEYED["by cgroup"]),
+        BpftraceByCgroup(pid, pool),
+        TracePlaneProbe(pool, None, pid, filter_extra={"cgroup": cgroup}, label="TracePlane, default + filter.cgroup"),
+        TracePlaneProbe(pool, "tracepoint", pid, filter_extra={"cgroup": cgroup},
+                        label="TracePlane, tracepoint + filter.cgroup"),
     ]
 
 
@@ -709,6 +794,16 @@ def ratio_verdict(results, num, den, measurements, limit, cpus):
     return text, verdict(ok) + (f" on the CPU mean; missed pinned to {', '.join(misses)}" if ok and misses else "")
 
 
+def paired_diff(samples, label, other, m):
+    """Median, min and max over rounds of `label`'s sample minus `other`'s of the same
+    round (both are paired with the same no-tracing sample, so this is the difference of
+    their added ns, round by round); None when either was not measured."""
+    if (label, m) not in samples or (other, m) not in samples:
+        return None
+    xs = [a - b for a, b in zip(samples[(label, m)], samples[(other, m)])]
+    return median(xs), min(xs), max(xs)
+
+
 def keyed_pairs(meta):
     """The keyed rows and what each is compared with: (row, counterpart, target ratio,
     measurements, the target's wording). The cheapest probe is held to the floor of the
@@ -719,7 +814,9 @@ def keyed_pairs(meta):
             (KEYED["by comm"], BpftraceByComm.label, 0.35, ("getppid", "read1"),
              "by comm (latency histogram): ≤ 0.35× bpftrace's `@[comm] = hist()` (getppid / read)"),
             (KEYED["by count"], BpftraceReadByCount.label, 0.35, ("read1",),
-             "read by arg:count: ≤ 0.35× bpftrace's `@[args->count] = count()` (read)")]
+             "read by arg:count: ≤ 0.35× bpftrace's `@[args->count] = count()` (read)"),
+            (KEYED["by cgroup"], BpftraceByCgroup.label, 0.35, ("getppid", "read1"),
+             "by cgroup (latency histogram): ≤ 0.35× bpftrace's `@[cgroup] = hist()` (getppid / read)")]
 
 
 def write_report(path, args, meta, over, scal, cp, kcp, tools):
@@ -761,6 +858,14 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
           "sys_enter/sys_exit; `@[args->count] = count()` on sys_enter_read alone). The arg:count pair is measured on "
           "read only (getppid has no arguments), so it has no collateral sample. A keyed probe's count read back is "
           "the sum over its key table: the keys were counted, not only the totals.")
+    if any(label in CGROUP_FILTER or label in (KEYED["by cgroup"], BpftraceByCgroup.label) for (label, _m) in samples):
+        cgm = meta.get("cgroup", {})
+        w(f"- Cgroup rows: the loop runs in a cgroup made for the run, `{cgm.get('path', '?')}` under the cgroup2 mount "
+          f"{cgm.get('mount', '?')} (found in /proc/self/mountinfo; no controller enabled in it; removed at the end), for "
+          "every configuration. `{\"by\": [\"cgroup\"]}` (a latency histogram per cgroup: one key here) is next to "
+          "bpftrace's `@[cgroup] = hist(nsecs - @s[tid])` (the cgroup v2 id) with the by-comm rows' entry/exit pair. "
+          "`filter.cgroup` naming that cgroup is added to the default and to the tracepoint probe (pid filter kept): "
+          "every call passes it, and the count read back shows they were all counted.")
     w("")
 
     results, bt, floors = {}, {}, {}
@@ -861,6 +966,34 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
                         per_cpu.append(f"CPU {c}: " + " / ".join(f"{x / y:.2f}×" for x, y in rs))
                 cells.append("; ".join(per_cpu) or "—")
                 w("| " + " | ".join(cells) + " |")
+        cg_pairs = [(a, b) for a, b in CGROUP_FILTER.items() if any((a, m) in results for m in ("getppid", "read1"))]
+        if cg_pairs:
+            cgm = meta.get("cgroup", {})
+            how = {True: "`bpf_get_current_ancestor_cgroup_id` compared with the cgroup's id",
+                   False: "`bpf_current_task_under_cgroup` on a cgroup array"}.get(cgm.get("ancestor_helper"), "?")
+            w(f"\nCgroup filter, side by side: `filter.cgroup` `{cgm.get('path', '?')}` (under {cgm.get('mount', '?')}), "
+              "the cgroup the loop runs in, so every traced call passes it and is counted, next to the same probe "
+              f"without it (both with the pid filter; kernel check here: {how}). \"+ filter\" is the difference of "
+              "the two rows' medians of added ns; \"paired\" the median [min … max] over rounds of the difference "
+              "between the two rows' samples of the same round (less of the round-to-round noise):\n")
+            w("| configuration | compared with | traced getppid | compared | + filter | paired | traced read(1) | compared "
+              "| + filter | paired | + filter by CPU (getppid / read) |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|")
+            for label, other in cg_pairs:
+                cells = [label, other]
+                for m in ("getppid", "read1"):
+                    a, b = results.get((label, m)), results.get((other, m))
+                    d = paired_diff(samples, label, other, m)
+                    cells += [fmt(a) if a is not None else "n/a", fmt(b) if b is not None else "n/a",
+                              f"{a - b:+.0f}" if None not in (a, b) else "n/a",
+                              f"{d[0]:+.0f} [{d[1]:+.0f} … {d[2]:+.0f}]" if d else "n/a"]
+                per_cpu = []
+                for c in cpu_ids:
+                    rs = [(results.get((label, m, c)), results.get((other, m, c))) for m in ("getppid", "read1")]
+                    if all(x is not None and y is not None for x, y in rs):
+                        per_cpu.append(f"CPU {c}: " + " / ".join(f"{x - y:+.0f}" for x, y in rs))
+                cells.append("; ".join(per_cpu) or "—")
+                w("| " + " | ".join(cells) + " |")
         entry_only = ("; bpftrace's arg:count script, which counts at entry, also counts the command read still in "
                       "flight when it is detached") if (BpftraceReadByCount.label, "read1") in samples else ""
         w(f"\nEach sample makes {args.iterations * args.reps} traced calls per CPU (a read count is one higher: the "
@@ -953,6 +1086,20 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
         rv = ratio_verdict(results, label, other, ms, limit, cpus)
         if rv:
             rows.append((target, *rv))
+    for label, other in CGROUP_FILTER.items():
+        ds = [results[(label, m)] - results[(other, m)] for m in ("getppid", "read1")
+              if (label, m) in results and (other, m) in results]
+        if len(ds) == 2:
+            flavour = meta["mechanisms"].get(label, "?")
+            pd = [paired_diff(samples, label, other, m) for m in ("getppid", "read1")]
+            text = " / ".join(f"{d:+.0f} ns" for d in ds) + " (CPU mean; paired by round: " + " / ".join(
+                f"{p[0]:+.0f}" for p in pd) + ")"
+            for c in cpus:
+                pc = [(results.get((label, m, c)), results.get((other, m, c))) for m in ("getppid", "read1")]
+                if all(None not in p for p in pc):
+                    text += f"; CPU {c}: " + " / ".join(f"{a - b:+.0f}" for a, b in pc)
+            rows.append((f"cgroup filter ({flavour}): ≤ 15 ns added per traced call (getppid / read)", text,
+                         verdict(all(d <= 15 for d in ds))))
     if scal:
         sc = [median([v[1] for v in scal.get(("TracePlane", picked, c), [])]) for c in probe_counts]
         scf = [median([v[1] for v in scal.get(("floor", picked, c), [])]) for c in probe_counts]
@@ -1118,7 +1265,8 @@ def main():
     ap.add_argument("--keys", type=int, default=100, help="keys in each of those probes (threads of the workload)")
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to skip: overhead, scaling, control (sections); keys (the keyed "
-                         "rows of section 1), keyed-control (/metrics with keys)")
+                         "rows of section 1), cgroup (its cgroup-keyed and cgroup-filter rows), keyed-control "
+                         "(/metrics with keys)")
     ap.add_argument("--only", default="", help="regex: measure only the overhead configurations it matches")
     ap.add_argument("--raw", default=".build/bench/results.json", help="where the raw samples are saved")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from --raw without measuring")
@@ -1157,6 +1305,21 @@ def main():
         kcp = keyed_control_plane(args, args.traceplane, args.loop)
     pool = AgentPool(args.traceplane)
     loop = Loop(args.loop)
+    cgroup = None
+    if "cgroup" not in skip:
+        # Before the loop's first measurement: it waits on stdin until then.
+        cgroup = BenchCgroup()
+        cgroup.add(loop.pid)
+        meta["cgroup"] = {"mount": cgroup.mount, "path": "/" + BenchCgroup.NAME}
+        try:
+            res = subprocess.run([args.traceplane, "capabilities", "--json"], capture_output=True, text=True, timeout=60)
+            # The filter's kernel check: one ancestor-id compare where this helper is
+            # there (and the mount shows the root), else a cgroup-array membership test.
+            features = json.loads(res.stdout).get("features", [])
+            meta["cgroup"]["ancestor_helper"] = any(f.get("name") == "cgroup_ancestor" and f.get("status") == "supported"
+                                                    for f in features)
+        except Exception as e:  # noqa: BLE001
+            log(f"capabilities: {e}")
     try:
         # libbpf-tools: funclatency needs fentry or kprobes; syscount uses raw_syscalls tracepoints.
         meta["libbpf_tools"] = {
@@ -1180,6 +1343,10 @@ def main():
             keyed = keyed_configs(pool, loop.pid)
             tps += [c for c in keyed if isinstance(c, TracePlaneProbe)]
             configs += keyed
+        if cgroup:
+            cg = cgroup_configs(pool, loop.pid, "/" + BenchCgroup.NAME)
+            tps += [c for c in cg if isinstance(c, TracePlaneProbe)]
+            configs += cg
         if args.only:
             configs = [c for c in configs if c.label == "no tracing" or re.search(args.only, c.label)]
         over = ({}, {}, {})
@@ -1190,7 +1357,7 @@ def main():
         for h in ("tracepoint", "tp_btf", "raw_tracepoint"):
             meta["mechanisms"][f"floor: empty programs, {h}"] = h
             meta["mechanisms"][f"floor: empty programs, {h} + BPF stats"] = h
-        for label in ("bpftrace", BpftraceByComm.label, BpftraceReadByCount.label):
+        for label in ("bpftrace", BpftraceByComm.label, BpftraceReadByCount.label, BpftraceByCgroup.label):
             meta["mechanisms"][label] = "tracepoint"
         meta["mechanisms"]["libbpf-tools syscount -L -p"] = "tracepoint (raw_syscalls)"
         scal = {}
@@ -1199,6 +1366,8 @@ def main():
     finally:
         loop.close()
         pool.stop()
+        if cgroup:
+            cgroup.remove()
     meta["load_end"] = loadavg()
     meta["links_end"] = foreign_bpf_links()
     meta["elapsed"] = time.time() - started
