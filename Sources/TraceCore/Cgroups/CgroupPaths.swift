@@ -74,7 +74,13 @@ public final class CgroupPaths: Sendable {
                 state.withLock { _ = $0.entries.removeValue(forKey: id) }
                 return nil
             }
-            state.withLock { $0.entries[id] = entry }
+            // Written back only when this look changed it, and only over the entry it read:
+            // a walk meanwhile may have put a newer one there.
+            if entry.checked != hit.checked || entry.removedAt != hit.removedAt {
+                state.withLock { s in
+                    if s.entries[id]?.checked == hit.checked { s.entries[id] = entry }
+                }
+            }
             return Known(path: entry.path, identity: entry.identity, removed: entry.removedAt != nil)
         }
         // One lookup by file handle (what the kernel's id is to kernfs) finds a cgroup made
