@@ -45,6 +45,7 @@ const volatile bool need_args = false;         /* a key or the value is an argum
 const volatile u32 str_arg = 0;                /* argument of the TP_K_ARG_STR part */
 const volatile bool str_user = true;           /* it points to user memory (else kernel) */
 const volatile bool syscall_regs = false;      /* the traced function takes the syscall's pt_regs */
+const volatile bool need_stacks = false;       /* a key part is kstack or ustack */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -101,6 +102,29 @@ struct {
 	__uint(key_size, 8);
 	__uint(value_size, sizeof(struct tp_key_stats));
 } keys SEC(".maps");
+
+/* Stacks of the kstack and ustack key parts: the frames, keyed by a 64-bit hash of them
+ * (what the key part holds). A hash names one stack, unlike a stack-trace map's bucket
+ * index, which two stacks share whenever their buckets collide (bpf_get_stackid then
+ * drops the second). User space sizes it from aggregate.max_keys before load. */
+struct tp_stack {
+	u64 ips[TP_STACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, u64);
+	__type(value, struct tp_stack);
+} stacks SEC(".maps");
+
+/* Where bpf_get_stack writes (too large for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct tp_stack);
+} stack_scratch SEC(".maps");
 
 /* One all-zero value of the key table's size: what a new key starts from. */
 struct {
@@ -227,6 +251,51 @@ static __always_inline void entry_args(void *ctx, enum arg_source src, u64 *a)
 #endif
 }
 
+/* A stack key part: the hash of the current kernel or user stack, its frames stored in
+ * `stacks` under it; TP_STACK_NONE when there is no stack (a kernel thread's user stack),
+ * TP_STACK_FULL when `stacks` had no room for a new one (counted at exit). Hashes are odd,
+ * so neither marker is one. */
+static __always_inline u64 stack_part(void *ctx, bool user)
+{
+	u32 z = 0;
+	struct tp_stack *b = bpf_map_lookup_elem(&stack_scratch, &z);
+	if (!b)
+		return TP_STACK_NONE;
+	/* The kernel zeroes what follows the frames it wrote: equal stacks are equal entries. */
+	long n = bpf_get_stack(ctx, b->ips, sizeof(b->ips), user ? BPF_F_USER_STACK : 0);
+	if (n <= 0)
+		return TP_STACK_NONE;
+	u32 frames = (u32)n / 8;
+	u64 h = 0xcbf29ce484222325ULL; /* FNV-1a over the frames, a word at a time */
+	for (int i = 0; i < TP_STACK_DEPTH; i++) {
+		if (i >= frames)
+			break;
+		h = (h ^ b->ips[i]) * 0x100000001b3ULL;
+	}
+	h |= 1;
+	if (!bpf_map_lookup_elem(&stacks, &h)) {
+		long err = bpf_map_update_elem(&stacks, &h, b, BPF_NOEXIST);
+		if (err && err != -17 /* EEXIST: another CPU stored it first */)
+			return TP_STACK_FULL;
+	}
+	return h;
+}
+
+/* At entry: the stacks of the stack parts (the callers of the traced function; at exit a
+ * kernel stack would start in the return trampoline). */
+static __always_inline void record_stacks(void *ctx, struct tp_start *st)
+{
+#pragma unroll
+	for (int i = 0; i < TP_KEY_PARTS; i++) {
+		if (i >= key_n)
+			break;
+		if (key_kind[i] == TP_K_KSTACK)
+			st->args[i] = stack_part(ctx, false);
+		else if (key_kind[i] == TP_K_USTACK)
+			st->args[i] = stack_part(ctx, true);
+	}
+}
+
 /* Records at entry the arguments (and the string) the exit's key and value need. */
 static __always_inline void record_args(void *ctx, enum arg_source src, struct tp_start *st)
 {
@@ -290,6 +359,17 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 		case TP_K_ARG_STR: if (st) __builtin_memcpy(p, st->str, TP_STR_LEN); break;
 		case TP_K_FIELD: *(s64 *)p = record_field(ctx, key_arg[i], key_len[i], key_signed[i]); break;
 		case TP_K_FIELD_STR: bpf_probe_read_kernel(p, key_len[i], ctx + key_arg[i]); break;
+		case TP_K_KSTACK:
+		case TP_K_USTACK: {
+			u64 part = st ? st->args[i] : stack_part(ctx, key_kind[i] == TP_K_USTACK);
+			if (part == TP_STACK_FULL && s)
+				s->stack_full++;
+			*(u64 *)p = part;
+			/* User addresses mean something only in their process: its tgid follows. */
+			if (key_kind[i] == TP_K_USTACK)
+				*(u64 *)(p + 8) = id >> 32;
+			break;
+		}
 		case TP_K_FIELD_DATALOC: {
 			u32 loc = 0;
 			bpf_probe_read_kernel(&loc, sizeof(loc), ctx + key_arg[i]);
@@ -342,6 +422,8 @@ static __always_inline int on_entry(void *ctx, enum arg_source src)
 		return 0;
 	if (keyed && need_args)
 		record_args(ctx, src, st);
+	if (keyed && need_stacks)
+		record_stacks(ctx, st);
 	st->ts = bpf_ktime_get_ns();
 	return 0;
 }
@@ -444,5 +526,9 @@ int cnt_raw_tp(void *ctx) { return on_event(ctx); }
 
 SEC("tracepoint")
 int cnt_tracepoint(void *ctx) { return on_event(ctx); }
+
+/* Profile targets: a cpu-clock perf event on every CPU samples whatever runs there. */
+SEC("perf_event")
+int cnt_perf_event(void *ctx) { return on_event(ctx); }
 
 char LICENSE[] SEC("license") = "GPL";

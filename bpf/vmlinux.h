@@ -37,6 +37,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_CGROUP_ARRAY = 8,
 	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_ARRAY_OF_MAPS = 12,
@@ -51,6 +52,10 @@ enum {
 
 enum {
 	BPF_F_NO_PREALLOC = (1U << 0),
+};
+
+enum {
+	BPF_F_USER_STACK = (1ULL << 8), /* bpf_get_stackid: the user stack */
 };
 
 enum {

@@ -218,6 +218,18 @@ int tp_perf_event_open_cpu_clock(uint64_t period_ns)
     return perf_event_open(&attr, 0, -1);
 }
 
+int tp_perf_event_open_cpu_sampler(int cpu, uint64_t frequency_hz)
+{
+    struct perf_event_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.size = sizeof(attr);
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_CPU_CLOCK;
+    attr.freq = 1;
+    attr.sample_freq = frequency_hz;
+    return perf_event_open(&attr, -1, cpu);
+}
+
 int tp_perf_event_open_tracepoint(uint64_t tracepoint_id)
 {
     struct perf_event_attr attr;

@@ -734,6 +734,8 @@ extension TargetSchema {
             Argument(name: name, index: i, type: type, shape: TargetSchemaReader.syscallArgumentShape(type))
         }
         switch target.type {
+        case .profile:
+            return TargetSchema(arguments: nil, fields: nil, source: "a profile has no arguments or fields")
         case .syscall:
             let args: [Argument]? = switch target.name {
             case "read", "write": [arg("fd", 0, "unsigned int"), arg("buf", 1, target.name == "read" ? "char *" : "const char *"), arg("count", 2, "size_t")]

@@ -6,7 +6,7 @@ import TraceCore
 struct Trace: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Trace one target locally for a while and print its aggregates (no server needed).",
-        discussion: "TARGET is syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT or uprobe:/PATH:SYMBOL.")
+        discussion: "TARGET is syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT, uprobe:/PATH:SYMBOL, or profile[:HZ] (CPU sampling, 99 Hz by default).")
 
     @Argument(help: "What to trace, e.g. syscall:read.")
     var target: String
@@ -23,17 +23,27 @@ struct Trace: AsyncParsableCommand {
     @Option(help: "Only count processes with this command name.")
     var comm: String?
 
+    @Option(name: .customLong("by"), help: "A key to count by (repeat for up to 3): pid, comm, cgroup, arg:NAME, kstack, ustack, …")
+    var by: [String] = []
+
     @Flag(help: "Print the metrics as JSON.")
     var json = false
+
+    @Option(help: "Write a flame graph of the stacks (kstack/ustack keys; a profile has them by default) to this SVG file.")
+    var svg: String?
+
+    @Flag(help: "Print the stacks as folded lines (flamegraph.pl's input) instead of the metrics.")
+    var folded = false
 
     @OptionGroup var kernel: KernelOptions
 
     func run() async throws {
         try kernel.bootstrapLogging()
         let seconds = try DurationParser.seconds(duration)
-        let spec = ProbeSpec(name: "trace", target: try TargetParser.parse(target),
+        var spec = ProbeSpec(name: "trace", target: try TargetParser.parse(target),
                              mechanisms: mechanism.isEmpty ? nil : mechanism,
                              filter: pid == nil && comm == nil ? nil : ProbeFilter(pid: pid, comm: comm))
+        if !by.isEmpty { spec.aggregate = AggregateSpec(by: by) }
         let metrics = try await TracingCore.run(CoreConfiguration(disabledMechanisms: try kernel.disabled())) { core in
             let probe: Probe
             do throws(ProbeError) {
@@ -48,6 +58,21 @@ struct Trace: AsyncParsableCommand {
             FileHandle.standardError.write(Data("Tracing \(spec.target.label) via \(probe.mechanism?.rawValue ?? "nothing") for \(duration)… Ctrl-C to stop early.\n".utf8))
             try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
             return try await core.probes.metrics("trace")
+        }
+        if svg != nil || folded {
+            guard let aggregate = metrics.aggregate, aggregate.hasStacks else {
+                throw ValidationError("--svg and --folded need stack keys: --by kstack or --by ustack (a profile has both)")
+            }
+            let samples = StackSamples.samples(aggregate)
+            if let svg {
+                let title = "\(spec.target.label) for \(duration)"
+                try Data(FlameGraph.svg(samples, title: title).utf8).write(to: URL(fileURLWithPath: svg))
+                FileHandle.standardError.write(Data("wrote \(samples.count) stacks to \(svg)\n".utf8))
+            }
+            if folded { print(FlameGraph.folded(samples), terminator: "") }
+            if !folded && !json { print(HistogramText.render(metrics)) }
+            if json { print(String(decoding: try ReportJSON.encode(metrics), as: UTF8.self)) }
+            return
         }
         if json {
             print(String(decoding: try ReportJSON.encode(metrics), as: UTF8.self))
@@ -95,8 +120,14 @@ enum DurationParser {
 }
 
 enum TargetParser {
-    /// Parses `syscall:read`, `function:vfs_read`, `tracepoint:sched:sched_switch`, `uprobe:/lib/x.so:malloc`.
+    /// Parses `syscall:read`, `function:vfs_read`, `tracepoint:sched:sched_switch`, `uprobe:/lib/x.so:malloc`,
+    /// `profile` or `profile:HZ`.
     static func parse(_ text: String) throws -> ProbeTarget {
+        if text == "profile" { return ProbeTarget(type: .profile) }
+        if text.hasPrefix("profile:") {
+            guard let hz = Int(text.dropFirst(8)) else { throw ValidationError("invalid target '\(text)': use profile or profile:HZ, e.g. profile:99") }
+            return ProbeTarget(type: .profile, frequencyHz: hz)
+        }
         guard let colon = text.firstIndex(of: ":"), let type = TargetType(rawValue: String(text[..<colon])) else {
             throw ValidationError("invalid target '\(text)': use syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT or uprobe:/PATH:SYMBOL")
         }

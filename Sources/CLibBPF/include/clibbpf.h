@@ -49,6 +49,8 @@ void tp_link_destroy(struct bpf_link *link);
 /// Opens a software cpu-clock perf event on the calling thread, sampling every `period_ns`.
 /// Returns an fd or a negative errno.
 int tp_perf_event_open_cpu_clock(uint64_t period_ns);
+/* A cpu-clock sampler of every task on `cpu`, `frequency_hz` samples per second: the fd, or -errno. */
+int tp_perf_event_open_cpu_sampler(int cpu, uint64_t frequency_hz);
 
 /// Run-time statistics and identity of a loaded program (from BPF_OBJ_GET_INFO_BY_FD).
 typedef struct {

@@ -66,7 +66,7 @@ public enum SpecDecoder {
         // AggregatePlan.resolve's (field errors such as `aggregate.by`).
         "aggregate": ["by": .strings, "value": .string, "histogram": .object, "max_keys": .integer, "by_process": .boolean],
         "aggregate.histogram": ["kind": .string, "min": .integer, "max": .integer, "step": .integer],
-        "target": ["type": .string, "name": .string, "path": .string, "symbol": .string],
+        "target": ["type": .string, "name": .string, "path": .string, "symbol": .string, "frequency_hz": .integer],
         "filter": ["pid": .integer, "comm": .string, "min_latency_ns": .integer, "cgroup": .string, "container_id": .string, "pod_uid": .string],
     ]
     static let required: [String: [String]] = ["": ["target"], "target": ["type"], "aggregate.histogram": ["kind"]]

@@ -6,7 +6,7 @@ import CBPFLayouts
 /// the readers unpack the key table with it.
 public struct AggregatePlan: Sendable, Hashable {
     /// How a part is shown.
-    public enum Display: Sendable, Hashable { case unsigned, signed, errno, string, cgroup }
+    public enum Display: Sendable, Hashable { case unsigned, signed, errno, string, cgroup, kstack, ustack }
 
     public struct Part: Sendable, Hashable {
         /// The spec's name for it (`arg:fd`, `comm`).
@@ -81,6 +81,17 @@ public struct AggregatePlan: Sendable, Hashable {
         parts.contains { $0.kind == UInt32(TP_K_ARG.rawValue) || $0.kind == UInt32(TP_K_ARG_STR.rawValue) }
             || value.kind == UInt32(TP_V_ARG.rawValue)
     }
+    /// The `kstack` and `ustack` parts.
+    public var stackParts: Int { parts.filter { $0.kind == Self.k(TP_K_KSTACK) || $0.kind == Self.k(TP_K_USTACK) }.count }
+    /// Entries of the stack map: one per stack a full key table can name; one when no part
+    /// is a stack.
+    public var stackEntries: Int { stackParts == 0 ? 1 : maxKeys * stackParts }
+    /// Bytes the stack map preallocates (an entry holds TP_STACK_DEPTH frames, its key and
+    /// the hash table's own head).
+    public static let stackEntryBytes = 8 * Int(TP_STACK_DEPTH) + 64
+    public var stackBytes: Int { stackEntries * Self.stackEntryBytes }
+    /// The most a stack map may take.
+    public static let maxStackBytes = 64 << 20
     /// Bytes of a packed key (at least 8: a hash key cannot be empty).
     public var keySize: Int { max(8, parts.last.map { $0.offset + $0.size } ?? 0) }
     /// Bytes of a key table value: the head and the histogram.
@@ -100,7 +111,7 @@ public struct AggregatePlan: Sendable, Hashable {
 
 extension TargetType {
     /// Targets whose probes see a call's entry and exit (latency, return value, arguments).
-    public var isCall: Bool { self != .tracepoint }
+    public var isCall: Bool { self != .tracepoint && self != .profile }
 }
 
 extension AggregatePlan {
@@ -128,7 +139,13 @@ extension AggregatePlan {
                 plan.minLatencyNanoseconds = UInt64(min)
             }
         }
-        guard let aggregate = spec.aggregate else { return errors.isEmpty ? .success(plan) : .failure(FieldErrors(errors)) }
+        // A profile is keyed by what ran where: its default keys (DESIGN.md).
+        var aggregate = spec.aggregate
+        if type == .profile, aggregate?.by == nil {
+            aggregate = aggregate ?? AggregateSpec()
+            aggregate?.by = AggregateSpec.profileKeys
+        }
+        guard let aggregate else { return errors.isEmpty ? .success(plan) : .failure(FieldErrors(errors)) }
         plan.countProcesses = aggregate.byProcess ?? true
         if let maxKeys = aggregate.maxKeys {
             if (1...AggregateSpec.maxMaxKeys).contains(maxKeys) { plan.maxKeys = maxKeys } else {
@@ -193,6 +210,10 @@ extension AggregatePlan {
             errors.append(FieldError(field: "aggregate.max_keys",
                                      message: "the key table would take \(bytes >> 20) MiB on each CPU (\(plan.maxKeys) keys of \(plan.keySize + plan.valueSize) bytes); at most \(Self.maxTableBytesPerCPU >> 20) MiB: fewer keys or histogram buckets"))
         }
+        if plan.stackParts > 0, plan.stackBytes > Self.maxStackBytes {
+            errors.append(FieldError(field: "aggregate.max_keys",
+                                     message: "the stack map would take \(plan.stackBytes >> 20) MiB (\(plan.stackEntries) stacks of \(TP_STACK_DEPTH) frames for \(plan.maxKeys) keys); at most \(Self.maxStackBytes >> 20) MiB: at most \(Self.maxStackBytes / (plan.stackParts * Self.stackEntryBytes)) keys"))
+        }
         return errors.isEmpty ? .success(plan) : .failure(FieldErrors(errors))
     }
 
@@ -214,8 +235,8 @@ extension AggregatePlan {
             guard type.isCall else { return .failure("tracepoint targets have no return value; valid: \(validKeys(type, schema))") }
             if case .unreadable(let why)? = schema?.returns { return .failure("the target's return value is \(why); it cannot be a key") }
             return key == .errno ? number(TP_K_ERRNO, .errno) : number(TP_K_RET, .signed)
-        case .kstack, .ustack:
-            return .failure("stack keys are not available in this version of the agent; valid: \(validKeys(type, schema))")
+        case .kstack: return number(TP_K_KSTACK, .kstack)
+        case .ustack: return .success(Part(name: text, kind: k(TP_K_USTACK), display: .ustack, size: 16))
         case .argName, .argIndex:
             switch argument(key, type: type, schema: schema) {
             case .failure(let refusal): return .failure(refusal)
@@ -369,7 +390,7 @@ extension AggregatePlan {
     }
 
     static func validKeys(_ type: TargetType, _ schema: TargetSchema?) -> String {
-        var keys = KeyName.plain
+        var keys = KeyName.plain + ["kstack", "ustack"]
         if type.isCall {
             keys += ["errno", "ret"]
             if let args = schema?.arguments { keys += args.prefix(Int(TP_ARGS)).map { "arg:\($0.name)" } }

@@ -32,6 +32,8 @@ public struct AggregateSpec: Sendable, Codable, Hashable {
     public static let defaultMaxKeys = 1024
     public static let maxMaxKeys = 65_536
     public static let maxParts = Int(TP_KEY_PARTS)
+    /// The keys of a profile target without `aggregate.by`.
+    public static let profileKeys = ["comm", "ustack", "kstack"]
 }
 
 /// How the value is bucketed: `{"kind":"log2"}` or `{"kind":"linear","min":0,"max":4096,"step":256}`.

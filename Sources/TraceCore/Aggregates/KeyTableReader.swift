@@ -70,6 +70,10 @@ enum KeyTableReader {
         switch part.display {
         case .signed: return .signed(Int64(bitPattern: raw))
         case .errno: return .errno(raw == 0 ? "ok" : Errno(rawValue: Int32(truncatingIfNeeded: raw)).name)
+        case .kstack: return .stack(StackRef(space: .kernel, hash: raw), frames: [])
+        case .ustack:
+            let tgid = offset + 16 <= key.count ? key.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self) } : 0
+            return .stack(StackRef(space: .user, hash: raw, tgid: UInt32(truncatingIfNeeded: tgid)), frames: [])
         case .cgroup:
             let known = cgroups.resolve(raw)
             return .cgroup(id: raw, path: known?.path, container: known?.identity, removed: known?.removed ?? false)

@@ -13,6 +13,10 @@ public struct KeyedAggregate: Sendable, Hashable {
         /// A cgroup v2 id; its path under the cgroup2 mount and what the path says runs
         /// there, when found; `removed` when the cgroup is gone (the path is its last).
         case cgroup(id: UInt64, path: String?, container: CgroupIdentity?, removed: Bool)
+        /// A kernel or user stack: its frames, innermost first (each a function name, or
+        /// `[unknown] module+0xoffset`); empty when there was none (a kernel thread's user
+        /// stack) or before it is symbolized; a single marker frame when it was lost.
+        case stack(StackRef, frames: [String])
 
         /// The value as a label or a line of text.
         public var text: String {
@@ -22,6 +26,7 @@ public struct KeyedAggregate: Sendable, Hashable {
             case .string(let s): s
             case .errno(let s): s
             case .cgroup(let id, let path, _, _): path ?? "cgroup-id:\(id)"
+            case .stack(let ref, let frames): ref.lossFrame ?? frames.reversed().joined(separator: ";")
             }
         }
     }
@@ -70,6 +75,12 @@ public struct KeyedAggregate: Sendable, Hashable {
     public var histogram: AggregatePlan.Histogram?
     /// Calls whose key found no room in the table (they are in the probe's totals).
     public var droppedKeys: UInt64
+    /// Stacks of `kstack`/`ustack` keys not recorded because the stack map was full; their
+    /// calls are in the table, under a marker frame. (Stacks are stored by a 64-bit hash of
+    /// their frames, so two stacks do not collide the way stack-trace map buckets do.)
+    public var stackFull: UInt64 = 0
+    /// Whether a key part is a stack.
+    public var hasStacks: Bool { by.contains { $0 == "kstack" || $0 == "ustack" } }
     /// Every key, by calls (descending), then by key text.
     public var entries: [Entry]
 

@@ -94,6 +94,8 @@ public final class TargetSchemaReader: Sendable {
 
     private func read(_ target: ProbeTarget) -> TargetSchema? {
         switch target.type {
+        case .profile:
+            return TargetSchema(arguments: nil, fields: nil, source: "a profile samples the CPUs: it has no arguments or fields")
         case .syscall:
             let name = target.name ?? ""
             let path = "\(tracefs)/events/syscalls/sys_enter_\(name)/format"

@@ -1,6 +1,8 @@
 /// The kinds of things a probe can trace.
 public enum TargetType: String, Sendable, Codable, CaseIterable, Hashable {
     case function, syscall, tracepoint, uprobe
+    /// CPU sampling: a cpu-clock perf event on every online CPU (`frequency_hz`).
+    case profile
 }
 
 /// The name of a way to attach a whole probe (entry and exit where there is one): what
@@ -20,6 +22,8 @@ public enum Flavour: String, Sendable, Codable, CaseIterable, Hashable {
     case rawTracepoint = "raw_tracepoint"
     /// uprobe + uretprobe.
     case uprobe
+    /// A perf_event program on cpu-clock software events (profile targets).
+    case perfEvent = "perf_event"
 
     /// Other names a spec may use for it: the return side of a pair, and the names of
     /// bpftrace and bcc (`kfunc`/`kretfunc` for fentry/fexit).
@@ -30,6 +34,7 @@ public enum Flavour: String, Sendable, Codable, CaseIterable, Hashable {
         case .tracepoint, .tpBTF: []
         case .rawTracepoint: ["raw_tp"]
         case .uprobe: ["uretprobe"]
+        case .perfEvent: []
         }
     }
 

@@ -4,7 +4,7 @@ public enum FlavourCatalog {
     /// Every flavour this agent has.
     public static let all: [FlavourDescriptor] = [
         .fentry, .kprobe, .syscallHubBTF, .syscallHubRaw, .syscallTracepoints, .uprobe,
-        .eventTpBTF, .eventRawTracepoint, .eventTracepoint,
+        .eventTpBTF, .eventRawTracepoint, .eventTracepoint, .profile,
     ]
 
     /// The flavours that can trace `type`, in default preference order.

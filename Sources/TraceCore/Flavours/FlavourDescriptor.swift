@@ -10,7 +10,7 @@ public struct FlavourDescriptor: Sendable {
     /// Unique per descriptor (one ``Flavour`` name can have a descriptor per target type).
     public enum ID: String, Sendable, Hashable, CaseIterable {
         case fentry, kprobe, syscallTracepoints, syscallHubBTF, syscallHubRaw, uprobe
-        case eventTpBTF, eventRawTracepoint, eventTracepoint
+        case eventTpBTF, eventRawTracepoint, eventTracepoint, profile
     }
 
     /// How probes of this flavour hold their kernel resources.
@@ -159,6 +159,7 @@ struct Recipe: Sendable {
         case .kprobe(let function, _): return function
         case .tracepoint(let category, let name): return "\(category):\(name)"
         case .rawTracepoint(let name): return name
+        case .cpuSampler: return "cpu-clock on \(attachments.count) CPUs"
         case .uprobe(let binary, let symbol, _, _): return "\(binary):\(symbol)"
         default: return nil
         }

@@ -72,6 +72,10 @@ enum LatencyObject {
             load.set(g.strUser, s.user)
         }
         load.set(g.syscallRegs, syscallRegisters)
+        if plan.stackParts > 0 {
+            load.set(g.needStacks, true)
+            load.change(LatencyBPF.Maps.stacks, .maxEntries(UInt32(plan.stackEntries)))
+        }
         let valueSize = UInt32(plan.valueSize)
         load.change(LatencyBPF.Maps.keys, .sizes(key: UInt32(plan.keySize), value: valueSize, maxEntries: UInt32(plan.maxKeys)))
         load.change(LatencyBPF.Maps.zeroValue, .sizes(key: 4, value: valueSize, maxEntries: 1))

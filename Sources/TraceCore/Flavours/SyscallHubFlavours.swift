@@ -45,6 +45,9 @@ enum SyscallHubObject {
     /// The hub's per-slot key tables all have one value layout: a log2 histogram, or a
     /// linear one of up to HUB_HIST_SLOTS - 2 buckets.
     static func keySupport(_ plan: AggregatePlan) -> String? {
+        if let stack = plan.parts.first(where: { $0.display == .kstack || $0.display == .ustack }) {
+            return "\(stack.name) needs a stack map per probe, which this build of the shared raw_syscalls hook does not have; a probe's own programs can"
+        }
         if plan.keyed, plan.histogram.slots > Int(HUB_HIST_SLOTS) {
             return "a linear histogram of \(plan.histogram.slots - 2) buckets needs a probe's own programs; the shared raw_syscalls hook's key tables hold \(HUB_HIST_SLOTS - 2)"
         }

@@ -150,6 +150,8 @@ public enum AttachPoint: Sendable, Hashable {
     case uprobe(binary: String, symbol: String, pid: Int32?, retprobe: Bool)
     /// A software cpu-clock perf event on the calling thread.
     case cpuClock(periodNanoseconds: UInt64)
+    /// A software cpu-clock perf event sampling every task on one CPU (profile targets).
+    case cpuSampler(cpu: Int32, frequencyHz: UInt64)
 }
 
 /// Events that the capability prober makes happen in its own process.

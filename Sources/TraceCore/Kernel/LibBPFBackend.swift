@@ -298,14 +298,22 @@ final class LibBPFObject: LoadedObject {
                     if fd < 0 { errno = -fd; return nil }
                     perfFD = fd
                     return tp_attach_perf_event(prog, fd)
+                case .cpuSampler(let cpu, let hz):
+                    let fd = tp_perf_event_open_cpu_sampler(cpu, hz)
+                    if fd < 0 { errno = -fd; return nil }
+                    perfFD = fd
+                    return tp_attach_perf_event(prog, fd)
                 }
             }
             guard let link else {
+                // The attach failed: the perf event is still ours to close.
                 let code = errno
                 if perfFD >= 0 { Glibc.close(perfFD) }
                 throw KernelError(stage: .attach, code: code, operation: "attach \(program) to \(point.summary)", detail: log)
             }
-            return LibBPFLink(link: link, perfFD: perfFD)
+            // Attached: the libbpf link owns the perf event now and closes it when it is
+            // destroyed; closing it here too would close whatever fd reuses the number.
+            return LibBPFLink(link: link)
         }
     }
 
@@ -381,26 +389,23 @@ final class LibBPFObject: LoadedObject {
     }
 }
 
-/// A libbpf link (and the perf event fd it uses, if we opened one). Sendable because it is
-/// only touched under the owning link's Mutex.
+/// A libbpf link (which owns the perf event fd of a perf-event attachment: libbpf closes it
+/// when the link is destroyed). Sendable because it is only touched under the owning link's Mutex.
 struct LinkHandle: ~Copyable, @unchecked Sendable {
     var link: OpaquePointer?
-    var perfFD: Int32
 }
 
 final class LibBPFLink: AttachedLink {
     private let state: Mutex<LinkHandle>
 
-    init(link: OpaquePointer, perfFD: Int32) {
-        state = Mutex(LinkHandle(link: link, perfFD: perfFD))
+    init(link: OpaquePointer) {
+        state = Mutex(LinkHandle(link: link))
     }
 
     func close() {
         state.withLock { h in
             if let link = h.link { tp_link_destroy(link) }
             h.link = nil
-            if h.perfFD >= 0 { Glibc.close(h.perfFD) }
-            h.perfFD = -1
         }
     }
 
@@ -417,6 +422,7 @@ extension AttachPoint {
         case .rawTracepoint(let n): "raw tracepoint \(n)"
         case .uprobe(let b, let s, _, let r): "\(r ? "uretprobe" : "uprobe") \(b):\(s)"
         case .cpuClock(let p): "cpu-clock perf event (\(p) ns)"
+        case .cpuSampler(let cpu, let hz): "cpu-clock sampler on CPU \(cpu) at \(hz) Hz"
         }
     }
 }

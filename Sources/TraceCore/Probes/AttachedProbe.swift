@@ -25,6 +25,8 @@ public final class AttachedProbe: Sendable {
     }
     private let resources: Mutex<Resources>
     private let recorded = Mutex<[AttachAttempt]>([])
+    /// The symbolized stacks of `kstack`/`ustack` keys (nil without stack keys).
+    private let stackTable: StackTable?
 
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
          plan: AggregatePlan, reportsAggregate: Bool = true) {
@@ -34,6 +36,13 @@ public final class AttachedProbe: Sendable {
         self.plan = plan
         self.reportsAggregate = reportsAggregate
         resources = Mutex(.own(object: object, links: links))
+        stackTable = plan.stackParts > 0 ? StackTable() : nil
+        // Resolve new stacks while their processes still run (a process that exits keeps
+        // the names it had); the timer holds the probe weakly and stops at detach.
+        stackTable?.start { [weak self] () throws(KernelError) -> (refs: Set<StackRef>, ips: [UInt64: [UInt64]]) in
+            guard let self else { return ([], [:]) }
+            return try self.rawStacks()
+        }
     }
 
     init(descriptor: FlavourDescriptor, hub: SyscallHub.Membership, boundTo: String?, plan: AggregatePlan, reportsAggregate: Bool = true) {
@@ -43,6 +52,7 @@ public final class AttachedProbe: Sendable {
         self.plan = plan
         self.reportsAggregate = reportsAggregate
         resources = Mutex(.hub(hub))
+        stackTable = nil
     }
 
     /// Whether the probe is a slot of a shared syscall hook.
@@ -56,6 +66,7 @@ public final class AttachedProbe: Sendable {
 
     /// Detaches and frees everything, off the caller's path.
     public func detach(reaper: Reaper) {
+        stackTable?.stop()
         let taken = resources.withLock { r -> Resources in
             defer { r = .detached }
             return r
@@ -108,7 +119,40 @@ public final class AttachedProbe: Sendable {
             counters.aggregate = plan.keyed
                 ? KeyTableReader.aggregate(try object.readMap(maps.keys), plan: plan, layout: .own, droppedKeys: counters.droppedKeys)
                 : KeyTableReader.totals(counters, plan: plan)
+            if let stackTable, var aggregate = counters.aggregate {
+                aggregate.stackFull = counters.stackFull
+                Self.symbolize(&aggregate, table: stackTable, ips: StackTable.instructionPointers(try object.readMap(maps.stacks)))
+                counters.aggregate = aggregate
+            }
         }
         return counters
+    }
+
+    /// The stack parts the key table names now, and the stack map's raw frames.
+    private func rawStacks() throws(KernelError) -> (refs: Set<StackRef>, ips: [UInt64: [UInt64]]) {
+        guard case .own(let object, _) = resources.withLock({ $0 }) else { return ([], [:]) }
+        let maps = LatencyBPF.Maps.self
+        let keys = KeyTableReader.aggregate(try object.readMap(maps.keys), plan: plan, layout: .own, droppedKeys: 0, cgroups: .shared)
+        return (Self.stackRefs(keys), StackTable.instructionPointers(try object.readMap(maps.stacks)))
+    }
+
+    static func stackRefs(_ aggregate: KeyedAggregate) -> Set<StackRef> {
+        var refs = Set<StackRef>()
+        for entry in aggregate.entries {
+            for part in entry.key { if case .stack(let ref, _) = part { refs.insert(ref) } }
+        }
+        return refs
+    }
+
+    /// Puts the frames of every stack part into `aggregate` (re-sorted: the key text changed).
+    static func symbolize(_ aggregate: inout KeyedAggregate, table: StackTable, ips: [UInt64: [UInt64]]) {
+        let frames = table.frames(for: stackRefs(aggregate), ips: ips)
+        for i in aggregate.entries.indices {
+            aggregate.entries[i].key = aggregate.entries[i].key.map { part in
+                guard case .stack(let ref, _) = part else { return part }
+                return .stack(ref, frames: (frames[ref] ?? []).map(\.text))
+            }
+        }
+        aggregate.entries.sort { a, b in a.calls != b.calls ? a.calls > b.calls : a.texts.lexicographicallyPrecedes(b.texts) }
     }
 }

@@ -124,7 +124,7 @@ public struct Planner: Sendable {
                 bound.binding = binding
                 result = attacher.attach(descriptor, bound).map { made in
                     AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
-                                  boundTo: made.recipe.boundTo, plan: plan, reportsAggregate: spec.aggregate != nil)
+                                  boundTo: made.recipe.boundTo, plan: plan, reportsAggregate: spec.aggregate != nil || spec.target.type == .profile)
                 }
                 guard case .failure(let failed) = result, failed.stage == .load, failed.errno == .ESRCH || failed.errno == .ENOENT else { break }
             }

@@ -27,6 +27,8 @@ public struct ProbeCounters: Sendable, Hashable {
     public var runCount: UInt64 = 0
     /// Calls whose key found no room in the key table.
     public var droppedKeys: UInt64 = 0
+    /// Stack parts not recorded: the stack map had no room (see ``KeyedAggregate/stackFull``).
+    public var stackFull: UInt64 = 0
     /// The key table, for probes with an `aggregate` spec.
     public var aggregate: KeyedAggregate?
 
@@ -39,6 +41,7 @@ public struct ProbeCounters: Sendable, Hashable {
         latencyCount &+= stats.lat_count
         latencySumNanoseconds &+= stats.lat_sum_ns
         droppedKeys &+= stats.dropped_keys
+        stackFull &+= stats.stack_full
     }
 
     /// Adds the programs' run-time statistics.

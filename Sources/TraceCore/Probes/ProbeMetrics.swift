@@ -196,6 +196,9 @@ struct AggregateJSON: Encodable {
             try c.encodeNil(forKey: Name("histogram"))
         }
         try c.encode(aggregate.droppedKeys, forKey: Name("dropped_keys"))
+        if aggregate.hasStacks {
+            try c.encode(aggregate.stackFull, forKey: Name("stack_full"))
+        }
         try c.encode(totalKeys, forKey: Name("total_keys"))
         var keys = c.nestedUnkeyedContainer(forKey: Name("keys"))
         for entry in aggregate.entries {
@@ -210,6 +213,9 @@ struct AggregateJSON: Encodable {
                 case .cgroup(let id, let path, let container, let removed):
                     cgroup = (id, container, removed)
                     if let path { try k.encode(path, forKey: Name(name)) } else { try k.encodeNil(forKey: Name(name)) }
+                case .stack(let ref, let frames):
+                    // Innermost frame first, as bpftrace prints a stack; a lost stack is its marker.
+                    try k.encode(ref.lossFrame.map { [$0] } ?? frames, forKey: Name(name))
                 }
             }
             if let cgroup {

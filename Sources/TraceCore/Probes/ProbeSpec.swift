@@ -12,18 +12,34 @@ public struct ProbeTarget: Sendable, Codable, Hashable {
     public var path: String?
     /// uprobe: the function symbol.
     public var symbol: String?
+    /// profile: samples per second on each CPU (1 to 1,000; default 99).
+    public var frequencyHz: Int?
 
-    public init(type: TargetType, name: String? = nil, path: String? = nil, symbol: String? = nil) {
+    public init(type: TargetType, name: String? = nil, path: String? = nil, symbol: String? = nil, frequencyHz: Int? = nil) {
         self.type = type
         self.name = name
         self.path = path
         self.symbol = symbol
+        self.frequencyHz = frequencyHz
     }
+
+    enum CodingKeys: String, CodingKey {
+        case type, name, path, symbol
+        case frequencyHz = "frequency_hz"
+    }
+
+    /// A profile's default rate: not a divisor of common timer rates, so samples do not
+    /// fall in step with periodic work.
+    public static let defaultFrequencyHz = 99
+    public static let maxFrequencyHz = 1000
+    /// The sampling rate of a profile target.
+    public var frequency: Int { frequencyHz ?? Self.defaultFrequencyHz }
 
     /// `syscall:read`, `function:vfs_read`, `tracepoint:sched:sched_switch`, `uprobe:/path:symbol`.
     public var label: String {
         switch type {
         case .uprobe: "uprobe:\(path ?? ""):\(symbol ?? "")"
+        case .profile: "profile:\(frequency)hz"
         default: "\(type.rawValue):\(name ?? "")"
         }
     }
@@ -186,7 +202,17 @@ extension ProbeSpec {
         if let name, !Self.validName(name) {
             errors.append(FieldError(field: "name", message: "must match \(Self.namePattern)"))
         }
+        if target.frequencyHz != nil, target.type != .profile {
+            errors.append(FieldError(field: "target.frequency_hz", message: "only profile targets take a sampling frequency"))
+        }
         switch target.type {
+        case .profile:
+            if target.name != nil || target.path != nil || target.symbol != nil {
+                errors.append(FieldError(field: "target", message: "profile targets take only `frequency_hz`"))
+            }
+            if let hz = target.frequencyHz, !(1...ProbeTarget.maxFrequencyHz).contains(hz) {
+                errors.append(FieldError(field: "target.frequency_hz", message: "must be from 1 to \(ProbeTarget.maxFrequencyHz) samples per second"))
+            }
         case .syscall, .function:
             if target.path != nil || target.symbol != nil {
                 errors.append(FieldError(field: "target", message: "\(target.type.rawValue) targets take only `name`"))

@@ -138,7 +138,11 @@ enum Oracle {
     static func expectValid(_ spec: ProbeSpec, _ shown: @autoclosure () -> String) {
         if let name = spec.name { #expect(matches(name, "^[a-z0-9][a-z0-9_.-]{0,62}$"), "\(shown())") }
         let target = spec.target
+        if target.type != .profile { #expect(target.frequencyHz == nil, "\(shown())") }
         switch target.type {
+        case .profile:
+            #expect((1...1000).contains(target.frequencyHz ?? 99), "\(shown())")
+            #expect(target.name == nil && target.path == nil && target.symbol == nil, "\(shown())")
         case .syscall:
             #expect(SyscallTable.number(of: target.name ?? "") != nil, "\(shown())")
             #expect(target.path == nil && target.symbol == nil)

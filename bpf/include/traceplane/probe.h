@@ -34,6 +34,8 @@ struct tp_stats {
 	__u64 lat_count;    /* calls with a measured latency */
 	__u64 lat_sum_ns;   /* sum of measured latencies */
 	__u64 dropped_keys; /* calls counted above whose key found no room in the key table */
+	__u64 stack_full;   /* kstack/ustack parts not recorded: the stack map had no room */
+	__u64 pad;
 };
 
 /* Entry of a process table (map `procs`, an array): an open-addressing table keyed by
@@ -74,7 +76,15 @@ enum tp_key_kind {
 	TP_K_FIELD = 11,       /* tracepoint record field: `len` bytes at offset `arg` */
 	TP_K_FIELD_STR = 12,   /* tracepoint record char[len] at offset `arg` */
 	TP_K_FIELD_DATALOC = 13, /* tracepoint record __data_loc char[] at offset `arg` */
+	TP_K_KSTACK = 14,      /* kernel stack: the hash its frames are stored under in map `stacks` */
+	TP_K_USTACK = 15,      /* user stack: the hash, then the tgid to symbolize it in (16 bytes) */
 };
+
+/* Frames a stack map entry holds (the kernel's default perf_event_max_stack). */
+#define TP_STACK_DEPTH 127
+/* Stack parts that are not a hash (hashes are odd). */
+#define TP_STACK_NONE 0   /* no stack: a kernel thread has no user stack */
+#define TP_STACK_FULL 2   /* not recorded: the stack map had no room */
 
 enum tp_value_kind {
 	TP_V_NONE = 0,
