@@ -6,7 +6,7 @@ import FoundationXML
 #endif
 
 /// `FlameGraph`: the folded text, the merged tree, and the SVG, which must stay well-formed
-/// XML with hostile frame names.
+/// XML with hostile frame names and draw a flame graph in a real browser.
 @Suite("FlameGraph")
 struct FlameGraphTests {
     typealias Sample = FlameGraph.Sample
@@ -193,6 +193,72 @@ struct FlameGraphTests {
         #expect(document.elements.first?.name == "svg")
         #expect(document.elements.contains { $0.text == "no samples" })
         #expect(document.frames().isEmpty)
+    }
+
+    // MARK: browser
+
+    @Test("Chromium draws the flame graph (not a blank page) and runs no script from frame names")
+    func browser() throws {
+        guard let chromium = Self.chromium() else {
+            Issue.record("chromium is not installed: run scripts/install-deps.sh (it installs the Debian package `chromium`)")
+            return
+        }
+        let kept = ProcessInfo.processInfo.environment["FLAMEGRAPH_SCREENSHOT_DIR"]
+        let directory = kept.map { URL(fileURLWithPath: $0, isDirectory: true) }
+            ?? FileManager.default.temporaryDirectory.appendingPathComponent("flamegraph-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { if kept == nil { try? FileManager.default.removeItem(at: directory) } }
+        let svg = directory.appendingPathComponent("flamegraph.svg"), png = directory.appendingPathComponent("flamegraph.png")
+        try FlameGraph.svg(Self.server, title: "server: on-CPU stacks", subtitle: "host a, 30 s").write(to: svg, atomically: true, encoding: .utf8)
+
+        let script = Self.repositoryRoot.appendingPathComponent("tests/stacks/screenshot.py").path
+        let shot = try Self.run("/usr/bin/env", ["python3", script, svg.path, png.path])
+        #expect(shot.status == 0, "screenshot.py exited \(shot.status): \(shot.output) \(shot.errors)")
+        let report = try JSONSerialization.jsonObject(with: Data(shot.output.utf8)) as? [String: Any]
+        let fraction = report?["non_background_fraction"] as? Double ?? 0
+        #expect(fraction > 0.05, "the screenshot is mostly background: \(shot.output)")
+
+        let dump = try Self.run("/usr/bin/timeout", ["120", chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                                     "--user-data-dir=\(directory.appendingPathComponent("profile").path)",
+                                                     "--dump-dom", svg.absoluteString])
+        #expect(dump.status == 0, "chromium --dump-dom exited \(dump.status): \(dump.errors.suffix(2000))")
+        #expect(dump.output.contains("<svg") && dump.output.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+                "the dumped DOM lacks the graph or the escaped name:\n\(dump.output.prefix(2000))")
+        #expect(!dump.output.contains("<script>alert"), "a frame name became a script element")
+        #expect(dump.output.components(separatedBy: "<script").count == 2, "the DOM has a script element the generator did not write")
+    }
+
+    static let repositoryRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    static func chromium() -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let directories = path.split(separator: ":").map(String.init) + ["/usr/bin"]
+        for name in ["chromium", "chromium-browser"] {
+            for directory in directories where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
+                return "\(directory)/\(name)"
+            }
+        }
+        return nil
+    }
+
+    static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String, errors: String) {
+        let errorsFile = FileManager.default.temporaryDirectory.appendingPathComponent("flamegraph-stderr-\(UUID().uuidString)")
+        guard FileManager.default.createFile(atPath: errorsFile.path, contents: nil) else {
+            throw Failure(description: "cannot create \(errorsFile.path)")
+        }
+        defer { try? FileManager.default.removeItem(at: errorsFile) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = try FileHandle(forWritingTo: errorsFile)
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let errors = (try? String(contentsOf: errorsFile, encoding: .utf8)) ?? ""
+        return (process.terminationStatus, text, errors)
     }
 }
 
