@@ -6,9 +6,10 @@
 #   curl, openssl                       tests: a real HTTP client; a throwaway CA for the TLS tests
 #   prometheus                          tests: promtool check metrics, and a real Prometheus scraping the agent
 #   python3-venv                        tests: venvs for schemathesis, openapi-spec-validator, kubernetes-validate
+#   chromium                            tests: a real browser renders the flame graph SVG
 # The Swift 6 toolchain (with its clang that targets bpf) must already be on PATH.
 set -euo pipefail
-packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv "$@")
+packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv chromium "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
