@@ -30,13 +30,13 @@ public final class KernelSymbolizer: Sendable {
     /// A symbolizer reading `kallsymsPath`, reloading it when `modulesPath` changes.
     public init(kallsymsPath: String = "/proc/kallsyms", modulesPath: String = "/proc/modules") {
         source = .files(kallsyms: kallsymsPath, modules: modulesPath)
-        clock = ProcFiles.monotonicNow
+        clock = { ProcFiles.monotonicNow() }
     }
 
     /// A symbolizer over fixed kallsyms text (never reloaded).
     init(kallsymsText: String) {
         source = .text(Array(kallsymsText.utf8))
-        clock = ProcFiles.monotonicNow
+        clock = { ProcFiles.monotonicNow() }
     }
 
     /// True when kallsyms lists its symbols with address zero: `kptr_restrict` hides the
@@ -47,8 +47,8 @@ public final class KernelSymbolizer: Sendable {
         return state.withLock { $0.restricted }
     }
 
-    /// The number of symbols in the table (after loading it).
-    var symbolCount: Int { currentTable().count }
+    /// The current table (loaded first when needed).
+    var table: SymbolTable { currentTable() }
 
     /// One frame per nonzero ip, in order. A frame without a symbol has module `[kernel]`
     /// and the ip as its offset.

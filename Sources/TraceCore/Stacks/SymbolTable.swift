@@ -18,9 +18,10 @@ struct SymbolTable: Sendable {
 
     var count: Int { addresses.count }
 
-    /// What the arrays occupy, for cache accounting.
+    /// What the arrays hold, for cache accounting (counts, not capacities, so the same
+    /// file always weighs the same).
     var estimatedBytes: Int {
-        addresses.capacity * 8 + sizes.capacity * 4 + nameOffsets.capacity * 4 + modules.capacity * 2 + names.capacity
+        addresses.count * 8 + sizes.count * 4 + nameOffsets.count * 4 + modules.count * 2 + names.count
             + moduleNames.reduce(0) { $0 + $1.utf8.count + 16 }
     }
 

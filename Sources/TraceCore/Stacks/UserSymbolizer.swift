@@ -54,7 +54,7 @@ public final class UserSymbolizer: Sendable {
     /// A symbolizer reading processes under `procRoot`, caching at most about
     /// `maxCacheBytes` of ELF symbol tables.
     public convenience init(procRoot: String = "/proc", maxCacheBytes: Int = 64 << 20) {
-        self.init(procRoot: procRoot, maxCacheBytes: maxCacheBytes, maxProcesses: 4096, retention: 600, clock: ProcFiles.monotonicNow)
+        self.init(procRoot: procRoot, maxCacheBytes: maxCacheBytes, maxProcesses: 4096, retention: 600, clock: { ProcFiles.monotonicNow() })
     }
 
     /// `clock` gives monotonic seconds; `retention` is how long a process's mappings stay

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 @testable import TraceCore
 import TraceCoreTestSupport
@@ -147,6 +148,23 @@ extension StacksTests {
             let tiny = UserSymbolizer(procRoot: "/proc", maxCacheBytes: 1)
             #expect(tiny.symbolize(tgid: me, ips: [libc]).first?.symbol == "getppid", "an image too big to keep still serves its lookup")
             #expect(tiny.cacheBytes == 0)
+        }
+
+        @Test("Threads symbolizing at once (kernel and user, one shared cache) all get the names")
+        func concurrentUse() throws {
+            let libc = try #require(StackTestSupport.address(of: "getppid"))
+            let own = StackTestSupport.probeFunctionAddress
+            let user = UserSymbolizer()
+            let kernel = KernelSymbolizer(kallsymsText: KernelSymbolizerTests.synthetic)
+            let wrong = Mutex(0)
+            DispatchQueue.concurrentPerform(iterations: 8) { _ in
+                for _ in 0..<200 {
+                    let names = user.symbolize(tgid: UInt32(getpid()), ips: [libc, own]).map(\.symbol)
+                    let kernelNames = kernel.symbolize([0xffff_ffff_8100_0001]).map(\.symbol)
+                    if names != ["getppid", "traceplane_stacks_probe_function"] || kernelNames != ["first"] { wrong.withLock { $0 += 1 } }
+                }
+            }
+            #expect(wrong.withLock { $0 } == 0)
         }
 
         @Test("The GNU build id of /bin/ls matches readelf -n")
