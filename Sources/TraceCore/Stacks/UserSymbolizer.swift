@@ -88,7 +88,7 @@ public final class UserSymbolizer: Sendable {
         for ip in ips where ip != 0 { located.append((ip, ProcessMaps.index(of: ip, in: mappings))) }
         if located.contains(where: { $0.mapping == nil }), let fresh = reread(tgid: tgid, now: now) {
             mappings = fresh
-            located = located.map { ($0.0, ProcessMaps.index(of: $0.0, in: mappings)) }
+            located = located.map { ($0.ip, ProcessMaps.index(of: $0.ip, in: mappings)) }
         }
         var images: [Int: ELFImage?] = [:]
         var frames: [StackFrame] = []
