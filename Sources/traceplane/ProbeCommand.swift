@@ -11,7 +11,7 @@ struct ProbeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
         abstract: "Manage probes on a running agent.",
-        subcommands: [Add.self, List.self, Show.self, Remove.self])
+        subcommands: [Add.self, List.self, Show.self, Stacks.self, Remove.self])
 
     struct Connection: ParsableArguments {
         @Option(help: "The agent's base URL.")
@@ -29,7 +29,7 @@ struct ProbeCommand: AsyncParsableCommand {
     /// `aggregate`. Only the form is checked here; the agent checks names and bounds
     /// against the target and answers with field errors.
     struct AggregateOptions: ParsableArguments {
-        @Option(help: ArgumentHelp("Keys, comma-separated (at most 3): pid, tid, comm, thread, cgroup, cpu, errno, ret, arg:NAME, argN, field:NAME.",
+        @Option(help: ArgumentHelp("Keys, comma-separated (at most 3): pid, tid, comm, thread, cgroup, cpu, errno, ret, arg:NAME, argN, field:NAME, kstack, ustack.",
                                    valueName: "keys"))
         var by: String?
         @Option(help: "What each key's histogram measures: latency, ret, arg:NAME, argN, field:NAME or none.")
@@ -154,6 +154,29 @@ struct ProbeCommand: AsyncParsableCommand {
             let reply = try await connection.client().send("GET", path)
             if json { print(reply.text); return }
             print(HistogramText.render(try reply.decode(ProbeMetrics.self)), terminator: "")
+        }
+    }
+
+    struct Stacks: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a stack-keyed probe's stacks as folded lines, or write its flame graph.",
+            discussion: "The probe needs kstack or ustack in aggregate.by (a profile target has both). Folded lines are flamegraph.pl's input.")
+        @Argument var name: String
+        @Option(help: "Write the flame graph (a self-contained SVG) to this file instead of printing folded lines.") var svg: String?
+        @Flag(help: "Print the JSON tree (self and total counts per frame) instead.") var json = false
+        @OptionGroup var connection: Connection
+
+        /// The request path, with the query.
+        var path: String { "/v1/probes/\(name)/stacks?format=\(svg != nil ? "svg" : json ? "json" : "folded")" }
+
+        func run() async throws {
+            let reply = try await connection.client().send("GET", path)
+            if let svg {
+                try reply.body.write(to: URL(fileURLWithPath: svg))
+                FileHandle.standardError.write(Data("wrote the flame graph of \(name) to \(svg)\n".utf8))
+                return
+            }
+            print(reply.text, terminator: "")
         }
     }
 

@@ -81,6 +81,21 @@ public struct AgentAPI: Sendable {
             }
             do { return .json(try await probes.metrics(params["name"] ?? "").top(top)) } catch { return Self.response(error) }
         }
+        router.get("/v1/probes/{name}/stacks") { request, params in
+            let format = request.query["format"] ?? "folded"
+            guard ["folded", "json", "svg"].contains(format) else {
+                let detail = "format must be folded, json or svg, not '\(format.prefix(32))'"
+                return .problem(.badRequest(detail: detail, errors: [.object(["field": "format", "message": .string(detail)])]))
+            }
+            let name = params["name"] ?? ""
+            let metrics: ProbeMetrics
+            do { metrics = try await probes.metrics(name) } catch { return Self.response(error) }
+            guard let aggregate = metrics.aggregate, aggregate.hasStacks else {
+                return .problem(Problem(slug: "probe-has-no-stacks", title: "Probe Has No Stacks", status: .conflict,
+                                        detail: "probe \(name) is not keyed by a stack: give it aggregate.by with kstack or ustack (a profile target has both by default)"))
+            }
+            return Self.stacks(aggregate, format: format, title: "\(name): \(metrics.target)")
+        }
         if let metrics {
             router.get("/metrics", { _, _ in await metrics() })
         }
@@ -162,6 +177,35 @@ extension AgentAPI {
         } catch {
             return response(error)
         }
+    }
+}
+
+extension AgentAPI {
+    /// A stack-keyed aggregate as folded lines, a JSON tree or an SVG flame graph.
+    static func stacks(_ aggregate: KeyedAggregate, format: String, title: String) -> HTTPResponse {
+        let samples = StackSamples.samples(aggregate)
+        switch format {
+        case "json":
+            return .json(StackTree(by: aggregate.by, stackFull: aggregate.stackFull, root: FlameGraph.tree(samples)))
+        case "svg":
+            let total = samples.reduce(UInt64(0)) { $0 &+ $1.count }
+            let lost = aggregate.stackFull > 0 ? "; \(aggregate.stackFull) stacks lost: the stack map was full" : ""
+            return .text(FlameGraph.svg(samples, title: title, subtitle: "\(total) samples, \(samples.count) stacks, by \(aggregate.by.joined(separator: ", "))\(lost)"),
+                         contentType: "image/svg+xml")
+        default:
+            return .text(FlameGraph.folded(samples))
+        }
+    }
+}
+
+/// `GET /v1/probes/{name}/stacks?format=json`.
+struct StackTree: Sendable, Encodable {
+    var by: [String]
+    var stackFull: UInt64
+    var root: FlameGraph.Node
+    enum CodingKeys: String, CodingKey {
+        case by, root
+        case stackFull = "stack_full"
     }
 }
 

@@ -146,7 +146,7 @@ public struct MetricsSnapshot: Sendable {
 
         let keyed = probes.map { probe in
             probe.metrics.aggregate.map {
-                KeySeries($0, errors: probe.metrics.latencyNanoseconds != nil, maxSeries: maxSeriesPerProbe)
+                KeySeries($0.foldingStacks(), errors: probe.metrics.latencyNanoseconds != nil, maxSeries: maxSeriesPerProbe)
             }
         }
 
@@ -175,6 +175,15 @@ public struct MetricsSnapshot: Sendable {
             writer.sample()
             writer.labels(identity)
             writer.value(table.droppedKeys)
+        }
+
+        writer.family("traceplane_probe_stacks_lost_total", type: .counter,
+                      help: "kstack/ustack key parts not recorded because the probe's stack map was full; their calls are counted under a marker stack.")
+        for (probe, identity) in zip(probes, identities) {
+            guard let table = probe.metrics.aggregate, table.hasStacks else { continue }
+            writer.sample()
+            writer.labels(identity)
+            writer.value(table.stackFull)
         }
 
         // One info series per cgroup that a kept key names: joins the key series (by

@@ -95,3 +95,37 @@ public struct KeyedAggregate: Sendable, Hashable {
     /// Whether the value is a latency in nanoseconds (Prometheus exports it in seconds).
     public var valueIsLatency: Bool { value == "latency" }
 }
+
+extension KeyedAggregate {
+    /// The table without its stack parts: entries equal in every other part summed (calls,
+    /// errors, values and buckets). Prometheus gets this: a stack is no label value (its
+    /// frames are kilobytes, its cardinality unbounded); `/stacks` serves the stacks.
+    public func foldingStacks() -> KeyedAggregate {
+        let keep = by.indices.filter { by[$0] != "kstack" && by[$0] != "ustack" }
+        guard keep.count < by.count else { return self }
+        var order: [[String]] = []
+        var folded: [[String]: Entry] = [:]
+        for entry in entries {
+            let key = keep.map { entry.key[$0] }
+            let texts = key.map(\.text)
+            guard var sum = folded[texts] else {
+                order.append(texts)
+                folded[texts] = Entry(key: key, calls: entry.calls, errors: entry.errors, count: entry.count, sum: entry.sum, buckets: entry.buckets)
+                continue
+            }
+            sum.calls &+= entry.calls
+            sum.errors &+= entry.errors
+            sum.count &+= entry.count
+            sum.sum &+= entry.sum
+            var buckets = Dictionary(sum.buckets.map { ($0.lower, $0) }, uniquingKeysWith: { a, _ in a })
+            for b in entry.buckets { buckets[b.lower, default: Bucket(lower: b.lower, upper: b.upper, count: 0)].count &+= b.count }
+            sum.buckets = buckets.values.sorted { $0.lower < $1.lower }
+            folded[texts] = sum
+        }
+        var out = self
+        out.by = keep.map { by[$0] }
+        out.entries = order.compactMap { folded[$0] }
+            .sorted { a, b in a.calls != b.calls ? a.calls > b.calls : a.texts.lexicographicallyPrecedes(b.texts) }
+        return out
+    }
+}
