@@ -1,3 +1,4 @@
+import CLibBPF
 import Glibc
 import Synchronization
 
@@ -5,8 +6,10 @@ import Synchronization
 ///
 /// The text symbols (`t`/`T`/`w`/`W`) of the kernel and its modules are loaded on first use
 /// into one sorted table. An address gets the symbol with the greatest start address at
-/// or below it. When /proc/modules changes (checked at most once a second, on lookup),
-/// kallsyms is read again. Safe to use from any thread.
+/// or below it. When /proc/modules or the set of loaded BPF programs changes (checked at
+/// most once a second, on lookup), kallsyms is read again: a BPF program (`[bpf]`, where
+/// tracing stacks begin) loaded after the table was read would otherwise be named after
+/// whatever symbol precedes it. Safe to use from any thread.
 public final class KernelSymbolizer: Sendable {
     /// The host's symbolizer, loaded on its first lookup.
     public static let shared = KernelSymbolizer()
@@ -15,6 +18,7 @@ public final class KernelSymbolizer: Sendable {
         var table: SymbolTable?
         var restricted = false
         var modules: [UInt8]?
+        var programs: [UInt32]?
         var checkedAt = -Double.infinity
     }
 
@@ -45,6 +49,14 @@ public final class KernelSymbolizer: Sendable {
     public var restricted: Bool {
         _ = currentTable()
         return state.withLock { $0.restricted }
+    }
+
+    /// Reads kallsyms again now if modules or BPF programs changed since it was read (not
+    /// waiting for the once-a-second check): for a batch of new stacks, whose first frames
+    /// may be in a program loaded a moment ago.
+    public func refresh() {
+        state.withLock { $0.checkedAt = -Double.infinity }
+        _ = currentTable()
     }
 
     /// The current table (loaded first when needed).
@@ -82,14 +94,24 @@ public final class KernelSymbolizer: Sendable {
                 if state.table == nil || now - state.checkedAt >= 1 {
                     state.checkedAt = now
                     let current = ProcFiles.read(modules, sizeHint: 1 << 14)
-                    if state.table == nil || current != state.modules {
+                    let programs = Self.programIDs()
+                    if state.table == nil || current != state.modules || programs != state.programs {
                         state.modules = current
+                        state.programs = programs
                         (state.table, state.restricted) = Self.parse(ProcFiles.read(kallsyms, sizeHint: 16 << 20) ?? [])
                     }
                 }
             }
             return state.table ?? .empty
         }
+    }
+
+    /// The ids of the BPF programs loaded now (empty without the privilege to list them).
+    static func programIDs() -> [UInt32] {
+        var ids: [UInt32] = []
+        var id: UInt32 = 0
+        while ids.count < 1 << 16, bpf_prog_get_next_id(id, &id) == 0 { ids.append(id) }
+        return ids
     }
 
     /// The table of kallsyms `text`, and whether every address in it was zero.

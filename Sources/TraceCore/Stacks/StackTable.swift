@@ -37,7 +37,7 @@ public struct StackRef: Sendable, Hashable {
 final class StackTable: Sendable {
     typealias Reader = @Sendable () throws(KernelError) -> (refs: Set<StackRef>, ips: [UInt64: [UInt64]])
 
-    static let period: DispatchTimeInterval = .seconds(2)
+    static let period: DispatchTimeInterval = .seconds(1)
     /// Most stacks kept resolved (a key table holds at most 65,536 keys of up to 3 stacks).
     static let maxResolved = 3 * AggregateSpec.maxMaxKeys
 
@@ -87,7 +87,10 @@ final class StackTable: Sendable {
         var out: [StackRef: [StackFrame]] = [:]
         out.reserveCapacity(refs.count)
         var fresh: [StackRef: [StackFrame]] = [:]
-        var observed = Set<UInt32>()
+        // First the mappings of every process with a new stack (cheap), then the ELF files
+        // (slow for large binaries): a process that exits meanwhile is still named.
+        for tgid in Set(refs.filter { $0.space == .user && known[$0] == nil }.map(\.tgid)) { user.remember(tgid: tgid) }
+        if refs.contains(where: { $0.space == .kernel && known[$0] == nil }) { kernel.refresh() }
         for ref in refs {
             if let frames = known[ref] { out[ref] = frames; continue }
             guard ref.isRecorded, let stack = ips[ref.hash] else { out[ref] = []; continue }
@@ -95,7 +98,6 @@ final class StackTable: Sendable {
             switch ref.space {
             case .kernel: frames = kernel.symbolize(stack)
             case .user:
-                if observed.insert(ref.tgid).inserted { user.observe(tgid: ref.tgid) }
                 frames = user.symbolize(tgid: ref.tgid, ips: stack)
             }
             out[ref] = frames

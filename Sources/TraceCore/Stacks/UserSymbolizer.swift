@@ -119,6 +119,14 @@ public final class UserSymbolizer: Sendable {
         }
     }
 
+    /// Reads the mappings of `tgid` unless they are known: cheap (no ELF file is opened), so
+    /// a caller with many processes' stacks to name can first take every snapshot while the
+    /// processes still run, then resolve them (a process that exits meanwhile still names
+    /// its frames, from its files on the host).
+    public func remember(tgid: UInt32) {
+        _ = snapshot(tgid: tgid, now: clock(), forceRead: false)
+    }
+
     static func frame(_ ip: UInt64, mapping: Mapping, image: ELFImage?) -> StackFrame {
         let fromStart = ip - mapping.start
         let fileOffset = fromStart &+ mapping.offset
@@ -212,9 +220,15 @@ public final class UserSymbolizer: Sendable {
         }
         if let cached { return cached }
 
-        let candidates = ["\(procRoot)/\(tgid)/map_files/\(mapping.mapFilesName)", "\(procRoot)/\(tgid)/root\(path)"]
+        // The process's own view of the file while it lives; after it exited, the file of
+        // that path on this host when it is still the same file (same inode).
+        let candidates = ["\(procRoot)/\(tgid)/map_files/\(mapping.mapFilesName)", "\(procRoot)/\(tgid)/root\(path)", path]
         for candidate in candidates {
             guard let identity = FileIdentity.of(path: candidate) else { continue }
+            if candidate == path {
+                var info = stat()
+                guard stat(path, &info) == 0, UInt64(info.st_ino) == mapping.inode else { continue }
+            }
             let known = state.withLock { state -> ELFImage? in
                 guard let key = state.identities[identity], let image = Self.use(key, in: &state) else { return nil }
                 state.processes[tgid]?.images[mapping.start] = key
