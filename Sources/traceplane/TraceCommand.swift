@@ -23,8 +23,8 @@ struct Trace: AsyncParsableCommand {
     @Option(help: "Only count processes with this command name.")
     var comm: String?
 
-    @Option(name: .customLong("by"), help: "A key to count by (repeat for up to 3): pid, comm, cgroup, arg:NAME, kstack, ustack, …")
-    var by: [String] = []
+    @Option(name: .customLong("by"), help: ArgumentHelp("Keys to count by, comma-separated (at most 3), as probe add takes them: pid, comm, cgroup, arg:NAME, kstack, ustack, …", valueName: "keys"))
+    var by: String?
 
     @Flag(help: "Print the metrics as JSON.")
     var json = false
@@ -43,7 +43,7 @@ struct Trace: AsyncParsableCommand {
         var spec = ProbeSpec(name: "trace", target: try TargetParser.parse(target),
                              mechanisms: mechanism.isEmpty ? nil : mechanism,
                              filter: pid == nil && comm == nil ? nil : ProbeFilter(pid: pid, comm: comm))
-        if !by.isEmpty { spec.aggregate = AggregateSpec(by: by) }
+        if let by { spec.aggregate = AggregateSpec(by: try ProbeCommand.AggregateOptions.keys(by)) }
         let metrics = try await TracingCore.run(CoreConfiguration(disabledMechanisms: try kernel.disabled())) { core in
             let probe: Probe
             do throws(ProbeError) {

@@ -48,13 +48,22 @@ public enum HistogramText {
         var out = "\nkeys " + (a.by.isEmpty ? "(none)" : a.by.joined(separator: ", ")) + "  value \(a.value)"
         out += "  showing \(a.entries.count) of \(totalKeys)"
         if a.droppedKeys > 0 { out += "  dropped \(a.droppedKeys) calls (the key table was full)" }
+        if a.stackFull > 0 { out += "  \(a.stackFull) stacks lost (the stack map was full)" }
         out += "\n"
         let unit = a.valueIsLatency ? " ns" : ""
         for entry in a.entries {
-            var header = zip(a.by, entry.key).map { "\($0) = \($1.text)\(cgroupNote($1))" }.joined(separator: ", ")
+            // A stack is printed below its key, a frame a line, innermost first (as bpftrace does).
+            var stacks = ""
+            var header = zip(a.by, entry.key).compactMap { name, value -> String? in
+                if case .stack(let ref, let frames) = value {
+                    stacks += "  \(name):\n" + (ref.lossFrame.map { [$0] } ?? (frames.isEmpty ? ["(none)"] : frames)).map { "        \($0)\n" }.joined()
+                    return nil
+                }
+                return "\(name) = \(value.text)\(cgroupNote(value))"
+            }.joined(separator: ", ")
             header += (header.isEmpty ? "" : "  ") + "calls \(entry.calls)  errors \(entry.errors)"
             if a.histogram != nil, entry.count > 0 { header += "  avg \(entry.sum / Int64(clamping: entry.count))\(unit)" }
-            out += "\n" + header + "\n"
+            out += "\n" + header + "\n" + stacks
             if let layout = a.histogram, !entry.buckets.isEmpty {
                 out += histogram(entry.buckets, layout: layout, label: a.valueIsLatency ? "nsecs" : a.value)
             }
