@@ -100,7 +100,8 @@ struct CapabilityReportJSONTests {
     @Test("Chains are keyed by target type; each step has mechanism, requires, via and usable")
     func chainsEncoded() throws {
         let chains = try #require(try encodeToObject(sampleReport())["chains"] as? [String: [[String: Any]]])
-        #expect(Set(chains.keys) == ["function", "syscall", "tracepoint", "uprobe"])
+        #expect(Set(chains.keys) == ["function", "syscall", "tracepoint", "uprobe", "profile"])
+        #expect(chains["profile"]?.map { $0["mechanism"] as? String } == ["perf_event"])
         let first = try #require(chains["syscall"]?.first)
         #expect(Set(first.keys) == ["mechanism", "requires", "via", "usable"])
         #expect(first["mechanism"] as? String == "fentry")

@@ -53,6 +53,7 @@ struct FlavourCatalogTests {
             .function: ProbeTarget(type: .function, name: "vfs_read"), .syscall: ProbeTarget(type: .syscall, name: "read"),
             .tracepoint: ProbeTarget(type: .tracepoint, name: "sched:sched_switch"),
             .uprobe: ProbeTarget(type: .uprobe, path: "/bin/true", symbol: "main"),
+            .profile: ProbeTarget(type: .profile, frequencyHz: 99),
         ]
         for descriptor in FlavourCatalog.all {
             for type in TargetType.allCases where descriptor.serves(type) {
