@@ -3,7 +3,8 @@
 
 usage: screenshot.py IN.svg OUT.png
 
-Writes OUT.png (1200x700), decodes it here (zlib only, no imaging library) and prints one
+Writes OUT.png (the SVG's own width and height when its root element says them, within
+4000x4000; else 1200x700), decodes it here (zlib only, no imaging library) and prints one
 JSON line: {"width", "height", "non_background_fraction", "distinct_colours"}, where the
 background is the most common colour. Exit status: 0 for a picture, 1 when it is blank
 (non_background_fraction < 0.02 or fewer than 4 distinct colours), 2 on any error.
@@ -12,6 +13,7 @@ background is the most common colour. Exit status: 0 for a picture, 1 when it is
 import collections
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -31,13 +33,26 @@ def chromium():
     raise RuntimeError("no chromium or chromium-browser on PATH: run scripts/install-deps.sh")
 
 
+def window(svg):
+    """The SVG's width and height (its root element's attributes), bounded; else WINDOW."""
+    with open(svg, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace")
+    root = re.search(r"<svg\b[^>]*>", head)
+    if not root:
+        return WINDOW
+    size = [re.search(r'\b%s="(\d+)"' % name, root.group(0)) for name in ("width", "height")]
+    if not all(size):
+        return WINDOW
+    return tuple(min(max(int(m.group(1)), 100), 4000) for m in size)
+
+
 def render(svg, png):
     if not os.path.isfile(svg):
         raise RuntimeError("no such SVG file: %s" % svg)
     with tempfile.TemporaryDirectory(prefix="screenshot-profile-") as profile:
         command = [
             chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--window-size=%d,%d" % WINDOW, "--screenshot=" + png,
+            "--window-size=%d,%d" % window(svg), "--screenshot=" + png,
             "--user-data-dir=" + profile, "file://" + os.path.abspath(svg),
         ]
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
