@@ -11,7 +11,10 @@ Run it through bench/run.sh (installs the tools, builds, then calls this). Secti
 2. collateral: what an untraced getpid pays meanwhile;
 3. scaling: 1, 16 and 64 syscall probes, per-syscall tracepoints vs raw_syscalls;
 4. control plane: create/delete latency, capability detection, /metrics, RSS and fds; and
-   /metrics with 100 probes of 100 keys each.
+   /metrics with 100 probes of 100 keys each;
+6. stacks: a `kstack` count on sched_switch against bpftrace's `@[kstack] = count()` (cost
+   per context switch), a 99 Hz profile's host CPU against bpftrace's `profile:hz:99`, and
+   `traceplane bench-symbolize` (10,000 distinct stacks). `--sections stacks` runs it alone.
 
 The machine is shared and noisy, so every comparison is made inside one run: rounds are
 interleaved (each round visits every configuration, in a rotated order), every sample is
@@ -155,9 +158,13 @@ class Agent:
             spec["filter"] = ({"pid": pid} if pid else {}) | dict(filter_extra or {})
         if aggregate is not None:
             spec["aggregate"] = aggregate
+        return self.put_spec(name, spec, f"{syscall} via {mechanism or 'default'}")
+
+    def put_spec(self, name, spec, what=""):
+        """PUT a probe of any spec; the probe must come back `active`."""
         status, body = self.call("PUT", f"/v1/probes/{name}", spec)
         if status != 201:
-            raise SystemExit(f"PUT {name} ({syscall} via {mechanism or 'default'}): HTTP {status} {body[:400]!r}")
+            raise SystemExit(f"PUT {name} ({what or spec.get('target')}): HTTP {status} {body[:400]!r}")
         probe = json.loads(body)
         if probe.get("state") != "active":
             raise SystemExit(f"PUT {name}: state {probe.get('state')}")
@@ -509,20 +516,26 @@ def try_libbpf_tool(args, timeout=15):
 
 # ----------------------------------------------------------------------------- sections
 
-def overhead(args, loop, configs):
+# What section 1 measures: per traced syscall, the loop's measurements while it is traced.
+SYSCALL_PLAN = (("getppid", ("getppid", "getpid")), ("read", ("read1",)))
+
+
+def overhead(args, loop, configs, plan=SYSCALL_PLAN, iterations=None, rounds=None, what_done="overhead"):
     """Sections 1 and 2: rounds × configurations × {getppid (+ getpid), read}, with the loop
     pinned to each CPU in turn (some tracers cost more on one CPU than on another). A
     configuration measured on read only (a key that getppid has not) skips getppid and so
-    has no collateral sample."""
+    has no collateral sample. `plan` (what is traced → the loop's measurements meanwhile)
+    lets section 6 measure context switches the same way."""
     samples = {}  # (config label, measurement) -> [ns per call, mean over CPUs] per round
     by_cpu = {}   # (config label, measurement, cpu) -> [ns per call] per round
     counts = {}   # (config label, syscall) -> [tracer counts]
-    n = args.iterations
+    n = iterations or args.iterations
+    rounds = rounds or args.rounds
     cpus = sorted(os.sched_getaffinity(0))[:args.cpus]
-    for r in range(args.rounds):
+    for r in range(rounds):
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         for cfg in order:
-            for syscall, measurements in (("getppid", ("getppid", "getpid")), ("read", ("read1",))):
+            for syscall, measurements in plan:
                 if syscall not in cfg.syscalls:
                     continue
                 handle = cfg.start(syscall)
@@ -539,7 +552,7 @@ def overhead(args, loop, configs):
                 count = cfg.stop(handle)
                 if count is not None:
                     counts.setdefault((cfg.label, syscall), []).append(count)
-        log(f"overhead round {r + 1}/{args.rounds} done (load {loadavg()})")
+        log(f"{what_done} round {r + 1}/{rounds} done (load {loadavg()})")
     return samples, counts, by_cpu
 
 
@@ -752,6 +765,289 @@ def run_wrk(port, seconds):
             "errors": errors.group(0) if errors else ""}
 
 
+# ----------------------------------------------------------------------------- stacks
+#
+# Section 6 (issue #16's performance part for stack keys and profiles): a `kstack` count on
+# sched_switch against bpftrace's `@[kstack] = count()`, a 99 Hz profile's host CPU against
+# bpftrace's `profile:hz:99`, and the symbolizers on 10,000 distinct stacks.
+
+SWITCH_PLAN = (("sched_switch", ("switch",)),)
+
+# Labels of section 6's rows, named once: the report pairs them by these.
+STACKS = {"kstack": "TracePlane, sched_switch by kstack",
+          "kstack no procs": "TracePlane, sched_switch by kstack, no process table",
+          "bpftrace kstack": "bpftrace, sched_switch @[kstack] = count()",
+          "profile": "TracePlane, profile 99 Hz (comm, ustack, kstack)",
+          "bpftrace profile": "bpftrace, profile:hz:99 @[kstack, ustack, comm] = count()"}
+
+
+class BPFStats:
+    """Kernel BPF run-time stats, on while held: `BPF_ENABLE_STATS` hands out an fd and the
+    kernel counts its holders, so closing ours leaves them on for anyone else who asked
+    (the sysctl is not touched). They slow every BPF program on the host by about 70 ns per
+    run while on, which is why they are on only around the samples that read them."""
+
+    SYS_BPF = {"x86_64": 321, "aarch64": 280}
+    BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 32, 0
+
+    def __enter__(self):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = ctypes.c_uint32(self.BPF_STATS_RUN_TIME)  # union bpf_attr's enable_stats.type
+        self.fd = libc.syscall(ctypes.c_long(self.SYS_BPF[platform.machine()]), ctypes.c_int(self.BPF_ENABLE_STATS),
+                               ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+        if self.fd < 0:
+            raise SystemExit(f"BPF_ENABLE_STATS failed: errno {ctypes.get_errno()}")
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def bpf_programs(pid):
+    """{prog id: (run_time_ns, run_cnt)} of the BPF programs process `pid` holds an fd of,
+    from /proc/PID/fdinfo (each program once, whatever the number of its fds)."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
+            continue  # closed meanwhile
+        if "prog_id" in fields and "run_time_ns" in fields:
+            out[int(fields["prog_id"])] = (int(fields["run_time_ns"]), int(fields["run_cnt"]))
+    return out
+
+
+def bpf_delta(before, after):
+    """(run_time_ns, run_cnt) of the programs between two `bpf_programs` readings."""
+    t = sum(after[k][0] - before.get(k, (0, 0))[0] for k in after)
+    n = sum(after[k][1] - before.get(k, (0, 0))[1] for k in after)
+    return t, n
+
+
+def process_cpu_s(pid):
+    """User + system CPU seconds of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bpftrace_stack_counts(out):
+    """(sum of counts, entries) of a printed bpftrace map with stack keys: an entry ends in
+    "]: 123" on a line of its own, or ", comm]: 123" after the stacks of a compound key."""
+    counts = [int(m.group(1)) for m in re.finditer(r"\]:\s*(\d+)\s*$", out, re.M)]
+    return sum(counts), len(counts)
+
+
+class SwitchProbe(Configuration):
+    """A TracePlane probe on sched:sched_switch keyed by kernel stack (a count per stack),
+    on every context switch of the host (no filter, as the bpftrace script)."""
+
+    syscalls = ("sched_switch",)
+
+    def __init__(self, pool, aggregate, label):
+        self.pool, self.aggregate, self.label, self.picked, self.mechanism = pool, aggregate, label, None, None
+
+    def start(self, _what):
+        self.agent = self.pool.get()
+        probe = self.agent.put_spec("stk", {"target": {"type": "tracepoint", "name": "sched:sched_switch"},
+                                            "aggregate": self.aggregate})
+        self.picked = probe["mechanism"]
+        return "stk"
+
+    def tracer_pid(self, _handle):
+        return self.agent.pid
+
+    def stop(self, name):
+        m = self.agent.metrics(name, top=MAX_TOP)
+        count = sum(k["calls"] for k in (m.get("aggregate") or {}).get("keys", []))
+        self.agent.delete_probe(name)
+        return count
+
+
+class BpftraceSwitchKstack(Bpftrace):
+    """bpftrace's `tracepoint:sched:sched_switch { @[kstack] = count(); }` (issue #16)."""
+
+    label = STACKS["bpftrace kstack"]
+    syscalls = ("sched_switch",)
+
+    def script(self, _what):
+        return 'BEGIN { printf("ready\\n"); } tracepoint:sched:sched_switch { @[kstack] = count(); }'
+
+    def tracer_pid(self, proc):
+        return proc.pid
+
+    def count(self, out):
+        return bpftrace_stack_counts(out)[0]
+
+
+class SwitchNoTracing(NoTracing):
+    syscalls = ("sched_switch",)
+
+
+def switch_configs(pool):
+    return [SwitchNoTracing(pool),
+            SwitchProbe(pool, {"by": ["kstack"]}, STACKS["kstack"]),
+            SwitchProbe(pool, {"by": ["kstack"], "by_process": False}, STACKS["kstack no procs"]),
+            BpftraceSwitchKstack(None, pool)]
+
+
+def switch_program_stats(args, loop, configs):
+    """After the rounds, one more sample per tracer with kernel BPF stats on: what its
+    programs' runs cost inside BPF (run_time_ns / run_cnt over the sample), next to the
+    wall-time cost, which also holds the dispatch and, with stats on, their own cost."""
+    out = {}
+    cpus = sorted(os.sched_getaffinity(0))[:args.cpus]
+    for cfg in configs:
+        if not hasattr(cfg, "tracer_pid"):
+            continue
+        handle = cfg.start("sched_switch")
+        with BPFStats():
+            before = bpf_programs(cfg.tracer_pid(handle))
+            for cpu in cpus:
+                os.sched_setaffinity(loop.pid, {cpu})
+                loop.measure("switch", args.switch_iterations, 1)
+            after = bpf_programs(cfg.tracer_pid(handle))
+        os.sched_setaffinity(loop.pid, set(cpus))
+        cfg.stop(handle)
+        t, n = bpf_delta(before, after)
+        out[cfg.label] = {"run_time_ns": t, "run_cnt": n, "programs": len(after)}
+    return out
+
+
+def start_burners(loop_binary, seconds, count=2):
+    return [spawn([loop_binary, "burn", str(seconds)]) for _ in range(count)]
+
+
+def stop_burners(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def folded_samples(text):
+    """The sum of the counts of a folded text ("f1;f2;f3 COUNT" lines)."""
+    return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.rsplit(" ", 1)[-1].isdigit())
+
+
+def profile_agent(args, binary):
+    """One agent sample: a fresh `serve` with one 99 Hz profile (default keys), `--profile-seconds`
+    measured while the burners run, its stacks scraped as folded text every
+    `--profile-scrape-every` s; agent CPU and its BPF programs' run time over the window."""
+    agent = Agent(binary)
+    try:
+        agent.put_spec("prof", {"target": {"type": "profile", "frequency_hz": 99}})
+        time.sleep(1.0)
+        scrapes = []
+        with BPFStats():
+            cpu0, bpf0, t0 = process_cpu_s(agent.pid), bpf_programs(agent.pid), time.perf_counter()
+            for k in range(1, int(args.profile_seconds // args.profile_scrape_every) + 1):
+                time.sleep(max(0.0, t0 + k * args.profile_scrape_every - time.perf_counter()))
+                s0 = time.perf_counter()
+                status, body = agent.call("GET", "/v1/probes/prof/stacks?format=folded")
+                if status != 200:
+                    raise SystemExit(f"GET prof stacks: HTTP {status} {body[:200]!r}")
+                text = body.decode(errors="replace")
+                scrapes.append({"ms": (time.perf_counter() - s0) * 1000, "bytes": len(body),
+                                "stacks": len(text.splitlines()), "samples": folded_samples(text)})
+            time.sleep(max(0.0, t0 + args.profile_seconds - time.perf_counter()))
+            cpu1, bpf1, t1 = process_cpu_s(agent.pid), bpf_programs(agent.pid), time.perf_counter()
+        bt, bn = bpf_delta(bpf0, bpf1)
+        agent.delete_probe("prof")
+        return {"window_s": t1 - t0, "process_cpu_s": cpu1 - cpu0, "bpf_ns": bt, "bpf_runs": bn, "scrapes": scrapes,
+                "exit_cpu_s": 0.0, "startup_cpu_s": cpu0, "samples": scrapes[-1]["samples"] if scrapes else 0,
+                "stacks": scrapes[-1]["stacks"] if scrapes else 0}
+    finally:
+        agent.stop()
+
+
+def profile_bpftrace(args):
+    """One bpftrace sample: `profile:hz:99 { @[kstack, ustack, comm] = count(); }` over the
+    same window (its CPU and its programs' run time), then SIGINT: the CPU it spends
+    printing (and symbolizing) the map at exit is measured from its rusage at reaping."""
+    script = 'BEGIN { printf("ready\\n"); } profile:hz:99 { @[kstack, ustack, comm] = count(); }'
+    proc = spawn(["bpftrace", "-B", "line", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wait_for_line(proc, "ready", 120, "bpftrace profile")
+    chunks = []
+    import threading
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    time.sleep(1.0)
+    with BPFStats():
+        cpu0, bpf0, t0 = process_cpu_s(proc.pid), bpf_programs(proc.pid), time.perf_counter()
+        time.sleep(args.profile_seconds)
+        cpu1, bpf1, t1 = process_cpu_s(proc.pid), bpf_programs(proc.pid), time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    e0 = time.perf_counter()
+    while True:  # it symbolizes every stack while it prints: minutes on a busy host
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() - e0 > args.profile_exit_timeout:
+            log(f"bpftrace profile still printing after {args.profile_exit_timeout:.0f} s: killed")
+            proc.kill()
+        time.sleep(0.05)
+    exit_wall = time.perf_counter() - e0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join(timeout=60)
+    out = "".join(chunks)
+    total = usage.ru_utime + usage.ru_stime
+    bt, bn = bpf_delta(bpf0, bpf1)
+    return {"window_s": t1 - t0, "process_cpu_s": cpu1 - cpu0, "bpf_ns": bt, "bpf_runs": bn, "scrapes": [],
+            "exit_cpu_s": max(0.0, total - cpu1), "exit_wall_s": exit_wall, "startup_cpu_s": cpu0,
+            "samples": bpftrace_stack_counts(out)[0], "stacks": bpftrace_stack_counts(out)[1],
+            "killed": proc.returncode == -signal.SIGKILL}
+
+
+def profile_cost(args, loop_binary, binary):
+    """Rounds of the agent's and bpftrace's 99 Hz profiles (order alternating), each over
+    its own fixed load: two `syscall_loop burn` processes (one per CPU's worth)."""
+    out = {STACKS["profile"]: [], STACKS["bpftrace profile"]: []}
+    for r in range(args.profile_rounds):
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            burners = start_burners(loop_binary, args.profile_seconds + 30)
+            try:
+                if which == 0:
+                    out[STACKS["profile"]].append(profile_agent(args, binary))
+                else:
+                    out[STACKS["bpftrace profile"]].append(profile_bpftrace(args))
+            finally:
+                stop_burners(burners)
+        log(f"profile round {r + 1}/{args.profile_rounds} done (load {loadavg()})")
+    return out
+
+
+def symbolize_cost(args, binary):
+    """`traceplane bench-symbolize`, each run a fresh process (cold symbolizers)."""
+    runs = []
+    for _ in range(args.symbolize_rounds):
+        res = subprocess.run([binary, "bench-symbolize", "--stacks", str(args.symbolize_stacks)],
+                             capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise SystemExit(f"bench-symbolize failed: {res.stderr.strip()[-400:]}")
+        runs.append(json.loads(res.stdout))
+    log(f"symbolize: {len(runs)} runs (load {loadavg()})")
+    return runs
+
+
+def stacks_section(args, loop, pool, binary, loop_binary):
+    configs = switch_configs(pool)
+    samples, counts, by_cpu = overhead(args, loop, configs, plan=SWITCH_PLAN, iterations=args.switch_iterations,
+                                       rounds=args.switch_rounds, what_done="sched_switch")
+    stats = switch_program_stats(args, loop, configs)
+    pool.stop()
+    mechanisms = {c.label: c.picked for c in configs if isinstance(c, SwitchProbe)}
+    mechanisms[BpftraceSwitchKstack.label] = "tracepoint"
+    return {"samples": {"|".join(k): v for k, v in samples.items()},
+            "counts": {"|".join(k): v for k, v in counts.items()},
+            "by_cpu": {"|".join(k): v for k, v in by_cpu.items()},
+            "program_stats": stats, "mechanisms": mechanisms,
+            "profile": profile_cost(args, loop_binary, binary),
+            "symbolize": symbolize_cost(args, binary)}
+
+
 # ----------------------------------------------------------------------------- report
 
 def fmt(x, digits=0):
@@ -819,7 +1115,7 @@ def keyed_pairs(meta):
              "by cgroup (latency histogram): ≤ 0.35× bpftrace's `@[cgroup] = hist()` (getppid / read)")]
 
 
-def write_report(path, args, meta, over, scal, cp, kcp, tools):
+def write_report(path, args, meta, over, scal, cp, kcp, tools, stk=None):
     samples, counts, by_cpu = over
     lines = []
     w = lines.append
@@ -834,22 +1130,25 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
       "(non-zero: someone else had programs attached, which slows every configuration alike)")
     w(f"- tools: {tools['bpftrace']}; libbpf-tools {tools['libbpf-tools']}; {tools['wrk']}\n")
     w("## Method\n")
-    w(f"- `bench/syscall_loop serve` (C) times tight loops of `syscall(SYS_getppid)`, `syscall(SYS_getpid)` and "
-      f"1-byte `read`s of /dev/zero: {args.iterations} calls × {args.reps} repetitions per sample, median of the repetitions.")
-    w("- Every tracer filters on the loop's pid (TracePlane `filter.pid`, bpftrace `/pid == X/`, `syscount -p X`) and is "
-      "attached to one traced syscall at a time (getppid, then read). The floor is `traceplane bench-hook`: empty programs "
-      "(`bpf/bench.bpf.c`) on the same hooks, loaded as the agent loads its probes: one object per probe on "
-      "per-syscall tracepoints, one shared pair on raw_syscalls (tp_btf, raw_tracepoint) whatever the number of probes.")
-    w("- The agent runs only while a TracePlane configuration is measured. With `--bpf-stats` it turns kernel BPF "
-      "run-time stats on for its lifetime (for each probe's `overhead`): that slows every BPF program on the host, "
-      "other tracers' too. The `+ BPF stats` floor and the `--bpf-stats` row show that cost.")
-    w(f"- {args.rounds} rounds; each round visits every configuration, in an order rotated by one per round. While a "
-      f"tracer is attached the loop is pinned to each of CPUs {', '.join(map(str, sorted(os.sched_getaffinity(0))[:args.cpus]))} "
-      "in turn (bpftrace costs a different amount on each CPU here; nothing else does), and a sample is the mean over "
-      "the CPUs. Each sample is paired with the no-tracing sample of the same round: *added ns* = traced − untraced, "
-      "median over rounds [min … max]. Ratios divide medians of added ns; ÷ floor uses the floor of the same hook "
-      "without BPF stats.")
-    w("- After each sample the tracer's own count is read back (a tracer that traced nothing would look free).")
+    if not samples and stk:
+        w("- Only section 6 (stacks) was measured in this run (`--sections stacks`); its method is given there.")
+    if samples:
+        w(f"- `bench/syscall_loop serve` (C) times tight loops of `syscall(SYS_getppid)`, `syscall(SYS_getpid)` and "
+          f"1-byte `read`s of /dev/zero: {args.iterations} calls × {args.reps} repetitions per sample, median of the repetitions.")
+        w("- Every tracer filters on the loop's pid (TracePlane `filter.pid`, bpftrace `/pid == X/`, `syscount -p X`) and is "
+          "attached to one traced syscall at a time (getppid, then read). The floor is `traceplane bench-hook`: empty programs "
+          "(`bpf/bench.bpf.c`) on the same hooks, loaded as the agent loads its probes: one object per probe on "
+          "per-syscall tracepoints, one shared pair on raw_syscalls (tp_btf, raw_tracepoint) whatever the number of probes.")
+        w("- The agent runs only while a TracePlane configuration is measured. With `--bpf-stats` it turns kernel BPF "
+          "run-time stats on for its lifetime (for each probe's `overhead`): that slows every BPF program on the host, "
+          "other tracers' too. The `+ BPF stats` floor and the `--bpf-stats` row show that cost.")
+        w(f"- {args.rounds} rounds; each round visits every configuration, in an order rotated by one per round. While a "
+          f"tracer is attached the loop is pinned to each of CPUs {', '.join(map(str, sorted(os.sched_getaffinity(0))[:args.cpus]))} "
+          "in turn (bpftrace costs a different amount on each CPU here; nothing else does), and a sample is the mean over "
+          "the CPUs. Each sample is paired with the no-tracing sample of the same round: *added ns* = traced − untraced, "
+          "median over rounds [min … max]. Ratios divide medians of added ns; ÷ floor uses the floor of the same hook "
+          "without BPF stats.")
+        w("- After each sample the tracer's own count is read back (a tracer that traced nothing would look free).")
     if any(label.startswith("bpftrace, ") or label in KEYED.values() for (label, _m) in samples):
         w("- Keyed rows: TracePlane probes with an `aggregate` member (`{\"by\": [], \"by_process\": false}`: no key "
           "table and no process table; `{\"by\": [\"comm\"]}`: a latency histogram per process name; "
@@ -1121,6 +1420,8 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
         rows.append((f"`/metrics` with {size}: median ≤ 20 ms", f"{fmt(ksm, 2)} ms{invalid}", verdict(ksm <= 20 and kcp["keys_ok"])))
         krss = max(kcp[k][0] for k in ("created", "loaded", "scraped"))
         rows.append((f"RSS ≤ 60 MB with {size}", f"{fmt(krss, 1)} MB (largest sample){invalid}", verdict(krss <= 60 and kcp["keys_ok"])))
+    if stk:
+        rows += stacks_targets(stk)
     w("| target | measured | |")
     w("|---|---|---|")
     for r_ in rows:
@@ -1140,11 +1441,172 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools):
         w("Above the empty-program floor (the programs' own cost), TracePlane vs bpftrace on getppid: "
           + "; ".join(program_ratios) + ".")
     w("")
+    if stk:
+        write_stacks(w, args, stk)
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as f:
             w(f.read())
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def stacks_rows(stk):
+    """Section 6's numbers, computed once for its tables and for the targets."""
+    samples = {tuple(k.split("|")): v for k, v in stk["samples"].items()}
+    by_cpu = {tuple(k.split("|")): v for k, v in stk["by_cpu"].items()}
+    base = samples[("no tracing", "switch")]
+    sw = {}
+    for (label, m), xs in samples.items():
+        if label == "no tracing":
+            continue
+        d = [a - b for a, b in zip(xs, base)]
+        cpu = {}
+        for (l2, m2, c), ys in by_cpu.items():
+            if l2 == label:
+                cpu[c] = median([a - b for a, b in zip(ys, by_cpu[("no tracing", m2, c)])])
+        sw[label] = {"median": median(d), "min": min(d), "max": max(d), "cpu": cpu}
+    prof = {}
+    for label, runs in stk["profile"].items():
+        if not runs:
+            continue
+        window = [(r["process_cpu_s"] * 1000 + r["bpf_ns"] / 1e6) / r["window_s"] for r in runs]
+        with_exit = [(r["process_cpu_s"] * 1000 + r["bpf_ns"] / 1e6 + r["exit_cpu_s"] * 1000) / r["window_s"] for r in runs]
+        prof[label] = {"window": window, "with_exit": with_exit,
+                       "process": [r["process_cpu_s"] * 1000 / r["window_s"] for r in runs],
+                       "bpf": [r["bpf_ns"] / 1e6 / r["window_s"] for r in runs],
+                       "bpf_per_run": [r["bpf_ns"] / r["bpf_runs"] if r["bpf_runs"] else float("nan") for r in runs],
+                       "exit_ms": [r["exit_cpu_s"] * 1000 for r in runs],
+                       "startup_ms": [r["startup_cpu_s"] * 1000 for r in runs],
+                       "samples": [r["samples"] for r in runs], "stacks": [r["stacks"] for r in runs],
+                       "scrape_ms": [s["ms"] for r in runs for s in r["scrapes"]],
+                       "scrape_bytes": [s["bytes"] for r in runs for s in r["scrapes"]],
+                       "window_s": [r["window_s"] for r in runs]}
+    return sw, prof
+
+
+def spread(xs, digits=0, unit=""):
+    return f"{fmt(median(xs), digits)}{unit} [{fmt(min(xs), digits)} … {fmt(max(xs), digits)}]"
+
+
+def write_stacks(w, args, stk):
+    """Section 6: stack keys and profiles (issue #16)."""
+    sw, prof = stacks_rows(stk)
+    base = stk["samples"]["no tracing|switch"]
+    bt = sw.get(STACKS["bpftrace kstack"])
+    w("## 6. Stacks: kstack keys, 99 Hz profiles, symbolization\n")
+    w(f"**kstack on sched_switch.** `syscall_loop switch`: two threads pinned to one CPU hand one byte back and forth "
+      f"over two pipes, {args.switch_iterations} round trips × {args.reps} repetitions per sample (median of the "
+      "repetitions); the result is ns per context switch (the wall time over both threads' switches from "
+      "`getrusage(RUSAGE_THREAD)`), so every hand-over is one `sched_switch`. Pinned to each CPU in turn, a sample "
+      f"is the mean over the CPUs; {args.switch_rounds} interleaved rounds, each sample paired with the round's "
+      "no-tracing sample (as in section 1). Neither tracer filters: both run on every context switch of the host, "
+      "and the count read back (the sum over the key table, or over bpftrace's printed map) is of the whole host, "
+      "so it is at least the loop's switches. *BPF ns per run*: one more sample per tracer with kernel BPF stats on, "
+      "run_time_ns / run_cnt of the tracer's programs (from /proc/PID/fdinfo): the program alone, without the "
+      "tracepoint's dispatch.\n")
+    w(f"Base (no tracing), ns per context switch: {spread(base)}\n")
+    cpus = sorted({c for v in sw.values() for c in v["cpu"]}, key=int)
+    w("| configuration | hook | added ns per context switch | ÷ bpftrace | " +
+      " | ".join(f"CPU {c} | ÷ bpftrace" for c in cpus) + " | BPF ns per run (stats on) | events counted per sample |")
+    w("|---|---|---|---|" + "---|---|" * len(cpus) + "---|---|")
+    for label, v in sw.items():
+        ps = stk["program_stats"].get(label, {})
+        per_run = f"{ps['run_time_ns'] / ps['run_cnt']:.0f}" if ps.get("run_cnt") else "n/a"
+        cells = [label, stk["mechanisms"].get(label) or "?", f"{fmt(v['median'])} [{fmt(v['min'])} … {fmt(v['max'])}]",
+                 f"{v['median'] / bt['median']:.2f}×" if bt and label != STACKS["bpftrace kstack"] else "—"]
+        for c in cpus:
+            x = v["cpu"].get(c)
+            b = bt["cpu"].get(c) if bt else None
+            cells += [fmt(x) if x is not None else "—",
+                      f"{x / b:.2f}×" if x is not None and b and label != STACKS["bpftrace kstack"] else "—"]
+        got = stk["counts"].get(f"{label}|sched_switch", [])
+        cells += [per_run, f"{min(got)}–{max(got)}" if got else "—"]
+        w("| " + " | ".join(cells) + " |")
+    w("")
+    if prof:
+        w(f"**99 Hz profile, host CPU.** {args.profile_rounds} rounds, the tracers alternating; each sample has its own "
+          "fixed load, two `syscall_loop burn` processes (call chains 10 to 40 frames deep, a 64 KiB read of /dev/zero "
+          "at every 4th leaf), plus whatever else runs on the host (every CPU's current task is sampled). Measured "
+          f"over {args.profile_seconds:.0f} s starting 1 s after the tracer is ready: the tracer process's utime + "
+          "stime (/proc/PID/stat) plus its BPF programs' run time (kernel BPF stats on over the window, "
+          "/proc/PID/fdinfo). TracePlane: a fresh `serve` with `{\"target\": {\"type\": \"profile\", \"frequency_hz\": "
+          f"99}}` (keys comm, ustack, kstack), `GET /v1/probes/NAME/stacks?format=folded` every "
+          f"{args.profile_scrape_every:.0f} s inside the window (symbolization counted). bpftrace: "
+          "`profile:hz:99 { @[kstack, ustack, comm] = count(); }`, its map printed (and symbolized) at exit: "
+          "*exit* is the CPU from SIGINT to its end (rusage at reaping); \"with exit\" spreads it over the window. "
+          "Startup (bpftrace's compilation, the agent's start and probe creation) is outside the window.\n")
+        w("| tracer | host CPU, ms per s | process | BPF programs | BPF ns per run | exit CPU (ms) | with exit, ms per s "
+          "| samples counted | distinct stacks | scrapes: ms, median [min … max] | startup CPU (ms) |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, p in prof.items():
+            scr = f"{spread(p['scrape_ms'], 1)} ({fmt(median(p['scrape_bytes']))} bytes)" if p["scrape_ms"] else "—"
+            w(f"| {label} | {spread(p['window'], 1)} | {spread(p['process'], 1)} | {spread(p['bpf'], 2)} | "
+              f"{spread(p['bpf_per_run'])} | {spread(p['exit_ms'])} | {spread(p['with_exit'], 1)} | "
+              f"{min(p['samples'])}–{max(p['samples'])} | {min(p['stacks'])}–{max(p['stacks'])} | {scr} | "
+              f"{spread(p['startup_ms'])} |")
+        a, b = prof.get(STACKS["profile"]), prof.get(STACKS["bpftrace profile"])
+        if a and b:
+            w(f"\nRatio of medians: {median(a['window']) / median(b['with_exit']):.2f}× bpftrace with its exit, "
+              f"{median(a['window']) / median(b['window']):.2f}× without it.")
+        w("")
+    runs = stk.get("symbolize") or []
+    if runs:
+        r0 = runs[0]
+        w(f"**Symbolizing {r0['stacks']} distinct stacks.** `traceplane bench-symbolize` (release build, "
+          f"{len(runs)} runs, each a fresh process): {r0['stacks']} distinct stacks of {r0['kernel_frames']} kernel "
+          f"frames (text symbols of /proc/kallsyms, {r0['kernel_text_symbols']} here, plus 0–15 bytes) and "
+          f"{r0['user_frames']} user frames (random addresses in its own executable mappings of "
+          f"{' and '.join('`' + os.path.basename(m) + '`' for m in r0['user_modules'])}), symbolized by fresh "
+          "`KernelSymbolizer` and `UserSymbolizer` (kallsyms read and ELF files parsed inside the time), then folded "
+          "as the stacks endpoint does (`FlameGraph.folded`); a second pass times the warm symbolizers. RSS is VmRSS "
+          "(/proc/self/status) after the stacks were built, after symbolizing (the frames are held), after folding "
+          "(the folded text too), with the agent's allocator settings.\n")
+        w("| measurement | median | min | max |")
+        w("|---|---|---|---|")
+
+        def row(label, xs, digits):
+            w(f"| {label} | {fmt(median(xs), digits)} | {fmt(min(xs), digits)} | {fmt(max(xs), digits)} |")
+        row("symbolize, cold (s)", [r["symbolize_s"] for r in runs], 3)
+        row("fold into folded text (s)", [r["fold_s"] for r in runs], 3)
+        row("symbolize + fold (s)", [r["symbolize_s"] + r["fold_s"] for r in runs], 3)
+        row("symbolize again, warm (s)", [r["warm_symbolize_s"] for r in runs], 3)
+        row("RSS added by symbolizing (MB)", [r["rss_symbolized_mb"] - r["rss_before_mb"] for r in runs], 1)
+        row("RSS added by symbolizing and folding (MB)", [r["rss_after_mb"] - r["rss_before_mb"] for r in runs], 1)
+        row("VmHWM added (MB)", [r["hwm_after_mb"] - r["hwm_before_mb"] for r in runs], 1)
+        row("frames named (%)", [100 * r["named"] / r["frames"] for r in runs], 1)
+        w(f"\nFolded text: {fmt(median([r['folded_bytes'] for r in runs]))} bytes; ELF symbol cache "
+          f"{fmt(median([r['elf_cache_bytes'] for r in runs]) / 1024)} KiB.\n")
+
+
+def stacks_targets(stk):
+    """Section 5's rows for section 6."""
+    sw, prof = stacks_rows(stk)
+    rows = []
+    a, b = sw.get(STACKS["kstack"]), sw.get(STACKS["bpftrace kstack"])
+    if a and b:
+        text = f"{a['median'] / b['median']:.2f}× (CPU mean; {fmt(a['median'])} vs {fmt(b['median'])} ns)"
+        for c in sorted(a["cpu"], key=int):
+            if c in b["cpu"]:
+                text += f"; CPU {c}: {a['cpu'][c] / b['cpu'][c]:.2f}×"
+        rows.append(("sched_switch by kstack: ≤ 0.6× bpftrace's `@[kstack] = count()` per event", text,
+                     verdict(a["median"] <= 0.6 * b["median"])))
+    a, b = prof.get(STACKS["profile"]), prof.get(STACKS["bpftrace profile"])
+    if a and b:
+        rows.append(("99 Hz profile: host CPU ≤ bpftrace's `@[kstack, ustack, comm] = count()`",
+                     f"{fmt(median(a['window']), 1)} vs {fmt(median(b['with_exit']), 1)} CPU-ms/s with bpftrace's exit "
+                     f"({median(a['window']) / median(b['with_exit']):.2f}×; without its exit "
+                     f"{fmt(median(b['window']), 1)}, {median(a['window']) / median(b['window']):.2f}×)",
+                     verdict(median(a["window"]) <= median(b["with_exit"]))))
+    runs = stk.get("symbolize") or []
+    if runs:
+        s = median([r["symbolize_s"] for r in runs])
+        sf = median([r["symbolize_s"] + r["fold_s"] for r in runs])
+        rows.append((f"symbolizing {runs[0]['stacks']} distinct stacks ≤ 1 s",
+                     f"{s:.2f} s (cold); with folding, as a scrape: {sf:.2f} s", verdict(s <= 1)))
+        m = median([r["rss_symbolized_mb"] - r["rss_before_mb"] for r in runs])
+        mf = median([r["rss_after_mb"] - r["rss_before_mb"] for r in runs])
+        rows.append((f"… ≤ 50 MB RSS added", f"+{m:.1f} MB; with the folded text: +{mf:.1f} MB", verdict(m <= 50)))
+    return rows
 
 
 def write_keyed_control(w, kcp):
@@ -1204,6 +1666,10 @@ FILLERS = ["mknod", "chroot", "sethostname", "setdomainname", "acct", "swapon", 
            "getrandom", "semget", "semctl", "msgget", "msgctl", "shmget", "shmctl"]
 
 
+# Every part --skip and --sections name.
+PARTS = {"overhead", "keys", "cgroup", "scaling", "control", "keyed-control", "stacks"}
+
+
 def usable_fillers():
     """Filler syscalls this kernel has tracepoints for and the agent knows by name."""
     return usable_syscalls(FILLERS)
@@ -1222,10 +1688,10 @@ def usable_syscalls(names):
             and (not known or f in known)]
 
 
-def save_raw(args, meta, over, scal, cp, kcp, tools):
+def save_raw(args, meta, over, scal, cp, kcp, tools, stk):
     os.makedirs(os.path.dirname(os.path.abspath(args.raw)), exist_ok=True)
     with open(args.raw, "w") as f:
-        json.dump({"args": vars(args), "meta": meta, "tools": tools, "control": cp, "keyed_control": kcp,
+        json.dump({"args": vars(args), "meta": meta, "tools": tools, "control": cp, "keyed_control": kcp, "stacks": stk,
                    "samples": {"|".join(k): v for k, v in over[0].items()},
                    "counts": {"|".join(k): v for k, v in over[1].items()},
                    "by_cpu": {"|".join(k): v for k, v in over[2].items()},
@@ -1264,10 +1730,21 @@ def main():
     ap.add_argument("--key-probes", type=int, default=100, help="probes of the keyed /metrics measurement")
     ap.add_argument("--keys", type=int, default=100, help="keys in each of those probes (threads of the workload)")
     ap.add_argument("--skip", default="",
-                    help="comma-separated parts to skip: overhead, scaling, control (sections); keys (the keyed "
-                         "rows of section 1), cgroup (its cgroup-keyed and cgroup-filter rows), keyed-control "
+                    help="comma-separated parts to skip: overhead, scaling, control, stacks (sections); keys (the "
+                         "keyed rows of section 1), cgroup (its cgroup-keyed and cgroup-filter rows), keyed-control "
                          "(/metrics with keys)")
+    ap.add_argument("--sections", default="",
+                    help="comma-separated parts to run, all others skipped (the names of --skip; e.g. `stacks` for "
+                         "section 6 alone, about 5 minutes)")
     ap.add_argument("--only", default="", help="regex: measure only the overhead configurations it matches")
+    ap.add_argument("--switch-iterations", type=int, default=20000, help="ping-pong round trips per stacks sample")
+    ap.add_argument("--switch-rounds", type=int, default=7, help="rounds of the sched_switch kstack rows")
+    ap.add_argument("--profile-seconds", type=float, default=20, help="window of each 99 Hz profile sample")
+    ap.add_argument("--profile-scrape-every", type=float, default=5, help="s between the agent's stacks scrapes")
+    ap.add_argument("--profile-exit-timeout", type=float, default=600, help="s bpftrace may take to print its map")
+    ap.add_argument("--profile-rounds", type=int, default=3, help="rounds of the 99 Hz profile rows (each tracer once)")
+    ap.add_argument("--symbolize-rounds", type=int, default=5, help="runs of `traceplane bench-symbolize`")
+    ap.add_argument("--symbolize-stacks", type=int, default=10000, help="distinct stacks per bench-symbolize run")
     ap.add_argument("--raw", default=".build/bench/results.json", help="where the raw samples are saved")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from --raw without measuring")
     args = ap.parse_args()
@@ -1281,11 +1758,17 @@ def main():
                 {tuple(k.split("|")): v for k, v in raw["counts"].items()},
                 {tuple(k.split("|")): v for k, v in raw.get("by_cpu", {}).items()})
         scal = {(k.split("|")[0], k.split("|")[1], int(k.split("|")[2])): v for k, v in raw["scaling"].items()}
-        write_report(args.out, args, raw["meta"], over, scal, raw["control"], raw.get("keyed_control", {}), raw["tools"])
+        write_report(args.out, args, raw["meta"], over, scal, raw["control"], raw.get("keyed_control", {}), raw["tools"],
+                     raw.get("stacks") or None)
         return
     if os.geteuid() != 0:
         raise SystemExit("bench.py needs root (it loads BPF programs)")
     skip = set(filter(None, args.skip.split(",")))
+    if args.sections:
+        wanted = set(filter(None, args.sections.split(",")))
+        if wanted - PARTS:
+            raise SystemExit(f"--sections: unknown {', '.join(sorted(wanted - PARTS))}; known: {', '.join(sorted(PARTS))}")
+        skip |= PARTS - wanted
     started = time.time()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_start": loadavg(), "links_start": foreign_bpf_links(),
             "noise": args.noise, "mechanisms": {}}
@@ -1322,7 +1805,7 @@ def main():
             log(f"capabilities: {e}")
     try:
         # libbpf-tools: funclatency needs fentry or kprobes; syscount uses raw_syscalls tracepoints.
-        meta["libbpf_tools"] = {
+        meta["libbpf_tools"] = {} if "overhead" in skip else {
             f"funclatency -p {loop.pid} __x64_sys_getppid": try_libbpf_tool(["funclatency", "-p", str(loop.pid), "__x64_sys_getppid"]),
             f"syscount -L -p {loop.pid}": try_libbpf_tool(["syscount", "-L", "-p", str(loop.pid)]),
         }
@@ -1337,7 +1820,7 @@ def main():
             tps.append(TracePlaneProbe(pool, None, loop.pid, binary=args.baseline))
         configs += tps
         configs.append(Bpftrace(loop.pid, pool))
-        if meta["libbpf_tools"][f"syscount -L -p {loop.pid}"][0]:
+        if meta["libbpf_tools"].get(f"syscount -L -p {loop.pid}", (False,))[0]:
             configs.append(Syscount(loop.pid, pool))
         if "keys" not in skip:
             keyed = keyed_configs(pool, loop.pid)
@@ -1363,6 +1846,9 @@ def main():
         scal = {}
         if "scaling" not in skip:
             scal = scaling(args, loop, pool, args.traceplane, fillers)
+        stk = {}
+        if "stacks" not in skip:
+            stk = stacks_section(args, loop, pool, args.traceplane, args.loop)
     finally:
         loop.close()
         pool.stop()
@@ -1371,8 +1857,8 @@ def main():
     meta["load_end"] = loadavg()
     meta["links_end"] = foreign_bpf_links()
     meta["elapsed"] = time.time() - started
-    save_raw(args, meta, over, scal, cp, kcp, tools)
-    write_report(args.out, args, meta, over, scal, cp, kcp, tools)
+    save_raw(args, meta, over, scal, cp, kcp, tools, stk)
+    write_report(args.out, args, meta, over, scal, cp, kcp, tools, stk)
     log(f"wrote {args.out} in {meta['elapsed']:.0f} s (load at end {meta['load_end']})")
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # TracePlane benchmarks, side by side in one run: tracing overhead (vs an empty-program
 # floor, bpftrace and libbpf-tools), collateral cost, scaling to 64 probes, and the control
-# plane (create/delete latency, capability detection, /metrics, RSS and fds).
+# plane (create/delete latency, capability detection, /metrics, RSS and fds), and stack keys,
+# 99 Hz profiles and symbolization (section 6).
 #
-#   bench/run.sh [bench.py options]      as root; about 5 minutes; writes BENCHMARKS.md
+#   bench/run.sh [bench.py options]      as root; about 13 minutes; writes BENCHMARKS.md
+#   bench/run.sh --sections stacks --out .build/bench/stacks.md   section 6 (stacks) alone
 #
 # Installs from Debian what it compares against or drives: bpftrace and libbpf-tools (the
 # other tracers), wrk (the /metrics load), bpftool (counts BPF links left by others),
