@@ -174,10 +174,16 @@ def matrix(out, columns):
             elif x["mechanism"] is None:
                 row.append("— " + x["status"])
             else:
-                # At-least checks show their bound, so the table only changes when a result does.
+                # At-least checks show their bound, profiles the CPUs they sampled, so the table
+                # only changes when a result does.
+                cpus = (x["actual"] or {}).get("samples_by_cpu")
                 calls = x["expected"].split(">=")[1].strip() if ">=" in x["expected"] else (x["actual"] or {}).get("calls")
                 bound = "≥" if ">=" in x["expected"] else ""
-                row.append(f"{x['mechanism']}: {x['status']}" + (f" ({bound}{calls})" if calls is not None else ""))
+                if cpus is not None:
+                    what = f"{len(cpus)} CPU{'' if len(cpus) == 1 else 's'} sampled"
+                else:
+                    what = f"{bound}{calls}" if calls is not None else None
+                row.append(f"{x['mechanism']}: {x['status']}" + (f" ({what})" if what else ""))
         text.append(f"| {c['name']} | " + " | ".join(row) + " |")
     text += ["", "## fentry → kprobe fallback", ""]
     for label, d in docs:
