@@ -32,7 +32,7 @@ struct SelfTest: AsyncParsableCommand {
             let report = await core.capabilities.get()
             let symbols = KernelSymbols.read()
             let runner = SelfTestRunner(manager: core.probes, report: report, symbols: symbols, calls: calls,
-                                        executable: core.backend.host.executablePath)
+                                        executable: core.backend.host.executablePath, reaper: core.reaper)
             let (checks, fallback) = await runner.runAll()
             return (checks, fallback, report, symbols)
         }
@@ -102,12 +102,29 @@ struct CheckResult: Encodable {
         struct Key: Encodable, Hashable {
             var calls: UInt64
             var buckets: [[Int64]]
+
+            /// Both keys' calls and buckets, as one key.
+            func merged(_ other: Key) -> Key {
+                let counts = Dictionary((buckets + other.buckets).map { ($0[0], $0[1]) }, uniquingKeysWith: +)
+                return Key(calls: calls + other.calls, buckets: counts.sorted { $0.key < $1.key }.map { [$0.key, $0.value] })
+            }
         }
         /// cgroup checks: every key of the probe keyed by cgroup (filtered to the workload's
         /// name), by its path under the cgroup2 mount.
         var cgroups: [String: CgroupKey]?
         /// cgroup checks: the probe filtered by filter.pod_uid (and keyed by cgroup).
         var podFilter: PodFilter?
+        /// Stack checks: stacks not recorded because the stack map was full.
+        var stackFull: UInt64?
+        /// Profile checks: samples per CPU, and the perf event fds this process holds
+        /// before the profile, while it is attached, and after it is deleted.
+        var samplesByCPU: [String: UInt64]?
+        var perfFDs: PerfFDs?
+        struct PerfFDs: Encodable, Hashable {
+            var before: Int
+            var attached: Int
+            var after: Int
+        }
         struct CgroupKey: Encodable, Hashable {
             var id: UInt64
             var calls: UInt64
@@ -129,6 +146,9 @@ struct CheckResult: Encodable {
         enum CodingKeys: String, CodingKey {
             case keys, cgroups
             case podFilter = "pod_filter"
+            case stackFull = "stack_full"
+            case samplesByCPU = "samples_by_cpu"
+            case perfFDs = "perf_fds"
             case calls
             case latencyCount = "latency_count"
             case histogramCount = "histogram_count"

@@ -25,6 +25,8 @@ struct CheckPlan: Sendable {
     /// joined with ", ", with its calls and the lower bound of its one value bucket.
     var aggregate: AggregateSpec? = nil
     var keys: [String: KeyExpectation] = [:]
+    /// Stack-keyed checks: the frames every counted call's stack shows (in place of `keys`).
+    var stacks: StackExpectation? = nil
 }
 
 struct KeyExpectation: Sendable, Hashable {
@@ -38,6 +40,8 @@ struct SelfTestRunner: Sendable {
     let symbols: KernelSymbols
     let calls: Int
     let executable: String
+    /// The core's reaper: checks that count kernel resources after a delete wait for it.
+    let reaper: Reaper
     let pid = Int(getpid())
 
     var prefix: String { report.kernel.syscallPrefix ?? "" }
@@ -93,6 +97,7 @@ struct SelfTestRunner: Sendable {
                                            trigger: { _ = traceplane_uprobe_target(41) })))
         results += await keyedChecks()
         results += await cgroupChecks()
+        results += await stackChecks()
         return (results, search)
     }
 
@@ -206,7 +211,7 @@ struct SelfTestRunner: Sendable {
         }
         var result = CheckResult(
             name: plan.name, target: plan.target.label, requestedMechanisms: plan.flavours?.map(\.rawValue),
-            expectedMechanism: predicted?.rawValue, mechanism: nil, expected: expectedText, actual: nil, status: "fail",
+            expectedMechanism: predicted?.rawValue, mechanism: nil, expected: expectedText + (plan.stacks.map { "; \($0)" } ?? ""), actual: nil, status: "fail",
             pass: false, attempts: [], attachMilliseconds: 0, notes: reasons)
         let name = "selftest-\(UInt32.random(in: 0...UInt32.max))"
         let spec = ProbeSpec(name: name, target: plan.target, mechanisms: plan.flavours?.map(\.rawValue),
@@ -233,6 +238,7 @@ struct SelfTestRunner: Sendable {
         result.mechanism = chosen
         result.attempts = probe.attempts
         await Self.onRenamedThread { for _ in 0..<plan.events { plan.trigger() } }
+        var stackFailures: [String] = []
         do {
             let metrics = try await manager.metrics(name)
             let latency = metrics.latencyNanoseconds
@@ -242,7 +248,11 @@ struct SelfTestRunner: Sendable {
             if let aggregate = metrics.aggregate, plan.aggregate != nil {
                 result.actual?.keys = Dictionary(aggregate.entries.map { e in
                     (e.key.map(\.text).joined(separator: ", "), CheckResult.Actual.Key(calls: e.calls, buckets: e.buckets.map { [$0.lower, Int64(clamping: $0.count)] }))
-                }, uniquingKeysWith: { a, _ in a })
+                }, uniquingKeysWith: { a, b in a.merged(b) })  // stacks whose frames read the same
+                if let stacks = plan.stacks {
+                    result.actual?.stackFull = aggregate.stackFull
+                    stackFailures = stacks.failures(aggregate, calls: metrics.calls)
+                }
             }
         } catch {
             result.notes.append("reading the probe failed: \(error.detail)")
@@ -250,7 +260,12 @@ struct SelfTestRunner: Sendable {
         try? await manager.delete(name)
 
         var ok = result.actual.map { counted($0, plan) } ?? false
-        if plan.aggregate != nil {
+        if plan.stacks != nil {
+            if !stackFailures.isEmpty || result.actual?.keys == nil {
+                ok = false
+                result.notes += stackFailures.isEmpty ? ["no key table was read"] : stackFailures
+            }
+        } else if plan.aggregate != nil {
             let found = result.actual?.keys ?? [:]
             let wanted = plan.keys.mapValues { CheckResult.Actual.Key(calls: $0.calls, buckets: [[$0.bucketLower, Int64($0.calls)]]) }
             if found != wanted {

@@ -51,6 +51,26 @@ def check(doc, profile):
                    f"cgroup check [{mechanism}]: {a['calls']} calls in {len(a.get('cgroups') or {})} cgroups, expected 1550 in 6")
             expect((a.get("pod_filter") or {}).get("calls") == 350, f"cgroup check [{mechanism}]: pod filter calls {(a.get('pod_filter') or {}).get('calls')}, expected 350")
 
+    def stacks(name, mechanism, frames):
+        # Every call under a stack through `frames` is the check's own pass; the count, the
+        # lost stacks and the frames are asserted again here.
+        c = chose(name, {mechanism})
+        if c and c["actual"]:
+            a, n = c["actual"], doc["calls_per_check"]
+            expect(a["calls"] == n and a.get("stack_full") == 0,
+                   f"'{name}': {a['calls']} calls, stack_full {a.get('stack_full')}; expected {n} and 0")
+            through = sum(k["calls"] for text, k in (a.get("keys") or {}).items() if all(f in text.split(";") for f in frames))
+            expect(through == n, f"'{name}': {through} of {n} calls under stacks with {frames}: {list(a.get('keys') or {})[:3]}")
+
+    def not_applicable(name, why):
+        c = checks.get(name)
+        expect(c is not None, f"check '{name}' missing")
+        if c:
+            expect(c["pass"] is None and c["status"] == "unsupported here" and any(why in note for note in c["notes"]),
+                   f"'{name}' should be n/a for '{why}': {c['status']} {c['notes']}")
+
+    sys_getpgid = f"{doc['kernel'].get('syscall_prefix') or ''}sys_getpgid"
+    kstack = lambda m: f"stacks: function {sys_getpgid} by kstack, mechanisms [{m}]"
     cg = doc["kernel"].get("cgroup2") or {}
     expect(doc["pass"] is True, f"selftest reports failures: {[c['name'] for c in doc['checks'] if c['pass'] is False]}")
     if profile == "fentry-kprobe":
@@ -81,6 +101,9 @@ def check(doc, profile):
                f"cgroup2 should be unified at /sys/fs/cgroup showing the whole hierarchy: {cg}")
         for m in ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"):
             cgroups(m)
+        # Kernel stacks through a probe's own fentry and kprobe programs, from the syscall entry.
+        for m in ("fentry", "kprobe"):
+            stacks(kstack(m), m, ["do_syscall_64", sys_getpgid])
     elif profile == "host":
         # The development kernel denies fentry and has no kprobes: syscalls go to the shared
         # raw_syscalls hook via tp_btf (vmlinux BTF is there).
@@ -93,9 +116,20 @@ def check(doc, profile):
         expect(cg.get("layout") in ("hybrid", "unified") and cg.get("path"), f"no cgroup2 mount on this host: {cg}")
         for m in ("tp_btf", "raw_tracepoint", "tracepoint"):
             cgroups(m)
+        not_applicable(kstack("fentry"), "fentry: capability report says fentry denied")
+        not_applicable(kstack("kprobe"), "kprobe: capability report says kprobe unsupported")
     else:
         sys.exit(f"unknown profile {profile}")
     chose("uprobe traceplane_uprobe_target, default chain", {"uprobe"})
+    stacks("stacks: syscall getppid by ustack, mechanisms [tracepoint]", "tracepoint",
+           ["tp_selftest_chain_a", "tp_selftest_chain_b", "tp_selftest_chain_c", "tp_selftest_direct_getppid"])
+    p = chose("profile: 99 Hz for 1 s by cpu, mechanisms [perf_event]", {"perf_event"})
+    if p and p["actual"]:
+        fds = p["actual"].get("perf_fds") or {}
+        cpus = p["actual"].get("samples_by_cpu") or {}
+        expect(cpus and all(v > 0 for v in cpus.values()), f"profile: samples by cpu {cpus}")
+        expect(fds.get("after") == fds.get("before") and fds.get("attached") == fds.get("before", 0) + len(cpus),
+               f"profile: perf fds {fds} for {len(cpus)} CPUs")
     return errors
 
 
@@ -140,10 +174,16 @@ def matrix(out, columns):
             elif x["mechanism"] is None:
                 row.append("— " + x["status"])
             else:
-                # At-least checks show their bound, so the table only changes when a result does.
+                # At-least checks show their bound, profiles the CPUs they sampled, so the table
+                # only changes when a result does.
+                cpus = (x["actual"] or {}).get("samples_by_cpu")
                 calls = x["expected"].split(">=")[1].strip() if ">=" in x["expected"] else (x["actual"] or {}).get("calls")
                 bound = "≥" if ">=" in x["expected"] else ""
-                row.append(f"{x['mechanism']}: {x['status']}" + (f" ({bound}{calls})" if calls is not None else ""))
+                if cpus is not None:
+                    what = f"{len(cpus)} CPU{'' if len(cpus) == 1 else 's'} sampled"
+                else:
+                    what = f"{bound}{calls}" if calls is not None else None
+                row.append(f"{x['mechanism']}: {x['status']}" + (f" ({what})" if what else ""))
         text.append(f"| {c['name']} | " + " | ".join(row) + " |")
     text += ["", "## fentry → kprobe fallback", ""]
     for label, d in docs:

@@ -121,6 +121,17 @@ int tp_getppid_in_cgroup(const char *cgroup, const char *comm, long calls);
 /// A function with a stable symbol that the uprobe capability probe attaches to.
 int traceplane_uprobe_target(int value);
 
+/// The self-test's user stack workload (selftest_chains.c): makes `calls` getppid syscalls,
+/// each through tp_selftest_getppid_chain -> tp_selftest_chain_a -> tp_selftest_chain_b ->
+/// tp_selftest_chain_c -> tp_selftest_direct_getppid (the syscall instruction), every
+/// function with a frame pointer, none inlined or tail-called.
+void tp_selftest_getppid_chain(long calls);
+
+/// Pins the calling thread to `cpu` and keeps it busy for `milliseconds` (the self-test's
+/// profile: a cpu-clock sampler in frequency mode takes few samples on an idle CPU).
+/// 0, or -errno when the thread cannot be pinned.
+int tp_selftest_spin_on_cpu(int cpu, long milliseconds);
+
 #endif
 
 #ifndef TRACEPLANE_CLIBBPF_H_EXTRA

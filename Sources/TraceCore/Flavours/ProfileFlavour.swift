@@ -22,8 +22,8 @@ extension FlavourDescriptor {
 
 /// The CPUs online now (`/sys/devices/system/cpu/online`, e.g. `0-3,6`). A CPU that comes
 /// online later is not sampled by profiles made before it.
-enum OnlineCPUs {
-    static func read(path: String = "/sys/devices/system/cpu/online") -> [Int] {
+public enum OnlineCPUs {
+    public static func read(path: String = "/sys/devices/system/cpu/online") -> [Int] {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             return Array(0..<max(1, ProcessInfo.processInfo.activeProcessorCount))
         }
