@@ -39,8 +39,8 @@ public final class AttachedProbe: Sendable {
         stackTable = plan.stackParts > 0 ? StackTable() : nil
         // Resolve new stacks while their processes still run (a process that exits keeps
         // the names it had); the timer holds the probe weakly and stops at detach.
-        stackTable?.start { [weak self] () throws(KernelError) -> (refs: Set<StackRef>, ips: [UInt64: [UInt64]]) in
-            guard let self else { return ([], [:]) }
+        stackTable?.start { [weak self] () throws(KernelError) -> (refs: Set<StackRef>, lookup: StackTable.Lookup) in
+            guard let self else { return ([], { _ in nil }) }
             return try self.rawStacks()
         }
     }
@@ -121,7 +121,7 @@ public final class AttachedProbe: Sendable {
                 : KeyTableReader.totals(counters, plan: plan)
             if let stackTable, var aggregate = counters.aggregate {
                 aggregate.stackFull = counters.stackFull
-                Self.symbolize(&aggregate, table: stackTable, ips: StackTable.instructionPointers(try object.readMap(maps.stacks)))
+                Self.symbolize(&aggregate, table: stackTable, lookup: StackTable.lookup(in: object, map: maps.stacks))
                 counters.aggregate = aggregate
             }
         }
@@ -129,11 +129,11 @@ public final class AttachedProbe: Sendable {
     }
 
     /// The stack parts the key table names now, and the stack map's raw frames.
-    private func rawStacks() throws(KernelError) -> (refs: Set<StackRef>, ips: [UInt64: [UInt64]]) {
-        guard case .own(let object, _) = resources.withLock({ $0 }) else { return ([], [:]) }
+    private func rawStacks() throws(KernelError) -> (refs: Set<StackRef>, lookup: StackTable.Lookup) {
+        guard case .own(let object, _) = resources.withLock({ $0 }) else { return ([], { _ in nil }) }
         let maps = LatencyBPF.Maps.self
         let keys = KeyTableReader.aggregate(try object.readMap(maps.keys), plan: plan, layout: .own, droppedKeys: 0, cgroups: .shared)
-        return (Self.stackRefs(keys), StackTable.instructionPointers(try object.readMap(maps.stacks)))
+        return (Self.stackRefs(keys), StackTable.lookup(in: object, map: maps.stacks))
     }
 
     static func stackRefs(_ aggregate: KeyedAggregate) -> Set<StackRef> {
@@ -145,8 +145,8 @@ public final class AttachedProbe: Sendable {
     }
 
     /// Puts the frames of every stack part into `aggregate` (re-sorted: the key text changed).
-    static func symbolize(_ aggregate: inout KeyedAggregate, table: StackTable, ips: [UInt64: [UInt64]]) {
-        let frames = table.frames(for: stackRefs(aggregate), ips: ips)
+    static func symbolize(_ aggregate: inout KeyedAggregate, table: StackTable, lookup: StackTable.Lookup) {
+        let frames = table.frames(for: stackRefs(aggregate), lookup: lookup)
         for i in aggregate.entries.indices {
             aggregate.entries[i].key = aggregate.entries[i].key.map { part in
                 guard case .stack(let ref, _) = part else { return part }

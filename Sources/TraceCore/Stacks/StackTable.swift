@@ -35,7 +35,10 @@ public struct StackRef: Sendable, Hashable {
 /// the names they had while it ran. While the probe is attached, new stacks are resolved
 /// every ``period`` in the background, not only when someone asks.
 final class StackTable: Sendable {
-    typealias Reader = @Sendable () throws(KernelError) -> (refs: Set<StackRef>, ips: [UInt64: [UInt64]])
+    /// The frames stored under a stack hash, nil when the map has none.
+    typealias Lookup = (UInt64) -> [UInt64]?
+    /// The stack parts the key table names now, and how to look their frames up.
+    typealias Reader = @Sendable () throws(KernelError) -> (refs: Set<StackRef>, lookup: Lookup)
 
     static let period: DispatchTimeInterval = .seconds(1)
     /// Most stacks kept resolved (a key table holds at most 65,536 keys of up to 3 stacks).
@@ -60,8 +63,8 @@ final class StackTable: Sendable {
         let source = DispatchSource.makeTimerSource(queue: .global(qos: .utility))
         source.schedule(deadline: .now() + Self.period, repeating: Self.period, leeway: .milliseconds(500))
         source.setEventHandler { [weak self] in
-            guard let self, let (refs, ips) = try? read() else { return }
-            _ = self.frames(for: refs, ips: ips)
+            guard let self, let (refs, lookup) = try? read() else { return }
+            _ = self.frames(for: refs, lookup: lookup)
         }
         let old = timer.withLock { t -> Timer? in
             defer { t = Timer(source: source) }
@@ -81,8 +84,9 @@ final class StackTable: Sendable {
     }
 
     /// The frames (innermost first) of each of `refs`, resolving those not seen before with
-    /// the stack map's `ips`; resolved stacks no key names any more are forgotten.
-    func frames(for refs: Set<StackRef>, ips: [UInt64: [UInt64]]) -> [StackRef: [StackFrame]] {
+    /// the stack map's frames (looked up only for those); resolved stacks no key names any
+    /// more are forgotten.
+    func frames(for refs: Set<StackRef>, lookup: Lookup) -> [StackRef: [StackFrame]] {
         let known = resolved.withLock { $0 }
         var out: [StackRef: [StackFrame]] = [:]
         out.reserveCapacity(refs.count)
@@ -93,7 +97,7 @@ final class StackTable: Sendable {
         if refs.contains(where: { $0.space == .kernel && known[$0] == nil }) { kernel.refresh() }
         for ref in refs {
             if let frames = known[ref] { out[ref] = frames; continue }
-            guard ref.isRecorded, let stack = ips[ref.hash] else { out[ref] = []; continue }
+            guard ref.isRecorded, let stack = lookup(ref.hash) else { out[ref] = []; continue }
             let frames: [StackFrame]
             switch ref.space {
             case .kernel: frames = kernel.symbolize(stack)
@@ -110,26 +114,28 @@ final class StackTable: Sendable {
         return out
     }
 
-    /// The instruction pointers of each entry of a raw stack map (hash → `TP_STACK_DEPTH`
-    /// u64s, zero after the last frame).
-    static func instructionPointers(_ entries: [MapEntry]) -> [UInt64: [UInt64]] {
-        var out: [UInt64: [UInt64]] = [:]
-        out.reserveCapacity(entries.count)
-        for entry in entries where entry.key.count == 8 {
-            guard let value = entry.values.first else { continue }
-            let id = entry.key.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
-            var ips: [UInt64] = []
-            value.withUnsafeBytes { raw in
-                let n = raw.count / 8
-                ips.reserveCapacity(min(n, 32))
-                for i in 0..<n {
-                    let ip = raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)
-                    if ip == 0 { break }
-                    ips.append(ip)
-                }
-            }
-            out[id] = ips
+    /// Looks stacks up in `object`'s stack map `map`, one lookup per stack asked for.
+    static func lookup(in object: any LoadedObject, map: BPFMapID) -> Lookup {
+        { hash in
+            let key = withUnsafeBytes(of: hash.littleEndian) { Array($0) }
+            guard let values = try? object.lookup(map: map, key: key), let value = values.first else { return nil }
+            return instructionPointers(value)
         }
-        return out
+    }
+
+    /// The instruction pointers of a stack map value (`TP_STACK_DEPTH` u64s, zero after the
+    /// last frame).
+    static func instructionPointers(_ value: [UInt8]) -> [UInt64] {
+        var ips: [UInt64] = []
+        value.withUnsafeBytes { raw in
+            let n = raw.count / 8
+            ips.reserveCapacity(min(n, 32))
+            for i in 0..<n {
+                let ip = raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)
+                if ip == 0 { break }
+                ips.append(ip)
+            }
+        }
+        return ips
     }
 }

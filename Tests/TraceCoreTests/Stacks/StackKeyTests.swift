@@ -125,13 +125,13 @@ extension StacksTests {
             let kernel = KernelSymbolizer(kallsymsText: "ffffffff81000000 T alpha\nffffffff81000100 T beta\n")
             let table = StackTable(kernel: kernel, user: UserSymbolizer())
             let ref = StackRef(space: .kernel, hash: 9)
-            let first = table.frames(for: [ref], ips: [9: [0xffff_ffff_8100_0010, 0xffff_ffff_8100_0110]])
+            let first = table.frames(for: [ref], lookup: { $0 == 9 ? [0xffff_ffff_8100_0010, 0xffff_ffff_8100_0110] : nil })
             #expect(first[ref]?.map(\.text) == ["alpha", "beta"])
             // The map entry is gone (say, read mid-delete): the resolved frames stay.
-            #expect(table.frames(for: [ref], ips: [:])[ref]?.map(\.text) == ["alpha", "beta"])
+            #expect(table.frames(for: [ref], lookup: { _ in nil })[ref]?.map(\.text) == ["alpha", "beta"])
             // No key names it any more: forgotten.
-            _ = table.frames(for: [], ips: [:])
-            #expect(table.frames(for: [ref], ips: [:])[ref] == [])
+            _ = table.frames(for: [], lookup: { _ in nil })
+            #expect(table.frames(for: [ref], lookup: { _ in nil })[ref] == [])
         }
 
         @Test("Online CPU lists parse as the kernel writes them")
