@@ -100,7 +100,7 @@ final class StackTable: Sendable {
             guard ref.isRecorded, let stack = lookup(ref.hash) else { out[ref] = []; continue }
             let frames: [StackFrame]
             switch ref.space {
-            case .kernel: frames = kernel.symbolize(stack)
+            case .kernel: frames = Self.withoutTracer(kernel.symbolize(stack))
             case .user:
                 frames = user.symbolize(tgid: ref.tgid, ips: stack)
             }
@@ -112,6 +112,21 @@ final class StackTable: Sendable {
             if table.count > refs.count { table = table.filter { refs.contains($0.key) || fresh[$0.key] != nil } }
         }
         return out
+    }
+
+    /// Prefixes of the frames the tracing itself adds at the innermost end of a kernel stack:
+    /// the probe's program, its fentry trampoline, the raw tracepoint's BPF runner.
+    static let tracerFramePrefixes = ["bpf_prog_", "bpf_trampoline_", "bpf_trace_run", "__bpf_trace_", "__bpf_prog_enter"]
+
+    /// `frames` (innermost first) without the tracer's own frames at the innermost end:
+    /// a stack begins where the traced code was (a BTF tracepoint's `__traceiter_X`, an
+    /// fentry probe's function), as a kprobe's or perf tracepoint's stack does.
+    static func withoutTracer(_ frames: [StackFrame]) -> [StackFrame] {
+        let tracer = frames.prefix { frame in
+            guard let symbol = frame.symbol else { return false }
+            return tracerFramePrefixes.contains { symbol.hasPrefix($0) }
+        }
+        return tracer.count < frames.count ? Array(frames.dropFirst(tracer.count)) : frames
     }
 
     /// Looks stacks up in `object`'s stack map `map`, one lookup per stack asked for.

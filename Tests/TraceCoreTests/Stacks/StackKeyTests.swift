@@ -134,6 +134,17 @@ extension StacksTests {
             #expect(table.frames(for: [ref], lookup: { _ in nil })[ref] == [])
         }
 
+        @Test("The tracer's own frames at the innermost end of a kernel stack are left out, nowhere else")
+        func tracerFrames() {
+            func f(_ s: String?) -> StackFrame { StackFrame(symbol: s, module: "[kernel]", offset: 0, address: 1) }
+            let raw = [f("bpf_prog_08ceb234da58648f_cnt_tp_btf"), f("bpf_trace_run4"), f("__traceiter_sched_switch"), f("__schedule"), f("bpf_prog_x")]
+            #expect(StackTable.withoutTracer(raw).map(\.symbol) == ["__traceiter_sched_switch", "__schedule", "bpf_prog_x"])
+            let fentry = [f("bpf_trampoline_6442"), f("bpf_prog_1_lat_fentry"), f("__x64_sys_getpgid"), f("do_syscall_64")]
+            #expect(StackTable.withoutTracer(fentry).map(\.symbol) == ["__x64_sys_getpgid", "do_syscall_64"])
+            #expect(StackTable.withoutTracer([f(nil), f("bpf_prog_1")]).count == 2, "an unknown innermost frame stays, and what follows it")
+            #expect(StackTable.withoutTracer([f("bpf_prog_1")]).count == 1, "a stack of tracer frames only is kept whole")
+        }
+
         @Test("Online CPU lists parse as the kernel writes them")
         func onlineCPUs() {
             #expect(OnlineCPUs.parse("0-3,6,8-9\n") == [0, 1, 2, 3, 6, 8, 9])
