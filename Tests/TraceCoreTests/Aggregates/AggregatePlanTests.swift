@@ -77,7 +77,7 @@ struct AggregatePlanTests {
             (AggregateSpec(by: ["arg5"]), "aggregate.by[0]", "beyond the 3 arguments"),
             (AggregateSpec(by: ["pid", "pid"]), "aggregate.by[1]", "given twice"),
             (AggregateSpec(by: ["field:x"]), "aggregate.by[0]", "only tracepoint targets have fields"),
-            (AggregateSpec(by: ["kstack"]), "aggregate.by[0]", "stack keys are not available"),
+            (AggregateSpec(by: ["kstack", "ustack"], maxKeys: 65_536), "aggregate.max_keys", "the stack map would take 135 MiB"),
             (AggregateSpec(value: "arg:buf2"), "aggregate.value", "not an argument"),
             (AggregateSpec(value: "bytes"), "aggregate.value", "valid: latency, ret, none"),
             (AggregateSpec(histogram: HistogramSpec(kind: "linear", min: 0, max: 10_000, step: 1)), "aggregate.histogram", "10000 buckets; at most 512"),

@@ -100,7 +100,7 @@ struct CapabilityReportJSONTests {
     @Test("Chains are keyed by target type; each step has mechanism, requires, via and usable")
     func chainsEncoded() throws {
         let chains = try #require(try encodeToObject(sampleReport())["chains"] as? [String: [[String: Any]]])
-        #expect(Set(chains.keys) == ["function", "syscall", "tracepoint", "uprobe"])
+        #expect(Set(chains.keys) == ["function", "syscall", "tracepoint", "uprobe", "profile"])
         let first = try #require(chains["syscall"]?.first)
         #expect(Set(first.keys) == ["mechanism", "requires", "via", "usable"])
         #expect(first["mechanism"] as? String == "fentry")

@@ -52,7 +52,7 @@ struct FlavourCatalogTests {
         let targets: [TargetType: ProbeTarget] = [
             .function: ProbeTarget(type: .function, name: "vfs_read"), .syscall: ProbeTarget(type: .syscall, name: "read"),
             .tracepoint: ProbeTarget(type: .tracepoint, name: "sched:sched_switch"),
-            .uprobe: ProbeTarget(type: .uprobe, path: "/bin/true", symbol: "main"),
+            .uprobe: ProbeTarget(type: .uprobe, path: "/bin/true", symbol: "main"), .profile: ProbeTarget(type: .profile),
         ]
         for descriptor in FlavourCatalog.all {
             for type in TargetType.allCases where descriptor.serves(type) {
