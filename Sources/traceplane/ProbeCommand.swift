@@ -74,7 +74,7 @@ struct ProbeCommand: AsyncParsableCommand {
 
         @Argument(help: "Probe name (^[a-z0-9][a-z0-9_.-]{0,62}$).")
         var name: String
-        @Argument(help: "syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT or uprobe:/PATH:SYMBOL.")
+        @Argument(help: "syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT, uprobe:/PATH:SYMBOL or profile[:HZ].")
         var target: String
         @Option(parsing: .upToNextOption, help: "Allowed mechanisms in preference order.")
         var mechanism: [String] = []

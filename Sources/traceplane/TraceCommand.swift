@@ -129,7 +129,7 @@ enum TargetParser {
             return ProbeTarget(type: .profile, frequencyHz: hz)
         }
         guard let colon = text.firstIndex(of: ":"), let type = TargetType(rawValue: String(text[..<colon])) else {
-            throw ValidationError("invalid target '\(text)': use syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT or uprobe:/PATH:SYMBOL")
+            throw ValidationError("invalid target '\(text)': use syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT, uprobe:/PATH:SYMBOL or profile[:HZ]")
         }
         let rest = String(text[text.index(after: colon)...])
         if type == .uprobe {

@@ -236,7 +236,7 @@ private enum Scrape {
 }
 
 /// Finding and running the Prometheus tools.
-private enum Tooling {
+enum Tooling {
     static func find(_ tool: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
         for dir in path.split(separator: ":") + ["/usr/bin", "/usr/local/bin"] {

@@ -126,6 +126,59 @@ struct ProbeCommandTests {
         }
     }
 
+    @Test("probe stacks asks for folded lines unless told, the JSON tree with --json, the SVG with --svg (which wins over --json)")
+    func stacksPath() throws {
+        #expect(try ProbeCommand.Stacks.parse(["prof"]).path == "/v1/probes/prof/stacks?format=folded")
+        #expect(try ProbeCommand.Stacks.parse(["prof", "--json"]).path == "/v1/probes/prof/stacks?format=json")
+        let svg = try ProbeCommand.Stacks.parse(["prof", "--svg", "/tmp/out.svg"])
+        #expect(svg.path == "/v1/probes/prof/stacks?format=svg")
+        #expect(svg.svg == "/tmp/out.svg")
+        #expect(try ProbeCommand.Stacks.parse(["prof", "--svg", "out.svg", "--json"]).path == "/v1/probes/prof/stacks?format=svg")
+        #expect(try ProbeCommand.Stacks.parse(["prof", "--agent", "http://10.0.0.1:9480"]).connection.agent == "http://10.0.0.1:9480")
+        #expect(throws: (any Error).self) { try ProbeCommand.Stacks.parse([]) }
+        #expect(throws: (any Error).self) { try ProbeCommand.Stacks.parse(["prof", "--svg"]) }
+    }
+
+    @Test("A target of profile samples at the agent's default rate; profile:HZ asks for HZ")
+    func profileTargets() throws {
+        #expect(try TargetParser.parse("profile") == ProbeTarget(type: .profile))
+        #expect(try TargetParser.parse("profile").frequency == ProbeTarget.defaultFrequencyHz)
+        #expect(try TargetParser.parse("profile:250") == ProbeTarget(type: .profile, frequencyHz: 250))
+        #expect(try TargetParser.parse("profile:250").label == "profile:250hz")
+        // What is sent is what the agent's strict decoder reads back, and valid.
+        let spec = ProbeSpec(name: "prof", target: try TargetParser.parse("profile:250"))
+        let json = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+        #expect(json.contains(#""frequency_hz":250"#))
+        let decoded = try SpecDecoder.decode(Array(json.utf8))
+        #expect(decoded.target == spec.target && decoded.validate().isEmpty)
+        #expect(!String(decoding: try JSONEncoder().encode(ProbeTarget(type: .profile)), as: UTF8.self).contains("frequency_hz"))
+        // Out of range is the agent's to refuse (a field error naming target.frequency_hz).
+        #expect(try TargetParser.parse("profile:5000").frequencyHz == 5000)
+        #expect(try add(["--by", "kstack,ustack"]).aggregate?.by == ["kstack", "ustack"])
+        #expect(try ProbeCommand.Add.parse(["prof", "profile:250"]).spec().target == ProbeTarget(type: .profile, frequencyHz: 250))
+        let trace = try Trace.parse(["profile:250", "--duration", "2s", "--by", "comm", "--by", "kstack", "--svg", "out.svg", "--folded"])
+        #expect(try TargetParser.parse(trace.target) == ProbeTarget(type: .profile, frequencyHz: 250))
+        #expect(trace.by == ["comm", "kstack"] && trace.svg == "out.svg" && trace.folded)
+    }
+
+    @Test("profile: with anything but a number of Hz says what to write", arguments: ["profile:", "profile:fast", "profile:99hz", "profile:1.5", "profile:99:1"])
+    func badProfileTargets(text: String) {
+        #expect {
+            try TargetParser.parse(text)
+        } throws: { error in
+            "\(error)".contains("invalid target '\(text)': use profile or profile:HZ, e.g. profile:99")
+        }
+    }
+
+    @Test("An unknown target type names every form, profile included")
+    func unknownTargetType() {
+        #expect {
+            try TargetParser.parse("cpu:99")
+        } throws: { error in
+            "\(error)" == "invalid target 'cpu:99': use syscall:NAME, function:NAME, tracepoint:CATEGORY:EVENT, uprobe:/PATH:SYMBOL or profile[:HZ]"
+        }
+    }
+
     @Test("The client keeps a query as a query, under the agent's base URL")
     func queryInURL() throws {
         let base = try #require(URL(string: "http://127.0.0.1:9480"))

@@ -10,7 +10,12 @@ negative cases keep whatever was generated.
   left out; a `histogram` needs a value to bucket (none for `value: none`, or for a
   tracepoint without a field value); a linear histogram needs max > min and at most 512
   buckets of `step` between them; a key table (preallocated on every CPU) may take at most
-  64 MiB per CPU: `max_keys` × (key + 32 bytes + 8 per histogram slot).
+  64 MiB per CPU: `max_keys` × (key + 32 bytes + 8 per histogram slot); a stack map at
+  most 64 MiB: `max_keys` × stack keys × 1080 bytes (a profile without `by` has two stack
+  keys, `ustack` and `kstack`).
+- `target` (profile): `frequency_hz` is lowered to at most 100, so that the profiles
+  schemathesis leaves attached (up to 64, on every CPU) stay cheap for a shared machine;
+  the bounds 1 and 1000 are checked by the Swift tests and by negative cases here.
 - `filter`: at most one of `cgroup`, `container_id` and `pod_uid` (the first kept), and a
   cgroup path without `.` or `..` components. Whether the cgroup exists is the host's
   business (422 when not), as for a missing function or binary.
@@ -22,6 +27,11 @@ MAX_LINEAR_BUCKETS = 512
 MAX_TABLE_BYTES = 64 << 20
 MAX_KEY_BYTES = 128   # TP_KEY_MAX: no valid key is larger
 LOG2_SLOTS = 65
+MAX_STACK_BYTES = 64 << 20
+STACK_ENTRY_BYTES = 8 * 127 + 64   # TP_STACK_DEPTH frames, the key and the hash table's head
+STACK_KEYS = ("kstack", "ustack")
+PROFILE_KEYS = ["comm", "ustack", "kstack"]
+MAX_PROFILE_HZ = 100
 
 
 def target_dependent(name):
@@ -55,7 +65,7 @@ def fit_linear(histogram):
     histogram["min"], histogram["max"] = lo, lo + step * count
 
 
-def fit_aggregate(aggregate, tracepoint):
+def fit_aggregate(aggregate, tracepoint, profile=False):
     if isinstance(aggregate.get("by"), list):
         aggregate["by"] = [key for key in aggregate["by"] if not target_dependent(key)]
     if target_dependent(aggregate.get("value")):
@@ -66,15 +76,21 @@ def fit_aggregate(aggregate, tracepoint):
             del aggregate["histogram"]
         elif isinstance(histogram, dict) and histogram.get("kind") == "linear":
             fit_linear(histogram)
-    fit_table(aggregate)
+    fit_table(aggregate, profile)
 
 
-def fit_table(aggregate):
+def fit_table(aggregate, profile=False):
     """Lowers `max_keys` so that the key table fits 64 MiB per CPU (counted for the largest
-    key, so that whatever else the case holds it fits)."""
+    key, so that whatever else the case holds it fits), and the stack map 64 MiB."""
     keys = integer(aggregate.get("max_keys"))
     if keys is None or keys < 1:
         return
+    by = aggregate.get("by")
+    if by is None and profile:
+        by = PROFILE_KEYS
+    stacks = len({key for key in by if key in STACK_KEYS}) if isinstance(by, list) else 0
+    if stacks and keys * stacks * STACK_ENTRY_BYTES > MAX_STACK_BYTES:
+        keys = aggregate["max_keys"] = max(1, MAX_STACK_BYTES // (stacks * STACK_ENTRY_BYTES))
     histogram = aggregate.get("histogram")
     slots = LOG2_SLOTS
     if isinstance(histogram, dict) and histogram.get("kind") == "linear":
@@ -102,10 +118,19 @@ def before_call(context, case, kwargs):
         body["name"] = name
     if isinstance(body.get("filter"), dict):
         fit_filter(body["filter"])
+    target = body.get("target")
+    kind = target.get("type") if isinstance(target, dict) else None
+    if kind == "profile":
+        fit_profile(target)
     aggregate = body.get("aggregate")
     if isinstance(aggregate, dict):
-        target = body.get("target")
-        fit_aggregate(aggregate, isinstance(target, dict) and target.get("type") == "tracepoint")
+        fit_aggregate(aggregate, kind == "tracepoint", kind == "profile")
+
+
+def fit_profile(target):
+    hz = integer(target.get("frequency_hz"))
+    if hz is not None and hz > MAX_PROFILE_HZ:
+        target["frequency_hz"] = MAX_PROFILE_HZ
 
 
 CGROUP_FILTERS = ("cgroup", "container_id", "pod_uid")

@@ -47,7 +47,8 @@ public struct PrometheusExporter: Sendable {
 
     /// Reads everything a scrape exposes.
     public func collect() async -> MetricsSnapshot {
-        let measured = await probes.allMetrics(topProcesses: 0)
+        // Stack parts are folded out of the key series (no frames needed).
+        let measured = await probes.allMetrics(topProcesses: 0, symbolizingStacks: false)
         let listed = await probes.list()
         let attempts = await probes.attemptCounts
         let report = await capabilities.current

@@ -81,8 +81,10 @@ public final class AttachedProbe: Sendable {
     public var isAttached: Bool { resources.withLock { if case .detached = $0 { false } else { true } } }
 
     /// Reads the probe's maps. Scrape cost depends on the number of maps, not on events;
-    /// `topProcesses` 0 skips the process table.
-    public func read(topProcesses: Int = 10) throws(KernelError) -> ProbeCounters {
+    /// `topProcesses` 0 skips the process table. Without `symbolizingStacks`, stack key
+    /// parts keep no frames (for readers that drop them, such as the Prometheus exporter:
+    /// naming the frames of every binary a profile sampled can take seconds).
+    public func read(topProcesses: Int = 10, symbolizingStacks: Bool = true) throws(KernelError) -> ProbeCounters {
         let object: any LoadedObject
         switch resources.withLock({ $0 }) {
         case .own(let own, _): object = own
@@ -121,7 +123,9 @@ public final class AttachedProbe: Sendable {
                 : KeyTableReader.totals(counters, plan: plan)
             if let stackTable, var aggregate = counters.aggregate {
                 aggregate.stackFull = counters.stackFull
-                Self.symbolize(&aggregate, table: stackTable, lookup: StackTable.lookup(in: object, map: maps.stacks))
+                if symbolizingStacks {
+                    Self.symbolize(&aggregate, table: stackTable, lookup: StackTable.lookup(in: object, map: maps.stacks))
+                }
                 counters.aggregate = aggregate
             }
         }

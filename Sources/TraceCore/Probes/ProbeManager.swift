@@ -114,10 +114,11 @@ public actor ProbeManager {
     }
 
     /// Aggregates of every probe (for the Prometheus endpoint, which has no per-process
-    /// series: `topProcesses` 0 skips reading the process tables).
-    public func allMetrics(topProcesses: Int = 10) -> [(Probe, ProbeMetrics)] {
+    /// series: `topProcesses` 0 skips reading the process tables; and no stack labels:
+    /// without `symbolizingStacks` stack key parts have no frames).
+    public func allMetrics(topProcesses: Int = 10, symbolizingStacks: Bool = true) -> [(Probe, ProbeMetrics)] {
         entries.sorted { $0.key < $1.key }.compactMap { name, entry in
-            guard let m = try? Self.metrics(name: name, entry: entry, topProcesses: topProcesses) else { return nil }
+            guard let m = try? Self.metrics(name: name, entry: entry, topProcesses: topProcesses, symbolizingStacks: symbolizingStacks) else { return nil }
             return (entry.view(name: name), m)
         }
     }
@@ -451,12 +452,12 @@ public actor ProbeManager {
 
     // MARK: - Helpers
 
-    static func metrics(name: String, entry: Entry, topProcesses: Int = 10) throws(ProbeError) -> ProbeMetrics {
+    static func metrics(name: String, entry: Entry, topProcesses: Int = 10, symbolizingStacks: Bool = true) throws(ProbeError) -> ProbeMetrics {
         guard let probe = entry.probe else {
             throw ProbeError(kind: .conflict, detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry")
         }
         do {
-            let counters = try probe.read(topProcesses: topProcesses)
+            let counters = try probe.read(topProcesses: topProcesses, symbolizingStacks: symbolizingStacks)
             return ProbeMetrics(name: name, mechanism: probe.flavour, target: entry.spec.target.label,
                                 since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
         } catch {
