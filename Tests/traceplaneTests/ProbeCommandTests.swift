@@ -156,9 +156,9 @@ struct ProbeCommandTests {
         #expect(try TargetParser.parse("profile:5000").frequencyHz == 5000)
         #expect(try add(["--by", "kstack,ustack"]).aggregate?.by == ["kstack", "ustack"])
         #expect(try ProbeCommand.Add.parse(["prof", "profile:250"]).spec().target == ProbeTarget(type: .profile, frequencyHz: 250))
-        let trace = try Trace.parse(["profile:250", "--duration", "2s", "--by", "comm", "--by", "kstack", "--svg", "out.svg", "--folded"])
+        let trace = try Trace.parse(["profile:250", "--duration", "2s", "--by", "comm,kstack", "--svg", "out.svg", "--folded"])
         #expect(try TargetParser.parse(trace.target) == ProbeTarget(type: .profile, frequencyHz: 250))
-        #expect(trace.by == ["comm", "kstack"] && trace.svg == "out.svg" && trace.folded)
+        #expect(trace.by == "comm,kstack" && trace.svg == "out.svg" && trace.folded)
     }
 
     @Test("profile: with anything but a number of Hz says what to write", arguments: ["profile:", "profile:fast", "profile:99hz", "profile:1.5", "profile:99:1"])
