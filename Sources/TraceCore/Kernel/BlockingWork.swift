@@ -37,4 +37,7 @@ public final class BlockingWork: Sendable {
 
     /// Queues for attaching probes and probing capabilities.
     public static let attach = BlockingWork(label: "traceplane.attach", width: 4)
+
+    /// Queues for reading a probe's maps and symbolizing its stacks (API reads).
+    public static let reads = BlockingWork(label: "traceplane.reads", width: 2)
 }

@@ -107,10 +107,21 @@ public actor ProbeManager {
     /// Failed state saves since start-up.
     public nonisolated var stateSaveFailures: Int { state?.failureCount ?? 0 }
 
-    /// Reads a probe's aggregates.
-    public func metrics(_ name: String) throws(ProbeError) -> ProbeMetrics {
+    /// Reads a probe's aggregates, off the actor: symbolizing a profile's new stacks can take
+    /// a while (the ELF files of every process sampled), and must not hold up the other
+    /// probes' requests meanwhile.
+    public func metrics(_ name: String) async throws(ProbeError) -> ProbeMetrics {
         guard let entry = entries[name] else { throw Self.notFound(name) }
-        return try Self.metrics(name: name, entry: entry)
+        let read = await BlockingWork.reads.run { () -> Result<ProbeMetrics, ProbeError> in
+            do throws(ProbeError) { return .success(try Self.metrics(name: name, entry: entry)) } catch { return .failure(error) }
+        }
+        switch read {
+        case .success(let metrics): return metrics
+        case .failure(let error):
+            // Deleted while it was read: as if the read came after (replaced: 503, retry).
+            if entries[name] == nil { throw Self.notFound(name) }
+            throw error
+        }
     }
 
     /// Aggregates of every probe (for the Prometheus endpoint, which has no per-process

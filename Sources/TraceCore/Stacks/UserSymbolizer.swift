@@ -187,12 +187,13 @@ public final class UserSymbolizer: Sendable {
                 state.processes[tgid] = process
                 return process.mappings
             }
-            guard let fresh else { return [] }
+            // A process gone before its first read is remembered with no mappings, so each of
+            // its stacks does not try /proc again (re-reads stay once a second).
             if state.processes.count >= maxProcesses, let oldest = state.processes.min(by: { $0.value.lastSeen < $1.value.lastSeen }) {
                 state.processes[oldest.key] = nil
             }
-            state.processes[tgid] = Process(mappings: fresh, readAt: now, lastSeen: now)
-            return fresh
+            state.processes[tgid] = Process(mappings: fresh ?? [], readAt: now, lastSeen: now)
+            return fresh ?? []
         }
     }
 
