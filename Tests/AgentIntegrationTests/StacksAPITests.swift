@@ -68,12 +68,12 @@ struct StacksAPITests {
             #expect(svg.status == 200)
             #expect(svg.header("content-type") == "image/svg+xml", "\(svg.headers)")
             #expect(svg.body.contains("<svg") && svg.body.contains("spin_hot"), "\(svg.body.prefix(300))")
-            // Drawn: the spinner's own graph, whose few rows fit the browser window. (The
-            // machine's can be deeper than the window: the root row is at the bottom, and a
-            // window on the top of a tall graph shows little but narrow tips.)
+            // Drawn, both: the machine's (the README's picture: the browser window takes the
+            // SVG's own height, so a deep graph is drawn whole) and the spinner's own.
+            try Self.screenshot(svg.body, readme: true)
             let ownSVG = try CurlClient.run("GET", agent.base + "/v1/probes/api-profile-pid/stacks?format=svg")
             #expect(ownSVG.status == 200 && ownSVG.header("content-type") == "image/svg+xml", "\(ownSVG.headers)")
-            try Self.screenshot(ownSVG.body)
+            try Self.screenshot(ownSVG.body, readme: false)
         } catch {
             await agent.stop()
             throw error
@@ -82,13 +82,13 @@ struct StacksAPITests {
     }
 
     /// Draws `svg` with tests/stacks/screenshot.py (headless Chromium) and expects a picture;
-    /// with TRACEPLANE_WRITE_SCREENSHOT=1 the PNG is docs/flamegraph.png (the README's).
-    static func screenshot(_ svg: String) throws {
+    /// with TRACEPLANE_WRITE_SCREENSHOT=1 the PNG of the `readme` one is docs/flamegraph.png.
+    static func screenshot(_ svg: String, readme: Bool) throws {
         let dir = NSTemporaryDirectory() + "tp-stacks-svg-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Data(svg.utf8).write(to: URL(fileURLWithPath: "\(dir)/profile.svg"))
-        let write = ProcessInfo.processInfo.environment["TRACEPLANE_WRITE_SCREENSHOT"] == "1"
+        let write = readme && ProcessInfo.processInfo.environment["TRACEPLANE_WRITE_SCREENSHOT"] == "1"
         let png = write ? repository.appendingPathComponent("docs/flamegraph.png").path : "\(dir)/profile.png"
         let shot = try Command.run("/usr/bin/python3", [repository.appendingPathComponent("tests/stacks/screenshot.py").path, "\(dir)/profile.svg", png])
         #expect(shot.status == 0, "screenshot.py (headless Chromium): exit \(shot.status)\n\(shot.output)")
