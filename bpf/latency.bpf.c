@@ -46,6 +46,7 @@ const volatile u32 str_arg = 0;                /* argument of the TP_K_ARG_STR p
 const volatile bool str_user = true;           /* it points to user memory (else kernel) */
 const volatile bool syscall_regs = false;      /* the traced function takes the syscall's pt_regs */
 const volatile bool need_stacks = false;       /* a key part is kstack or ustack */
+const volatile u64 stack_seed = 0;             /* random per load: the frames' hash cannot be forged */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -266,12 +267,13 @@ static __always_inline u64 stack_part(void *ctx, bool user)
 	if (n <= 0)
 		return TP_STACK_NONE;
 	u32 frames = (u32)n / 8;
-	u64 h = 0xcbf29ce484222325ULL; /* FNV-1a over the frames, a word at a time */
+	u64 h = 0xcbf29ce484222325ULL ^ stack_seed; /* FNV-1a over the frames, a word at a time, seeded */
 	for (int i = 0; i < TP_STACK_DEPTH; i++) {
 		if (i >= frames)
 			break;
 		h = (h ^ b->ips[i]) * 0x100000001b3ULL;
 	}
+	h = (h ^ frames) * 0x100000001b3ULL;
 	h |= 1;
 	if (!bpf_map_lookup_elem(&stacks, &h)) {
 		long err = bpf_map_update_elem(&stacks, &h, b, BPF_NOEXIST);

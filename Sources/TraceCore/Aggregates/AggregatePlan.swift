@@ -132,7 +132,7 @@ extension AggregatePlan {
         }
         if let min = spec.filter?.minLatencyNs {
             if !type.isCall {
-                errors.append(FieldError(field: "filter.min_latency_ns", message: "tracepoint targets have no latency; it applies to syscall, function and uprobe targets"))
+                errors.append(FieldError(field: "filter.min_latency_ns", message: "\(type.rawValue) targets have no latency; it applies to syscall, function and uprobe targets"))
             } else if min < 0 {
                 errors.append(FieldError(field: "filter.min_latency_ns", message: "must be 0 or more nanoseconds"))
             } else {
@@ -232,7 +232,7 @@ extension AggregatePlan {
         case .comm: return .success(Part(name: text, kind: k(TP_K_COMM), display: .string, size: 16))
         case .thread: return .success(Part(name: text, kind: k(TP_K_THREAD), display: .string, size: 16))
         case .errno, .ret:
-            guard type.isCall else { return .failure("tracepoint targets have no return value; valid: \(validKeys(type, schema))") }
+            guard type.isCall else { return .failure("\(type.rawValue) targets have no return value; valid: \(validKeys(type, schema))") }
             if case .unreadable(let why)? = schema?.returns { return .failure("the target's return value is \(why); it cannot be a key") }
             return key == .errno ? number(TP_K_ERRNO, .errno) : number(TP_K_RET, .signed)
         case .kstack: return number(TP_K_KSTACK, .kstack)
@@ -275,12 +275,12 @@ extension AggregatePlan {
     }
 
     private static func resolveValue(_ text: String, type: TargetType, schema: TargetSchema?) -> Result<Value, Refusal> {
-        let validValues = type.isCall ? "latency, ret, none, arg:NAME or argN" : "none or field:NAME (a numeric field)"
+        let validValues = type.isCall ? "latency, ret, none, arg:NAME or argN" : type == .profile ? "none" : "none or field:NAME (a numeric field)"
         guard let value = ValueName(text) else { return .failure("unknown value '\(text.prefix(64))'; valid: \(validValues)") }
         switch value {
         case .none: return .success(Value(name: text, kind: v(TP_V_NONE)))
         case .latency, .ret:
-            guard type.isCall else { return .failure("tracepoint targets have no \(text); valid: \(validValues)") }
+            guard type.isCall else { return .failure("\(type.rawValue) targets have no \(text); valid: \(validValues)") }
             if value == .ret, case .unreadable(let why)? = schema?.returns { return .failure("the target's return value is \(why)") }
             return .success(Value(name: text, kind: value == .latency ? v(TP_V_LATENCY) : v(TP_V_RET), signed: true))
         case .argName, .argIndex:
@@ -341,6 +341,7 @@ extension AggregatePlan {
 
     private static func argument(_ key: KeyName, type: TargetType, schema: TargetSchema?) -> Result<TargetSchema.Argument, Refusal> {
         guard type.isCall else {
+            if type == .profile { return .failure("a profile samples the CPUs: it has no arguments; valid keys: \(validKeys(type, schema))") }
             return .failure("tracepoint targets have fields, not arguments: use field:NAME (valid: \(fieldNames(schema)))")
         }
         let args = schema?.arguments

@@ -74,6 +74,9 @@ enum LatencyObject {
         load.set(g.syscallRegs, syscallRegisters)
         if plan.stackParts > 0 {
             load.set(g.needStacks, true)
+            // Seeded per load: a process cannot choose user stack words that hash like
+            // another stack and have its frames stand for that one.
+            load.set(g.stackSeed, UInt64.random(in: 1...UInt64.max))
             load.change(LatencyBPF.Maps.stacks, .maxEntries(UInt32(plan.stackEntries)))
         }
         let valueSize = UInt32(plan.valueSize)

@@ -24,10 +24,12 @@ extension FlavourDescriptor {
 /// online later is not sampled by profiles made before it.
 public enum OnlineCPUs {
     public static func read(path: String = "/sys/devices/system/cpu/online") -> [Int] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        // Unreadable or unparsable: the CPUs the process sees (a profile on no CPU would
+        // attach nothing and sample nothing).
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), case let cpus = parse(text), !cpus.isEmpty else {
             return Array(0..<max(1, ProcessInfo.processInfo.activeProcessorCount))
         }
-        return parse(text)
+        return cpus
     }
 
     /// Parses a kernel CPU list (`0-3,6,8-9`); malformed parts are skipped.

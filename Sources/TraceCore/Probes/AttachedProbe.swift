@@ -36,7 +36,7 @@ public final class AttachedProbe: Sendable {
         self.plan = plan
         self.reportsAggregate = reportsAggregate
         resources = Mutex(.own(object: object, links: links))
-        stackTable = plan.stackParts > 0 ? StackTable() : nil
+        stackTable = plan.stackParts > 0 ? StackTable(stripsTracer: descriptor.id != .profile) : nil
         // Resolve new stacks while their processes still run (a process that exits keeps
         // the names it had); the timer holds the probe weakly and stops at detach.
         stackTable?.start { [weak self] () throws(KernelError) -> (refs: Set<StackRef>, lookup: StackTable.Lookup) in

@@ -10,13 +10,21 @@ public enum Demangler {
     /// The readable form of `name`, or `name` itself when it is not a mangled name either
     /// demangler understands.
     public static func demangle(_ name: String) -> String {
+        // A longer name is no real symbol; the demanglers recurse on what they read.
+        guard name.utf8.count <= maxInputBytes else { return name }
         var contiguous = name
         guard let kind = contiguous.withUTF8({ scheme(of: UnsafeRawBufferPointer($0)) }) else { return name }
-        if let cached = cache.withLock({ $0[name] }) { return cached }
-        let readable = (kind == .swift ? swift(name) : cxx(name)) ?? name
-        cache.withLock { entries in
-            if entries.count >= cacheLimit { entries.removeAll(keepingCapacity: true) }
-            entries[name] = readable
+        if let cached = cache.withLock({ $0.entries[name] }) { return cached }
+        var readable = (kind == .swift ? swift(name) : cxx(name)) ?? name
+        if readable.utf8.count > maxOutputBytes { readable = String(readable.utf8.prefix(maxOutputBytes)) ?? name }
+        let bytes = name.utf8.count + readable.utf8.count
+        cache.withLock { cache in
+            if cache.entries.count >= cacheLimit || cache.bytes + bytes > cacheBytes {
+                cache.entries.removeAll(keepingCapacity: true)
+                cache.bytes = 0
+            }
+            cache.entries[name] = readable
+            cache.bytes += bytes
         }
         return readable
     }
@@ -26,8 +34,12 @@ public enum Demangler {
         scheme(of: UnsafeRawBufferPointer(bytes)) != nil
     }
 
-    /// How many results the cache keeps before it starts over.
+    /// How many results the cache keeps, and in how many bytes, before it starts over.
     static let cacheLimit = 1 << 16
+    static let cacheBytes = 16 << 20
+    /// Names longer than this are not demangled; readable forms are cut at `maxOutputBytes`.
+    static let maxInputBytes = 1024
+    static let maxOutputBytes = 4096
 
     enum Scheme { case swift, cxx }
 
@@ -42,7 +54,7 @@ public enum Demangler {
         return nil
     }
 
-    private static let cache = Mutex<[String: String]>([:])
+    private static let cache = Mutex<(entries: [String: String], bytes: Int)>(([:], 0))
 
     private typealias SwiftDemangle = @convention(c) (
         UnsafePointer<CChar>?, Int, UnsafeMutablePointer<CChar>?, UnsafeMutablePointer<Int>?, UInt32

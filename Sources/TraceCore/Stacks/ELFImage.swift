@@ -33,7 +33,7 @@ final class ELFImage: Sendable {
     /// PT_LOAD segment holds that offset.
     func vaddr(fileOffset: UInt64) -> UInt64? {
         for segment in segments where fileOffset >= segment.fileOffset && fileOffset - segment.fileOffset < segment.fileSize {
-            return fileOffset - segment.fileOffset + segment.vaddr
+            return (fileOffset - segment.fileOffset) &+ segment.vaddr
         }
         return nil
     }
@@ -47,121 +47,175 @@ final class ELFImage: Sendable {
         return index
     }
 
-    /// Reads the file at `path` (mapped read-only for the parse, unmapped after). Returns
-    /// nil when it cannot be opened or is not an ELF64 little-endian file.
-    static func load(path: String) -> (ELFImage, FileIdentity)? {
-        let fd = path.withCString { open($0, O_RDONLY | O_CLOEXEC) }
+    /// Bounds on what one file may make the parser read and keep: a crafted file (any
+    /// process can map one executable and be sampled) must not exhaust the agent.
+    static let maxTableBytes: UInt64 = 256 << 20   /// one symbol or string table
+    static let maxSymbols = 4 << 20                 /// function symbols kept from one file
+    static let maxNameBytes = 1024                  /// a longer name is cut there
+    static let maxTotalNameBytes = 256 << 20
+    static let maxHeaders = 1 << 16                 /// program or section headers read
+
+    /// Reads the ELF file at `path`. The file is read with pread (never mapped: a file
+    /// truncated under the parse would raise SIGBUS), opened non-blocking (a FIFO put where
+    /// the file was must not hang the reader) and only when it is a regular file whose
+    /// inode is `inode`, when given (the file the mapping has, not another at that path).
+    /// Returns nil when it cannot be opened or is not an ELF64 little-endian file.
+    static func load(path: String, inode: UInt64? = nil, device: (major: UInt32, minor: UInt32)? = nil) -> (ELFImage, FileIdentity)? {
+        let fd = path.withCString { open($0, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY) }
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0, info.st_mode & 0o170000 == 0o100000, info.st_size >= 64 else { return nil }
-        let size = Int(info.st_size)
-        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != UnsafeMutableRawPointer(bitPattern: -1) else {
-            return nil
+        if let inode, UInt64(info.st_ino) != inode { return nil }
+        if let device, Self.major(UInt64(info.st_dev)) != device.major || Self.minor(UInt64(info.st_dev)) != device.minor { return nil }
+        let size = UInt64(info.st_size)
+        let source = Source { offset, count in
+            guard count <= maxTableBytes, offset <= size, count <= size - offset else { return nil }
+            var bytes = [UInt8](repeating: 0, count: Int(count))
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(offset) + off_t(done)) }
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { return nil }
+                done += n
+            }
+            return bytes
         }
-        defer { munmap(base, size) }
-        guard let image = parse(UnsafeRawBufferPointer(start: base, count: size)) else { return nil }
+        guard let image = parse(source) else { return nil }
         return (image, FileIdentity(info))
+    }
+
+    /// glibc's `dev_t` encoding (`gnu_dev_major`, `gnu_dev_minor`, macros Swift cannot call).
+    static func major(_ dev: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))) }
+    static func minor(_ dev: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))) }
+
+    /// Parses an ELF64 little-endian image held in memory (the vDSO).
+    static func parse(_ file: UnsafeRawBufferPointer) -> ELFImage? {
+        let size = UInt64(file.count)
+        return parse(Source { offset, count in
+            guard count <= maxTableBytes, offset <= size, count <= size - offset else { return nil }
+            return Array(UnsafeRawBufferPointer(rebasing: file[Int(offset)..<Int(offset + count)]))
+        })
+    }
+
+    /// Where the parser reads ranges of the file from: `count` bytes at `offset`, nil when
+    /// the range is not in the file or beyond ``maxTableBytes``.
+    struct Source {
+        let read: (_ offset: UInt64, _ count: UInt64) -> [UInt8]?
+        init(_ read: @escaping (_ offset: UInt64, _ count: UInt64) -> [UInt8]?) { self.read = read }
+        func callAsFunction(_ offset: UInt64, _ count: UInt64) -> Chunk? { read(offset, count).map(Chunk.init) }
     }
 
     private static let functionType: UInt8 = 2
     private static let ifuncType: UInt8 = 10
 
-    /// Parses an ELF64 little-endian image; every offset is checked against the buffer.
-    static func parse(_ file: UnsafeRawBufferPointer) -> ELFImage? {
-        let reader = Reader(bytes: file)
-        guard file.count >= 64, file[0] == 0x7F, file[1] == UInt8(ascii: "E"), file[2] == UInt8(ascii: "L"),
-              file[3] == UInt8(ascii: "F"), file[4] == 2, file[5] == 1 else { return nil }
-        let phoff = reader.u64(0x20), shoff = reader.u64(0x28)
-        let phentsize = Int(reader.u16(0x36)), phnum = Int(reader.u16(0x38))
-        let shentsize = Int(reader.u16(0x3A))
-        var shnum = Int(reader.u16(0x3C))
+    /// Parses an ELF64 little-endian image, reading only its headers, notes and symbol and
+    /// string tables; every offset is checked against what was read.
+    static func parse(_ source: Source) -> ELFImage? {
+        guard let header = source(0, 64), header.bytes[0] == 0x7F, header.bytes[1] == UInt8(ascii: "E"),
+              header.bytes[2] == UInt8(ascii: "L"), header.bytes[3] == UInt8(ascii: "F"), header.bytes[4] == 2, header.bytes[5] == 1 else { return nil }
+        let phoff = header.u64(0x20), shoff = header.u64(0x28)
+        let phentsize = UInt64(header.u16(0x36)), phnum = UInt64(header.u16(0x38))
+        let shentsize = UInt64(header.u16(0x3A))
+        var shnum = UInt64(header.u16(0x3C))
 
         var segments: [Segment] = []
         var buildID: [UInt8]?
-        if phentsize >= 56, let ph = reader.offset(phoff) {
-            for i in 0..<phnum {
-                let at = ph + i * phentsize
-                guard reader.has(at, 56) else { break }
-                let type = reader.u32(at)
-                let offset = reader.u64(at + 8), vaddr = reader.u64(at + 16), filesz = reader.u64(at + 32)
+        if phentsize >= 56, phnum > 0, let ph = source(phoff, phentsize * min(phnum, UInt64(maxHeaders))) {
+            for i in 0..<Int(min(phnum, UInt64(maxHeaders))) {
+                let at = i * Int(phentsize)
+                guard ph.has(at, 56) else { break }
+                let type = ph.u32(at)
+                let offset = ph.u64(at + 8), vaddr = ph.u64(at + 16), filesz = ph.u64(at + 32)
                 if type == 1 {
+                    // A segment whose addresses would wrap is no segment.
+                    guard vaddr.addingReportingOverflow(filesz).overflow == false,
+                          offset.addingReportingOverflow(filesz).overflow == false else { continue }
                     segments.append(Segment(fileOffset: offset, fileSize: filesz, vaddr: vaddr))
-                } else if type == 4, buildID == nil {
-                    buildID = reader.buildID(noteAt: offset, size: filesz)
+                } else if type == 4, buildID == nil, let note = source(offset, min(filesz, 1 << 16)) {
+                    buildID = note.buildID()
                 }
             }
         }
 
-        struct Section { var type: UInt32; var name: UInt32; var offset: UInt64; var size: UInt64; var link: Int; var entsize: UInt64 }
+        struct Section { var type: UInt32; var offset: UInt64; var size: UInt64; var link: Int; var entsize: UInt64 }
         var sections: [Section] = []
-        if shentsize >= 64, shoff != 0, let sh = reader.offset(shoff), reader.has(sh, 64) {
-            if shnum == 0 { shnum = Int(truncatingIfNeeded: min(reader.u64(sh + 32), 1 << 20)) }
-            sections.reserveCapacity(min(shnum, 1 << 16))
-            for i in 0..<shnum {
-                let at = sh + i * shentsize
-                guard reader.has(at, 64) else { break }
-                sections.append(Section(type: reader.u32(at + 4), name: reader.u32(at), offset: reader.u64(at + 24),
-                                        size: reader.u64(at + 32), link: Int(reader.u32(at + 40)), entsize: reader.u64(at + 56)))
+        if shentsize >= 64, shoff != 0, let first = source(shoff, 64) {
+            if shnum == 0 { shnum = min(first.u64(32), UInt64(maxHeaders)) }
+            shnum = min(shnum, UInt64(maxHeaders))
+            if let sh = source(shoff, shentsize * shnum) {
+                sections.reserveCapacity(Int(shnum))
+                for i in 0..<Int(shnum) {
+                    let at = i * Int(shentsize)
+                    guard sh.has(at, 64) else { break }
+                    sections.append(Section(type: sh.u32(at + 4), offset: sh.u64(at + 24), size: sh.u64(at + 32),
+                                            link: Int(sh.u32(at + 40)), entsize: sh.u64(at + 56)))
+                }
             }
         }
         if buildID == nil {
             for section in sections where section.type == 7 {
-                if let id = reader.buildID(noteAt: section.offset, size: section.size) {
+                if let note = source(section.offset, min(section.size, 1 << 16)), let id = note.buildID() {
                     buildID = id
                     break
                 }
             }
         }
 
-        let tables = sections.filter { $0.type == 2 || $0.type == 11 }
-        let estimated = tables.reduce(0) { $0 + Int(truncatingIfNeeded: min($1.size / 24, 1 << 24)) }
-        var builder = SymbolTableBuilder(withSizes: true, withModules: false, expectedCount: estimated, expectedNameBytes: estimated * 24)
-        for table in tables.sorted(by: { $0.type < $1.type }) {
-            guard table.link < sections.count, let symbols = reader.offset(table.offset), reader.has(symbols, table.size) else { continue }
-            let strings = sections[table.link]
-            guard let stringBase = reader.offset(strings.offset), reader.has(stringBase, strings.size) else { continue }
-            let stringEnd = stringBase + Int(strings.size)
-            let entsize = table.entsize >= 24 ? Int(table.entsize) : 24
-            let count = Int(table.size) / entsize
+        // At most one .symtab (type 2) and one .dynsym (11), each read with its string table.
+        var chosen: [(Chunk, entsize: Int, strings: Chunk)] = []
+        for type in [UInt32(2), 11] {
+            guard let table = sections.first(where: { $0.type == type }), table.link < sections.count,
+                  let symbols = source(table.offset, table.size), let strings = source(sections[table.link].offset, sections[table.link].size) else { continue }
+            let entsize = (24...4096).contains(table.entsize) ? Int(table.entsize) : 24
+            chosen.append((symbols, entsize, strings))
+        }
+        let estimated = min(chosen.reduce(0) { $0 + $1.0.bytes.count / $1.entsize }, maxSymbols)
+        var builder = SymbolTableBuilder(withSizes: true, withModules: false, expectedCount: estimated, expectedNameBytes: min(estimated * 24, maxTotalNameBytes))
+        var kept = 0, nameBytes = 0
+        tables: for (symbols, entsize, strings) in chosen {
+            let count = symbols.bytes.count / entsize
             for i in 0..<count {
-                let at = symbols + i * entsize
-                let info = file[at + 4]
+                guard kept < maxSymbols, nameBytes < maxTotalNameBytes else { break tables }
+                let at = i * entsize
+                let info = symbols.bytes[at + 4]
                 let type = info & 0xF
                 guard type == functionType || type == ifuncType else { continue }
-                let value = reader.u64(at + 8)
-                guard value != 0, reader.u16(at + 6) != 0 else { continue }
-                let nameAt = stringBase + Int(reader.u32(at))
-                guard nameAt < stringEnd else { continue }
+                let value = symbols.u64(at + 8)
+                guard value != 0, symbols.u16(at + 6) != 0 else { continue }
+                let nameAt = Int(symbols.u32(at))
+                guard nameAt < strings.bytes.count else { continue }
+                let limit = min(strings.bytes.count, nameAt + maxNameBytes)
                 var nameEnd = nameAt
-                while nameEnd < stringEnd, file[nameEnd] != 0 { nameEnd += 1 }
+                while nameEnd < limit, strings.bytes[nameEnd] != 0 { nameEnd += 1 }
                 guard nameEnd > nameAt else { continue }
-                let name = UnsafeRawBufferPointer(rebasing: file[nameAt..<nameEnd])
-                let binding = info >> 4
-                let bindingRank: UInt8 = binding == 1 ? 0 : binding == 2 ? 1 : 2
-                builder.append(address: value, size: reader.u64(at + 16), name: name,
-                               rank: bindingRank << 2 | SymbolTableBuilder.underscores(name))
+                strings.bytes.withUnsafeBytes { raw in
+                    let name = UnsafeRawBufferPointer(rebasing: raw[nameAt..<nameEnd])
+                    let binding = info >> 4
+                    let bindingRank: UInt8 = binding == 1 ? 0 : binding == 2 ? 1 : 2
+                    builder.append(address: value, size: symbols.u64(at + 16), name: name,
+                                   rank: bindingRank << 2 | SymbolTableBuilder.underscores(name))
+                }
+                kept += 1
+                nameBytes += nameEnd - nameAt
             }
         }
         return ELFImage(segments: segments, buildID: buildID, symbols: builder.build())
     }
 
-    /// Bounds-checked little-endian reads.
-    private struct Reader {
-        let bytes: UnsafeRawBufferPointer
+    /// A range of the file, read: bounds-checked little-endian reads within it.
+    struct Chunk {
+        let bytes: [UInt8]
 
         func has(_ offset: Int, _ count: Int) -> Bool { offset >= 0 && count >= 0 && offset <= bytes.count - count }
-        func has(_ offset: Int, _ count: UInt64) -> Bool { count <= UInt64(Int.max) && has(offset, Int(count)) }
-        func offset(_ value: UInt64) -> Int? { value < UInt64(bytes.count) ? Int(value) : nil }
-        func u16(_ at: Int) -> UInt16 { UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt16.self)) }
-        func u32(_ at: Int) -> UInt32 { UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
-        func u64(_ at: Int) -> UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+        func u16(_ at: Int) -> UInt16 { bytes.withUnsafeBytes { UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt16.self)) } }
+        func u32(_ at: Int) -> UInt32 { bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self)) } }
+        func u64(_ at: Int) -> UInt64 { bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) } }
 
-        /// The descriptor of the first NT_GNU_BUILD_ID note ("GNU", type 3) in a note area.
-        func buildID(noteAt offset: UInt64, size: UInt64) -> [UInt8]? {
-            guard let start = self.offset(offset), has(start, size) else { return nil }
-            let end = start + Int(size)
-            var at = start
+        /// The descriptor of the first NT_GNU_BUILD_ID note ("GNU", type 3) in this note area.
+        func buildID() -> [UInt8]? {
+            let end = bytes.count
+            var at = 0
             while at + 12 <= end {
                 let namesz = Int(u32(at)), descsz = Int(u32(at + 4)), type = u32(at + 8)
                 let name = at + 12
@@ -170,7 +224,7 @@ final class ELFImage: Sendable {
                 guard desc + descsz <= end else { return nil }
                 if type == 3, namesz == 4, bytes[name] == UInt8(ascii: "G"), bytes[name + 1] == UInt8(ascii: "N"),
                    bytes[name + 2] == UInt8(ascii: "U"), bytes[name + 3] == 0, descsz > 0 {
-                    return Array(UnsafeRawBufferPointer(rebasing: bytes[desc..<desc + descsz]))
+                    return Array(bytes[desc..<desc + descsz])
                 }
                 at = next
             }

@@ -51,9 +51,14 @@ final class StackTable: Sendable {
     private let kernel: KernelSymbolizer
     private let user: UserSymbolizer
 
-    init(kernel: KernelSymbolizer = .shared, user: UserSymbolizer = .shared) {
+    /// Whether the tracer's own innermost kernel frames are left out (tracing flavours; a
+    /// profile's sample may have interrupted any BPF program, which is CPU worth seeing).
+    private let stripsTracer: Bool
+
+    init(kernel: KernelSymbolizer = .shared, user: UserSymbolizer = .shared, stripsTracer: Bool = true) {
         self.kernel = kernel
         self.user = user
+        self.stripsTracer = stripsTracer
     }
 
     deinit { stop() }
@@ -100,7 +105,9 @@ final class StackTable: Sendable {
             guard ref.isRecorded, let stack = lookup(ref.hash) else { out[ref] = []; continue }
             let frames: [StackFrame]
             switch ref.space {
-            case .kernel: frames = Self.withoutTracer(kernel.symbolize(stack))
+            case .kernel:
+                let all = kernel.symbolize(stack)
+                frames = stripsTracer ? Self.withoutTracer(all) : all
             case .user:
                 frames = user.symbolize(tgid: ref.tgid, ips: stack)
             }

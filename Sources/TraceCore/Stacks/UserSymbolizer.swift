@@ -221,14 +221,17 @@ public final class UserSymbolizer: Sendable {
         }
         if let cached { return cached }
 
-        // The process's own view of the file while it lives; after it exited, the file of
-        // that path on this host when it is still the same file (same inode).
+        // The process's own view of the file while it lives (map_files: the mapped file
+        // itself, deleted or not; its root: a process in another mount namespace, where an
+        // overlayfs file's stat need not show the inode maps shows); after it exited, the file
+        // of that path on this host only when it is the same file (device and inode).
+        let device = (major: UInt32(truncatingIfNeeded: mapping.device >> 20), minor: UInt32(truncatingIfNeeded: mapping.device & 0xfffff))
         let candidates = ["\(procRoot)/\(tgid)/map_files/\(mapping.mapFilesName)", "\(procRoot)/\(tgid)/root\(path)", path]
         for candidate in candidates {
             guard let identity = FileIdentity.of(path: candidate) else { continue }
-            if candidate == path {
-                var info = stat()
-                guard stat(path, &info) == 0, UInt64(info.st_ino) == mapping.inode else { continue }
+            let onHost = candidate == path
+            if onHost, identity.inode != mapping.inode || ELFImage.major(identity.device) != device.major || ELFImage.minor(identity.device) != device.minor {
+                continue
             }
             let known = state.withLock { state -> ELFImage? in
                 guard let key = state.identities[identity], let image = Self.use(key, in: &state) else { return nil }
@@ -236,7 +239,7 @@ public final class UserSymbolizer: Sendable {
                 return image
             }
             if let known { return known }
-            guard let (loaded, loadedIdentity) = ELFImage.load(path: candidate) else { continue }
+            guard let (loaded, loadedIdentity) = ELFImage.load(path: candidate, inode: onHost ? mapping.inode : nil, device: onHost ? device : nil) else { continue }
             return state.withLock { state in
                 let key = loaded.buildID.map(ImageKey.buildID) ?? .file(loadedIdentity)
                 let image = Self.use(key, in: &state) ?? insert(loaded, key: key, in: &state)
@@ -258,13 +261,15 @@ public final class UserSymbolizer: Sendable {
         return entry.image
     }
 
-    /// Adds `image` to the cache and evicts the least recently used images until the cache
-    /// fits its bound (which may evict `image` itself; it is still returned for this use).
+    /// Adds `image` to the cache and evicts the least recently used others until the cache
+    /// fits its bound (or `image` is all it holds).
     private func insert(_ image: ELFImage, key: ImageKey, in state: inout State) -> ELFImage {
         state.tick += 1
         state.images[key] = CachedImage(image: image, lastUse: state.tick)
         state.bytes += image.estimatedBytes
-        while state.bytes > maxCacheBytes, let oldest = state.images.min(by: { $0.value.lastUse < $1.value.lastUse }) {
+        // The image just added stays even when it alone is over the bound: evicting it would
+        // parse the whole file again for each of its stacks.
+        while state.bytes > maxCacheBytes, let oldest = state.images.filter({ $0.key != key }).min(by: { $0.value.lastUse < $1.value.lastUse }) {
             state.images[oldest.key] = nil
             state.bytes -= oldest.value.image.estimatedBytes
         }

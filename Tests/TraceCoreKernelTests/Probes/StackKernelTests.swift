@@ -161,6 +161,8 @@ struct StackKernelTests {
     @Test("A 99 Hz profile of a busy loop puts most of its samples in the hot function; deleting it closes every perf fd and program")
     func profileOfABusyLoop() async throws {
         let manager = await manager()
+        // Earlier tests' perf-tracepoint links may still be on the reaper's queue.
+        await BlockingWork.attach.run { Reaper.shared.drain() }
         let fdsBefore = Self.perfFDs()
         let programsBefore = KernelCensus.programIDs()
         let spinner = Process()
