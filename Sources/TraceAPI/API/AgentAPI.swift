@@ -189,7 +189,7 @@ extension AgentAPI {
             return .json(StackTree(by: aggregate.by, stackFull: aggregate.stackFull, root: FlameGraph.tree(samples)))
         case "svg":
             let total = samples.reduce(UInt64(0)) { $0 &+ $1.count }
-            let lost = aggregate.stackFull > 0 ? "; \(aggregate.stackFull) stacks lost: the stack map was full" : ""
+            let lost = aggregate.stackFull > 0 ? "; \(aggregate.stackFull) calls lost their stack: the stack map was full" : ""
             return .text(FlameGraph.svg(samples, title: title, subtitle: "\(total) samples, \(samples.count) stacks, by \(aggregate.by.joined(separator: ", "))\(lost)"),
                          contentType: "image/svg+xml")
         default:

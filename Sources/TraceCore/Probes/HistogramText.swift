@@ -48,7 +48,7 @@ public enum HistogramText {
         var out = "\nkeys " + (a.by.isEmpty ? "(none)" : a.by.joined(separator: ", ")) + "  value \(a.value)"
         out += "  showing \(a.entries.count) of \(totalKeys)"
         if a.droppedKeys > 0 { out += "  dropped \(a.droppedKeys) calls (the key table was full)" }
-        if a.stackFull > 0 { out += "  \(a.stackFull) stacks lost (the stack map was full)" }
+        if a.stackFull > 0 { out += "  \(a.stackFull) calls lost their stack (the stack map was full)" }
         out += "\n"
         let unit = a.valueIsLatency ? " ns" : ""
         for entry in a.entries {
