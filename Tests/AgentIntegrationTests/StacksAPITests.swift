@@ -258,55 +258,6 @@ enum Folded {
     }
 }
 
-/// tests/stacks/callchains.c built with frame pointers and no inlining, as `tp-callchains`
-/// (also its comm), started with arguments; see the file's header for what it does.
-final class CallChains {
-    static let comm = "tp-callchains"
-    static let binary: Result<String, Command.Failure> = {
-        let dir = NSTemporaryDirectory() + "tp-stacks-api-\(getpid())"
-        let out = "\(dir)/\(comm)"
-        let source = StacksAPITests.repository.appendingPathComponent("tests/stacks/callchains.c").path
-        do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let clang = try Command.run("/usr/bin/env", ["clang", "-O0", "-fno-omit-frame-pointer", "-o", out, source])
-            guard clang.status == 0 else { return .failure(Command.Failure(message: "clang failed building \(source):\n\(clang.output)")) }
-        } catch {
-            return .failure(Command.Failure(message: "cannot build \(source): \(error)"))
-        }
-        return .success(out)
-    }()
-
-    let process = Process()
-    private let input = Pipe()
-    private let output = Pipe()
-    var pid: Int32 { process.processIdentifier }
-
-    init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: try Self.binary.get())
-        process.arguments = arguments
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-    }
-
-    /// Sends the line that starts the calls and waits for "done".
-    func go() throws {
-        input.fileHandleForWriting.write(Data("go\n".utf8))
-        var text = ""
-        while !text.contains("done\n") {
-            let data = output.fileHandleForReading.availableData
-            guard !data.isEmpty else { throw Command.Failure(message: "callchains exited before it said done: \(text)") }
-            text += String(decoding: data, as: UTF8.self)
-        }
-    }
-
-    /// Closes its stdin (it exits then) and waits for it.
-    func finish() {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
-    }
-}
-
 /// Runs a program to completion; its stdout and stderr together.
 enum Command {
     struct Failure: Error, CustomStringConvertible { var message: String; var description: String { message } }

@@ -17,51 +17,6 @@ struct StackKernelTests {
         #expect(RootRequirement.isRoot, "real-kernel tests must run as root (CI runs as root)")
     }
 
-    /// tests/stacks/callchains.c, built once with frame pointers and no inlining.
-    static let workload: Result<String, WorkloadError> = {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent()
-        let source = root.appendingPathComponent("tests/stacks/callchains.c").path
-        let out = NSTemporaryDirectory() + "tp-callchains-\(getpid())"
-        let clang = Process()
-        clang.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        clang.arguments = ["clang", "-O0", "-fno-omit-frame-pointer", "-o", out, source]
-        do { try clang.run() } catch { return .failure(WorkloadError(message: "cannot run clang: \(error)")) }
-        clang.waitUntilExit()
-        guard clang.terminationStatus == 0 else { return .failure(WorkloadError(message: "clang failed building \(source)")) }
-        return .success(out)
-    }()
-
-    struct WorkloadError: Error, CustomStringConvertible { var message: String; var description: String { message } }
-
-    /// The workload, started and waiting for "go" on its stdin.
-    final class Chains {
-        let process = Process()
-        let input = Pipe()
-        let output = Pipe()
-        var pid: Int32 { process.processIdentifier }
-
-        init(_ arguments: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: try StackKernelTests.workload.get())
-            process.arguments = arguments
-            process.standardInput = input
-            process.standardOutput = output
-            try process.run()
-        }
-
-        /// Runs the calls and waits until they are made.
-        func go() throws {
-            input.fileHandleForWriting.write(Data("go\n".utf8))
-            let line = output.fileHandleForReading.availableData
-            #expect(String(decoding: line, as: UTF8.self).hasPrefix("done"))
-        }
-
-        func finish() {
-            try? input.fileHandleForWriting.close()
-            process.waitUntilExit()
-        }
-    }
-
     func manager() async -> ProbeManager {
         let report = await Self.store.get()
         return ProbeManager(planner: Planner(backend: Self.backend), maxProbes: 16, report: { report })
@@ -84,7 +39,7 @@ struct StackKernelTests {
     @Test("by ustack on getppid: exactly N and M calls under a→b→c and x→y, still named after the process exits")
     func userStacksOfKnownChains() async throws {
         let manager = await manager()
-        let chains = try Chains(["700", "300"])
+        let chains = try CallChains(["700", "300"])
         defer { chains.finish() }
         let probe = try await manager.create(ProbeSpec(name: "ustack", target: ProbeTarget(type: .syscall, name: "getppid"),
                                                        filter: ProbeFilter(pid: Int(chains.pid)), aggregate: AggregateSpec(by: ["ustack"], value: "none"))).0
@@ -114,7 +69,7 @@ struct StackKernelTests {
     @Test("A full stack map is counted: stack_full, and the keys it leaves out in dropped_keys; every call in the totals")
     func fullStackMap() async throws {
         let manager = await manager()
-        let chains = try Chains(["10", "10", "10"])
+        let chains = try CallChains(["10", "10", "10"])
         defer { chains.finish() }
         _ = try await manager.create(ProbeSpec(name: "ufull", target: ProbeTarget(type: .syscall, name: "getppid"),
                                                filter: ProbeFilter(pid: Int(chains.pid)),
@@ -166,7 +121,7 @@ struct StackKernelTests {
         let fdsBefore = Self.perfFDs()
         let programsBefore = KernelCensus.programIDs()
         let spinner = Process()
-        spinner.executableURL = URL(fileURLWithPath: try Self.workload.get())
+        spinner.executableURL = URL(fileURLWithPath: try CallChains.binary.get())
         spinner.arguments = ["spin", "2.5"]
         let probe = try await manager.create(ProbeSpec(name: "prof", target: ProbeTarget(type: .profile, frequencyHz: 99))).0
         #expect(probe.mechanism == .perfEvent)
@@ -175,7 +130,7 @@ struct StackKernelTests {
         try await Task.sleep(for: .seconds(2))
         let a = try #require(try await manager.metrics("prof").aggregate)
         #expect(a.by == AggregateSpec.profileKeys)
-        let mine = Self.folded(a).filter { $0.stack.hasPrefix("tp-callchains") || $0.stack.hasPrefix(String("tp-callchains-\(getpid())".prefix(15))) }
+        let mine = Self.folded(a).filter { $0.stack.hasPrefix(CallChains.comm + ";") }
         let samples = mine.reduce(0) { $0 + $1.calls }
         let hot = mine.filter { $0.stack.contains("main;spin_hot") }.reduce(0) { $0 + $1.calls }
         #expect(samples >= 40, "about 99 samples a second of a process that runs all the time: \(samples)")
