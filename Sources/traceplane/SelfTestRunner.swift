@@ -200,6 +200,29 @@ struct SelfTestRunner: Sendable {
 
     // MARK: One check
 
+    /// Creates a check's probe, timing the attach. When nothing attaches, `result` says why:
+    /// a failure where the capability report predicted a mechanism, else not applicable
+    /// here; the outcome is logged, and nil returned.
+    func create(_ spec: ProbeSpec, check: String, predicted: Flavour?, capabilityRuledOut: Bool, into result: inout CheckResult) async -> Probe? {
+        let started = ContinuousClock.now
+        do {
+            let probe = try await manager.create(spec).0
+            result.attachMilliseconds = Self.milliseconds(since: started)
+            return probe
+        } catch {
+            result.attachMilliseconds = Self.milliseconds(since: started)
+            result.attempts = error.attempts
+            if let predicted {
+                result.notes.append("expected \(predicted.rawValue) to attach, but: \(error.detail)")
+            } else {
+                result.status = capabilityRuledOut ? "unsupported here" : "target not in BTF here"
+                result.pass = nil
+            }
+            Self.log("[\(result.status)] \(check): nothing attached (\(error.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)" }.joined(separator: ", ")))")
+            return nil
+        }
+    }
+
     func run(_ plan: CheckPlan) async -> CheckResult {
         let (predicted, reasons, capabilityRuledOut) = predict(plan.flavours, target: plan.target)
         let expectedText: String
@@ -217,23 +240,9 @@ struct SelfTestRunner: Sendable {
         let spec = ProbeSpec(name: name, target: plan.target, mechanisms: plan.flavours?.map(\.rawValue),
                              filter: ProbeFilter(pid: pid, comm: plan.aggregate == nil ? nil : Self.callerThreadName),
                              aggregate: plan.aggregate)
-        let started = ContinuousClock.now
-        let probe: Probe
-        do {
-            probe = try await manager.create(spec).0
-        } catch {
-            result.attachMilliseconds = Self.milliseconds(since: started)
-            result.attempts = error.attempts
-            if let predicted {
-                result.notes.append("expected \(predicted.rawValue) to attach, but: \(error.detail)")
-            } else {
-                result.status = capabilityRuledOut ? "unsupported here" : "target not in BTF here"
-                result.pass = nil
-            }
-            Self.log("[\(result.status)] \(plan.name): nothing attached (\(error.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)" }.joined(separator: ", ")))")
+        guard let probe = await create(spec, check: plan.name, predicted: predicted, capabilityRuledOut: capabilityRuledOut, into: &result) else {
             return result
         }
-        result.attachMilliseconds = Self.milliseconds(since: started)
         let chosen: String? = probe.mechanism?.rawValue
         result.mechanism = chosen
         result.attempts = probe.attempts

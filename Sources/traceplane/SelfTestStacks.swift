@@ -106,24 +106,11 @@ extension SelfTestRunner {
         await BlockingWork.attach.run { [reaper] in reaper.drain() }
         let before = Self.perfEventFDs()
         let probeName = "selftest-prof-\(UInt32.random(in: 0...UInt32.max))"
-        let started = ContinuousClock.now
-        let probe: Probe
-        do {
-            probe = try await manager.create(ProbeSpec(name: probeName, target: target, mechanisms: [Flavour.perfEvent.rawValue],
-                                                       aggregate: AggregateSpec(by: ["cpu"]))).0
-        } catch {
-            result.attachMilliseconds = Self.milliseconds(since: started)
-            result.attempts = error.attempts
-            if let predicted {
-                result.notes.append("expected \(predicted.rawValue) to attach, but: \(error.detail)")
-            } else {
-                result.status = capabilityRuledOut ? "unsupported here" : "target not in BTF here"
-                result.pass = nil
-            }
-            Self.log("[\(result.status)] \(name): nothing attached (\(error.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)" }.joined(separator: ", ")))")
+        guard let probe = await create(ProbeSpec(name: probeName, target: target, mechanisms: [Flavour.perfEvent.rawValue],
+                                                 aggregate: AggregateSpec(by: ["cpu"])),
+                                       check: name, predicted: predicted, capabilityRuledOut: capabilityRuledOut, into: &result) else {
             return result
         }
-        result.attachMilliseconds = Self.milliseconds(since: started)
         result.mechanism = probe.mechanism?.rawValue
         result.attempts = probe.attempts
         let attached = Self.perfEventFDs()
