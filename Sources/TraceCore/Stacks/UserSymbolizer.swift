@@ -6,7 +6,8 @@ import Synchronization
 /// For each process it keeps a snapshot of its executable mappings (/proc/PID/maps), read
 /// on first use, again when an address lies outside all of them (at most once a second
 /// per process), and kept for `retention` seconds after the process was last looked at,
-/// so stacks of processes that have exited still symbolize. ELF files are opened through
+/// so stacks of processes that have exited still symbolize; a pid reused by a new process
+/// (another start time, compared at most once a second) gets a new snapshot. ELF files are opened through
 /// /proc/PID/map_files (deleted files too; needs root) or else /proc/PID/root (other mount
 /// namespaces); their function symbols are cached by build id (or by device, inode, size
 /// and modification time), least recently used first out when the cache outgrows
@@ -28,6 +29,11 @@ public final class UserSymbolizer: Sendable {
         var failed: Set<UInt64> = []
         var readAt: Double
         var lastSeen: Double
+        /// The process's start time (/proc/PID/stat), nil when unknown: a pid reused by a
+        /// new process has another, and its snapshot is dropped.
+        var startTime: UInt64?
+        /// When the start time was last compared.
+        var checkedAt: Double = -Double.infinity
     }
 
     private struct CachedImage {
@@ -152,8 +158,32 @@ public final class UserSymbolizer: Sendable {
             state.processes[tgid] = process
             return process.mappings
         }
-        if let known { return known }
+        if let known {
+            guard reused(tgid: tgid, now: now) else { return known }
+            state.withLock { _ = $0.processes.removeValue(forKey: tgid) }
+        }
         return store(tgid: tgid, read: ProcFiles.read("\(procRoot)/\(tgid)/maps"), now: now)
+    }
+
+    /// Whether `tgid` is now another process than its snapshot's (its start time changed),
+    /// checked at most once a second; a process that is gone is the same one.
+    private func reused(tgid: UInt32, now: Double) -> Bool {
+        let due = state.withLock { state -> UInt64?? in
+            guard var process = state.processes[tgid], now - process.checkedAt >= 1 else { return .none }
+            process.checkedAt = now
+            state.processes[tgid] = process
+            return .some(process.startTime)
+        }
+        guard case .some(let known) = due, let known, let current = startTime(tgid) else { return false }
+        return current != known
+    }
+
+    /// Field 22 of /proc/PID/stat (after the parenthesised comm, which may hold anything).
+    func startTime(_ tgid: UInt32) -> UInt64? {
+        guard let text = ProcFiles.read("\(procRoot)/\(tgid)/stat"), let close = text.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        let fields = text[(close + 1)...].split(separator: UInt8(ascii: " "))
+        guard fields.count > 19 else { return nil }
+        return UInt64(String(decoding: fields[19], as: UTF8.self))
     }
 
     /// Reads the maps of `tgid` again unless they were read less than a second ago; the
@@ -174,6 +204,7 @@ public final class UserSymbolizer: Sendable {
     /// of it afterwards. Images already opened stay with the mappings that did not change.
     private func store(tgid: UInt32, read text: [UInt8]?, now: Double) -> [Mapping] {
         let fresh = text.map(ProcessMaps.parse)
+        let started = text == nil ? nil : startTime(tgid)
         return state.withLock { state in
             if var process = state.processes[tgid] {
                 process.readAt = now
@@ -183,6 +214,7 @@ public final class UserSymbolizer: Sendable {
                     process.images = process.images.filter { kept.contains($0.key) }
                     process.failed = []
                     process.mappings = fresh
+                    process.startTime = started ?? process.startTime
                 }
                 state.processes[tgid] = process
                 return process.mappings
@@ -192,7 +224,7 @@ public final class UserSymbolizer: Sendable {
             if state.processes.count >= maxProcesses, let oldest = state.processes.min(by: { $0.value.lastSeen < $1.value.lastSeen }) {
                 state.processes[oldest.key] = nil
             }
-            state.processes[tgid] = Process(mappings: fresh ?? [], readAt: now, lastSeen: now)
+            state.processes[tgid] = Process(mappings: fresh ?? [], readAt: now, lastSeen: now, startTime: started, checkedAt: now)
             return fresh ?? []
         }
     }
