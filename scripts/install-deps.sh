@@ -7,9 +7,11 @@
 #   prometheus                          tests: promtool check metrics, and a real Prometheus scraping the agent
 #   python3-venv                        tests: venvs for schemathesis, openapi-spec-validator, kubernetes-validate
 #   chromium                            tests: a real browser renders the flame graph SVG
+#   fonts-dejavu-core                   a font for it (installed without recommends, chromium brings none)
+#   binutils                            tests: readelf and nm, oracles for the ELF symbolizer
 # The Swift 6 toolchain (with its clang that targets bpf) must already be on PATH.
 set -euo pipefail
-packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv chromium "$@")
+packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv chromium fonts-dejavu-core binutils "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
