@@ -263,12 +263,9 @@ extension SelfTestRunner {
             ok = false
             result.notes.append("cgroups left behind: \(left.joined(separator: "; "))")
         }
-        if let predicted, predicted.rawValue != result.mechanism {
+        if let problem = Self.mechanismProblem(predicted: predicted, chosen: result.mechanism) {
             ok = false
-            result.notes.append("expected \(predicted.rawValue) (first usable in the chain), got \(result.mechanism ?? "none")")
-        } else if predicted == nil {
-            ok = false
-            result.notes.append("\(result.mechanism ?? "a mechanism") attached although the capability report predicted nothing would")
+            result.notes.append(problem)
         }
         let summary = "\(result.mechanism ?? "none"), by cgroup calls \(result.actual?.calls.description ?? "unread") in \(result.actual?.cgroups?.count ?? 0) cgroups "
             + "(" + [containerA, containerB, containerC, docker, service, containerE].map { p in "\(result.actual?.cgroups?[p]?.calls.description ?? "-")" }.joined(separator: "/") + ")"

@@ -200,6 +200,13 @@ struct SelfTestRunner: Sendable {
 
     // MARK: One check
 
+    /// What is wrong with the mechanism that attached, against the capability report's
+    /// prediction (the first usable in the chain); nil when it is the predicted one.
+    static func mechanismProblem(predicted: Flavour?, chosen: String?) -> String? {
+        guard let predicted else { return "\(chosen ?? "a mechanism") attached although the capability report predicted nothing would" }
+        return predicted.rawValue == chosen ? nil : "expected \(predicted.rawValue) (first usable in the chain), got \(chosen ?? "none")"
+    }
+
     /// Creates a check's probe, timing the attach. When nothing attaches, `result` says why:
     /// a failure where the capability report predicted a mechanism, else not applicable
     /// here; the outcome is logged, and nil returned.
@@ -290,12 +297,9 @@ struct SelfTestRunner: Sendable {
             ok = false
             result.notes.append("by_process names this process \(actual.processName ?? "nothing"), /proc/\(pid)/comm says \(leader ?? "?")")
         }
-        if let predicted, predicted.rawValue != chosen {
+        if let problem = Self.mechanismProblem(predicted: predicted, chosen: chosen) {
             ok = false
-            result.notes.append("expected \(predicted.rawValue) (first usable in the chain), got \(chosen ?? "none")")
-        } else if predicted == nil {
-            ok = false
-            result.notes.append("\(chosen ?? "a mechanism") attached although the capability report predicted nothing would")
+            result.notes.append(problem)
         }
         result.status = ok ? "pass" : "fail"
         result.pass = ok

@@ -161,12 +161,9 @@ extension SelfTestRunner {
             ok = false
             result.notes.append("perf event fds: \(before) before, \(attached) attached (expected \(before + cpus.count)), \(after) after the delete (expected \(before))")
         }
-        if let predicted, predicted.rawValue != result.mechanism {
+        if let problem = Self.mechanismProblem(predicted: predicted, chosen: result.mechanism) {
             ok = false
-            result.notes.append("expected \(predicted.rawValue), got \(result.mechanism ?? "none")")
-        } else if predicted == nil {
-            ok = false
-            result.notes.append("\(result.mechanism ?? "a mechanism") attached although the capability report predicted nothing would")
+            result.notes.append(problem)
         }
         result.status = ok ? "pass" : "fail"
         result.pass = ok
