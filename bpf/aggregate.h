@@ -120,4 +120,44 @@ static __always_inline struct tp_key_stats *key_entry(void *table, void *key, vo
 		return 0;
 	return bpf_map_lookup_elem(table, key);
 }
+
+/* Whether one more event may go out at `rate` per second: `word` holds the current second
+ * of the monotonic clock above TP_EV_COUNT_BITS and the events admitted in it below, for
+ * the whole probe (not per CPU: per-CPU buckets would let ncpu times the rate through, or
+ * starve a probe whose calls all run on one CPU). Exact: every event is admitted or
+ * refused once; a CPU that loses the compare-and-swap 8 times in a row refuses it. */
+static __always_inline bool tp_event_admit(u64 *word, u64 now, u32 rate)
+{
+	u64 second = now / 1000000000ULL;
+	for (int i = 0; i < 8; i++) {
+		u64 old = *(volatile u64 *)word;
+		u64 next;
+		if ((old >> TP_EV_COUNT_BITS) != second)
+			next = (second << TP_EV_COUNT_BITS) | 1;
+		else if ((old & TP_EV_MAX_RATE) >= rate)
+			return false;
+		else
+			next = old + 1;
+		if (__sync_val_compare_and_swap(word, old, next) == old)
+			return true;
+	}
+	return false;
+}
+
+/* Everything of an event but its key, which is zeroed. */
+static __always_inline void tp_event_fill(struct tp_event *e, u64 now, u64 latency, s64 ret, u32 flags)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	e->time_ns = now;
+	e->latency_ns = latency;
+	e->ret = ret;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+	e->cpu = bpf_get_smp_processor_id();
+	e->flags = flags;
+	process_comm(e->comm);
+	bpf_get_current_comm(e->thread, TP_COMM_LEN);
+	__builtin_memset(e->key, 0, TP_KEY_MAX);
+}
 #endif

@@ -2,8 +2,9 @@
 /*
  * One aggregation body with thin attach flavours, as in libbpf-tools' funclatency:
  * user space autoloads the entry/exit pair of one flavour and binds it to the target.
- * Everything is aggregated in the kernel (per-CPU counters and a log2 histogram); no
- * per-event data reaches user space.
+ * Everything is aggregated in the kernel (per-CPU counters and a log2 histogram); only
+ * the calls a probe's `events` spec asks for reach user space, one by one, through the
+ * ring buffer `events`.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -47,6 +48,20 @@ const volatile bool str_user = true;           /* it points to user memory (else
 const volatile bool syscall_regs = false;      /* the traced function takes the syscall's pt_regs */
 const volatile bool need_stacks = false;       /* a key part is kstack or ustack */
 const volatile u64 stack_seed = 0;             /* random per load: the frames' hash cannot be forged */
+
+/* Events (spec `events`): off by default, so a probe without them has no branch of it. */
+const volatile bool events_on = false;
+const volatile u64 event_min_latency_ns = 0;   /* a call this slow is an event (0: every call) */
+const volatile u32 event_rate = 0;             /* events.max_per_second */
+
+/* The rate limit's word (see tp_event_admit). */
+u64 event_window = 0;
+
+/* Events to user space; user space sizes it (events.buffer_kib) before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -338,10 +353,10 @@ static __always_inline s64 record_field(void *ctx, u32 off, u32 len, bool is_sig
 	return (s64)v;
 }
 
-/* One call (or event) into the key table. `st` is null for events. */
-static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct tp_stats *s, u64 delta, s64 ret)
+/* The packed key of one call (or event: `st` is null) into `key` (TP_KEY_MAX bytes, zeroed);
+ * a stack part the stack map has no room for is counted in `s` when given. */
+static __always_inline void fill_key(void *ctx, struct tp_start *st, struct tp_stats *s, s64 ret, u8 *key)
 {
-	u8 key[TP_KEY_MAX] = {};
 	u64 id = bpf_get_current_pid_tgid();
 #pragma unroll
 	for (int i = 0; i < TP_KEY_PARTS; i++) {
@@ -380,6 +395,13 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 		}
 		}
 	}
+}
+
+/* One call (or event: `st` is null) into the key table. */
+static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct tp_stats *s, u64 delta, s64 ret)
+{
+	u8 key[TP_KEY_MAX] = {};
+	fill_key(ctx, st, s, ret, key);
 	struct tp_key_stats *v = bpf_map_lookup_elem(&keys, key);
 	if (!v) {
 		u32 z = 0;
@@ -415,6 +437,28 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 	h[slot]++;
 }
 
+/* One event to the ring buffer, unless over the rate (throttled) or the ring is full (lost). */
+static __always_inline void emit_event(void *ctx, struct tp_start *st, struct tp_stats *s, u64 now, u64 delta, s64 ret, u32 flags)
+{
+	if (!tp_event_admit(&event_window, now, event_rate)) {
+		if (s)
+			s->throttled++;
+		return;
+	}
+	struct tp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		if (s)
+			s->lost++;
+		return;
+	}
+	tp_event_fill(e, now, delta, ret, flags);
+	if (keyed)
+		fill_key(ctx, st, 0, ret, e->key);
+	bpf_ringbuf_submit(e, 0);
+	if (s)
+		s->events++;
+}
+
 static __always_inline int on_entry(void *ctx, enum arg_source src)
 {
 	if (!pass_filter())
@@ -443,11 +487,18 @@ static __always_inline int on_exit(void *ctx, s64 ret)
 	struct tp_start *st = start_slot(false);
 	if (!st || st->ts == 0)
 		return 0; /* filtered out at entry, or entry not seen (probe attached mid-call) */
-	u64 delta = bpf_ktime_get_ns() - st->ts;
+	u64 now = bpf_ktime_get_ns();
+	u64 delta = now - st->ts;
 	st->ts = 0;
-	if (min_latency_ns && delta < min_latency_ns)
-		return 0;
+	/* Under the threshold, events cost this one comparison. */
+	bool event = events_on && delta >= event_min_latency_ns;
 	u32 key = 0;
+	if (min_latency_ns && delta < min_latency_ns) {
+		/* Not aggregated, but still as slow as an event asks. */
+		if (event)
+			emit_event(ctx, st, bpf_map_lookup_elem(&stats, &key), now, delta, ret, TP_EV_CALL);
+		return 0;
+	}
 	struct tp_stats *s = bpf_map_lookup_elem(&stats, &key);
 	if (s) {
 		s->calls++;
@@ -466,6 +517,8 @@ static __always_inline int on_exit(void *ctx, s64 ret)
 		count_process(bpf_get_current_pid_tgid() >> 32);
 	if (keyed)
 		keyed_update(ctx, st, s, delta, ret);
+	if (event)
+		emit_event(ctx, st, s, now, delta, ret, TP_EV_CALL);
 	return 0;
 }
 
@@ -481,6 +534,8 @@ static __always_inline int on_event(void *ctx)
 		count_process(bpf_get_current_pid_tgid() >> 32);
 	if (keyed)
 		keyed_update(ctx, 0, s, 0, 0);
+	if (events_on)
+		emit_event(ctx, 0, s, bpf_ktime_get_ns(), 0, 0, 0);
 	return 0;
 }
 

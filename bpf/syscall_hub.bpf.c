@@ -88,6 +88,29 @@ struct {
 	__array(values, struct slot_table_str);
 } slot_keys_str SEC(".maps");
 
+/* Each slot's events (HUB_F_EVENTS): a ring buffer user space creates with the probe's
+ * events.buffer_kib and puts at the slot's index (inner maps of a ring buffer array may
+ * differ in size). */
+struct slot_ring {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__array(values, struct slot_ring);
+} slot_events SEC(".maps");
+
+/* Each slot's rate-limit word (see tp_event_admit), reset when the slot is taken. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__type(value, u64);
+} slot_rate SEC(".maps");
+
 /* One all-zero hub_key_value: what a new key starts from. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -153,8 +176,31 @@ static __always_inline bool comm_matches(const char *comm, const struct hub_filt
 	return true;
 }
 
-/* One call into a slot's key table, with the slot's settings `f`; `i` is the slot's place
- * in the syscall's list (where its string argument was recorded). */
+/* The slot's key of one call into `key` (zeroed); `i` is the slot's place in the
+ * syscall's list (where its string argument was recorded). */
+static __always_inline void hub_fill_key(const struct hub_filter *f, struct hub_start *st, u32 i, s64 ret, struct hub_key *key)
+{
+	u32 n = f->key_n;
+	for (int p = 0; p < TP_KEY_PARTS; p++) {
+		if (p >= n)
+			break;
+		u32 arg = f->key_arg[p];
+		switch (f->key_kind[p]) {
+		case TP_K_PID: key->num[p] = st->tgid; break;
+		case TP_K_TID: key->num[p] = (u32)bpf_get_current_pid_tgid(); break;
+		case TP_K_COMM: process_comm(key->comm); break;
+		case TP_K_THREAD: bpf_get_current_comm(key->thread, sizeof(key->thread)); break;
+		case TP_K_CGROUP: key->num[p] = bpf_get_current_cgroup_id(); break;
+		case TP_K_CPU: key->num[p] = bpf_get_smp_processor_id(); break;
+		case TP_K_ERRNO: key->num[p] = ret < 0 ? -ret : 0; break;
+		case TP_K_RET: key->num[p] = ret; break;
+		case TP_K_ARG: if (arg < TP_ARGS) key->num[p] = narrow(st->args[arg], f->key_len[p], f->key_signed[p]); break;
+		case TP_K_ARG_STR: __builtin_memcpy(key->str, &st->strs[(i & (HUB_PER_NR_POW2 - 1)) * TP_STR_LEN], TP_STR_LEN); break;
+		}
+	}
+}
+
+/* One call into a slot's key table, with the slot's settings `f`. */
 static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, struct hub_start *st, u32 i,
 					 u64 delta, s64 ret, struct hub_agg *a)
 {
@@ -162,24 +208,7 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 	if (!table)
 		return;
 	struct hub_key key = {};
-	u32 n = f->key_n;
-	for (int p = 0; p < TP_KEY_PARTS; p++) {
-		if (p >= n)
-			break;
-		u32 arg = f->key_arg[p];
-		switch (f->key_kind[p]) {
-		case TP_K_PID: key.num[p] = st->tgid; break;
-		case TP_K_TID: key.num[p] = (u32)bpf_get_current_pid_tgid(); break;
-		case TP_K_COMM: process_comm(key.comm); break;
-		case TP_K_THREAD: bpf_get_current_comm(key.thread, sizeof(key.thread)); break;
-		case TP_K_CGROUP: key.num[p] = bpf_get_current_cgroup_id(); break;
-		case TP_K_CPU: key.num[p] = bpf_get_smp_processor_id(); break;
-		case TP_K_ERRNO: key.num[p] = ret < 0 ? -ret : 0; break;
-		case TP_K_RET: key.num[p] = ret; break;
-		case TP_K_ARG: if (arg < TP_ARGS) key.num[p] = narrow(st->args[arg], f->key_len[p], f->key_signed[p]); break;
-		case TP_K_ARG_STR: __builtin_memcpy(key.str, &st->strs[(i & (HUB_PER_NR_POW2 - 1)) * TP_STR_LEN], TP_STR_LEN); break;
-		}
-	}
+	hub_fill_key(f, st, i, ret, &key);
 	struct hub_key_value *v = bpf_map_lookup_elem(table, &key);
 	if (!v) {
 		u32 z = 0;
@@ -210,6 +239,36 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 		v->hist[b]++;
 }
 
+/* One event of slot `slot` to its ring buffer, unless over its rate (throttled) or the ring
+ * is full or missing (lost). */
+static __always_inline void hub_emit(u32 slot, const struct hub_filter *f, struct hub_start *st, u32 i, u64 delta, s64 ret,
+				     struct hub_agg *a)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 *word = bpf_map_lookup_elem(&slot_rate, &slot);
+	if (!word)
+		return;
+	if (!tp_event_admit(word, now, f->event_rate)) {
+		a->stats.throttled++;
+		return;
+	}
+	void *ring = bpf_map_lookup_elem(&slot_events, &slot);
+	if (!ring) {
+		a->stats.lost++;
+		return;
+	}
+	struct tp_event *e = bpf_ringbuf_reserve(ring, sizeof(*e), 0);
+	if (!e) {
+		a->stats.lost++;
+		return;
+	}
+	tp_event_fill(e, now, delta, ret, TP_EV_CALL);
+	if (f->flags & HUB_F_KEYED)
+		hub_fill_key(f, st, i, ret, (struct hub_key *)e->key);
+	bpf_ringbuf_submit(e, 0);
+	a->stats.events++;
+}
+
 /* One call into one slot. A global function: the verifier checks it once, not once per
  * slot of the exit program's loop (which took it 200,000 instructions and 270 ms). */
 __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 ret)
@@ -219,11 +278,16 @@ __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 r
 	const struct hub_filter *f = bpf_map_lookup_elem(&filters, &slot);
 	if (!f || f->claim != st->claims[i & (HUB_PER_NR_POW2 - 1)])
 		return 0;
-	if (f->min_latency_ns && delta < f->min_latency_ns)
-		return 0;
 	struct hub_agg *a = bpf_map_lookup_elem(&aggs, &slot);
 	if (!a)
 		return 0;
+	/* Under the threshold, events cost this one test. */
+	bool event = (f->flags & HUB_F_EVENTS) && delta >= f->event_min_latency_ns;
+	if (f->min_latency_ns && delta < f->min_latency_ns) {
+		if (event)
+			hub_emit(slot, f, st, i, delta, ret, a);
+		return 0;
+	}
 	a->stats.calls++;
 	if (ret < 0)
 		a->stats.errors++;
@@ -236,6 +300,8 @@ __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 r
 		proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, st->tgid);
 	if (f->flags & HUB_F_KEYED)
 		keyed_update(slot, f, st, i, delta, ret, a);
+	if (event)
+		hub_emit(slot, f, st, i, delta, ret, a);
 	return 0;
 }
 

@@ -10,7 +10,6 @@
 
 #ifndef __VMLINUX_H__
 #include <linux/types.h>
-
 #endif
 
 #define TP_HIST_SLOTS 64
@@ -35,7 +34,9 @@ struct tp_stats {
 	__u64 lat_sum_ns;   /* sum of measured latencies */
 	__u64 dropped_keys; /* calls counted above whose key found no room in the key table */
 	__u64 stack_full;   /* kstack/ustack parts not recorded: the stack map had no room */
-	__u64 pad;
+	__u64 events;       /* events written to the probe's ring buffer */
+	__u64 throttled;    /* events over events.max_per_second: not written */
+	__u64 lost;         /* events the ring buffer had no room for (nobody drained it in time) */
 };
 
 /* Entry of a process table (map `procs`, an array): an open-addressing table keyed by
@@ -107,5 +108,27 @@ struct tp_key_stats {
 	__s64 sum;    /* their sum */
 };
 
+/*
+ * Events (spec `events`): each call at least event_min_latency_ns slow (each event, for
+ * tracepoint targets) goes to the probe's BPF ring buffer as one struct tp_event, at most
+ * event_rate per second of the monotonic clock (see tp_event_admit in aggregate.h).
+ */
+#define TP_EV_CALL 1             /* flags: a call; latency_ns and ret are set */
+#define TP_EV_COUNT_BITS 24      /* the rate word: second << TP_EV_COUNT_BITS | events in it */
+#define TP_EV_MAX_RATE ((1 << TP_EV_COUNT_BITS) - 1)
+
+struct tp_event {
+	__u64 time_ns;    /* bpf_ktime_get_ns (CLOCK_MONOTONIC) when the call returned, or of the event */
+	__u64 latency_ns;
+	__s64 ret;
+	__u64 cgroup_id;  /* cgroup v2 id */
+	__u32 pid;        /* tgid */
+	__u32 tid;
+	__u32 cpu;
+	__u32 flags;      /* TP_EV_* */
+	char comm[TP_COMM_LEN];   /* the process's name (thread-group leader's comm) */
+	char thread[TP_COMM_LEN]; /* the thread's comm */
+	__u8 key[TP_KEY_MAX];     /* the probe's packed key, in its key table's layout; zeros without keys */
+};
 
 #endif

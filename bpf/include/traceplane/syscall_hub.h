@@ -29,6 +29,7 @@ struct hub_nr {
 #define HUB_F_ARGS 4      /* its keys or value need the syscall's arguments */
 #define HUB_F_STR 8       /* a key part is the string argument `str_arg` points to */
 #define HUB_F_CGROUP 16   /* only calls from the cgroup `cgroup_id` (at `cgroup_level`) and below */
+#define HUB_F_EVENTS 32   /* calls at least event_min_latency_ns slow go to the slot's ring buffer in `slot_events` */
 
 /* Value of map `filters` (array keyed by slot): the slot's filter and what it aggregates. */
 struct hub_filter {
@@ -55,6 +56,9 @@ struct hub_filter {
 	                                * earlier owner is not counted for the next */
 	__u32 cgroup_level;            /* HUB_F_CGROUP: the filter cgroup's depth (root: 0) */
 	__u64 cgroup_id;               /* HUB_F_CGROUP: its id (TP_CG_UNDER: the slot's entry of `filter_cgroups`) */
+	__u64 event_min_latency_ns;    /* HUB_F_EVENTS: a call this slow is an event... */
+	__u32 event_rate;              /* ...at most this many per second (the slot's word in `slot_rate`) */
+	__u32 pad;
 };
 
 /* Key of a slot's key table: each kind of part has its place (numbers by part index). A
