@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/perf_event.h>
 #include <malloc.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -442,4 +443,116 @@ int tp_cgroup_path(const char *mount, uint64_t id, char *path, size_t size)
 		return -err;
 	path[n] = 0;
 	return (int)n;
+}
+
+/* Ring buffers ------------------------------------------------------------------------ */
+
+#include <bpf/libbpf.h>
+#include <sys/epoll.h>
+
+struct tp_ring_batch {
+    uint8_t *out;
+    size_t size;
+    size_t max;
+    size_t count;
+    uint64_t skipped;
+};
+
+struct tp_ring {
+    struct ring_buffer *rb;
+    int fd;
+    struct tp_ring_batch batch;
+};
+
+static int tp_ring_sample(void *ctx, void *data, size_t size)
+{
+    struct tp_ring_batch *b = ctx;
+    if (size != b->size) {
+        b->skipped++;
+        return 0;
+    }
+    memcpy(b->out + b->count * b->size, data, size);
+    b->count++;
+    /* libbpf has consumed this record already; stopping here keeps the rest for the next call. */
+    return b->count >= b->max ? -E2BIG : 0;
+}
+
+struct tp_ring *tp_ring_open(int map_fd)
+{
+    struct tp_ring *ring = calloc(1, sizeof(*ring));
+    if (!ring)
+        return NULL;
+    ring->fd = fcntl(map_fd, F_DUPFD_CLOEXEC, 0);
+    if (ring->fd < 0) {
+        int e = errno;
+        free(ring);
+        errno = e;
+        return NULL;
+    }
+    ring->rb = ring_buffer__new(ring->fd, tp_ring_sample, &ring->batch, NULL);
+    if (!ring->rb) {
+        int e = errno ? errno : EINVAL;
+        close(ring->fd);
+        free(ring);
+        errno = e;
+        return NULL;
+    }
+    return ring;
+}
+
+int tp_ring_poll_fd(const struct tp_ring *ring)
+{
+    return ring_buffer__epoll_fd(ring->rb);
+}
+
+long tp_ring_consume(struct tp_ring *ring, void *out, size_t size, size_t max, uint64_t *skipped)
+{
+    if (max == 0)
+        return 0;
+    ring->batch = (struct tp_ring_batch){.out = out, .size = size, .max = max};
+    int rc = ring_buffer__consume(ring->rb);
+    if (skipped)
+        *skipped = ring->batch.skipped;
+    if (rc < 0 && rc != -E2BIG)
+        return rc;
+    return (long)ring->batch.count;
+}
+
+void tp_ring_close(struct tp_ring *ring)
+{
+    if (!ring)
+        return;
+    ring_buffer__free(ring->rb);
+    close(ring->fd);
+    free(ring);
+}
+
+int tp_epoll_create(void)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int tp_epoll_add(int epfd, int fd, uint64_t tag)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag};
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int tp_epoll_remove(int epfd, int fd)
+{
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0;
+}
+
+int tp_epoll_wait(int epfd, uint64_t *tags, int max, int timeout_ms)
+{
+    struct epoll_event evs[64];
+    if (max > 64)
+        max = 64;
+    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++)
+        tags[i] = evs[i].data.u64;
+    return n;
 }

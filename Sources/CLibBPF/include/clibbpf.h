@@ -160,3 +160,34 @@ int tp_vmlinux_btf_syscall_prefix(char *prefix, size_t size);
 /// The number of the syscall `name` on this architecture, or -1 when there is none.
 long tp_syscall_number(const char *name);
 #endif
+
+#ifndef TRACEPLANE_CLIBBPF_H_RINGS
+#define TRACEPLANE_CLIBBPF_H_RINGS
+#include <stddef.h>
+#include <stdint.h>
+
+/// A consumer of one BPF ring buffer map (libbpf's ring_buffer): it keeps its own duplicate
+/// of the map's fd, so the map lives while the consumer does. NULL with errno set on failure.
+struct tp_ring;
+struct tp_ring *tp_ring_open(int map_fd);
+
+/// A file descriptor that is readable when the ring has records (an epoll fd; add it to
+/// another epoll set to wait for several rings at once).
+int tp_ring_poll_fd(const struct tp_ring *ring);
+
+/// Copies up to `max` records of exactly `size` bytes into `out` (back to back) and
+/// consumes them; records of another size are consumed and counted in *skipped. Returns
+/// the records copied, or -errno.
+long tp_ring_consume(struct tp_ring *ring, void *out, size_t size, size_t max, uint64_t *skipped);
+
+/// Unmaps the ring and closes its fds. NULL is ignored.
+void tp_ring_close(struct tp_ring *ring);
+
+/// epoll without the packed struct epoll_event in Swift: each fd carries a 64-bit tag.
+int tp_epoll_create(void);
+int tp_epoll_add(int epfd, int fd, uint64_t tag);
+int tp_epoll_remove(int epfd, int fd);
+/// Waits up to `timeout_ms` (-1: forever) and writes the tags of ready fds; returns their
+/// number (0 on timeout or EINTR) or -errno.
+int tp_epoll_wait(int epfd, uint64_t *tags, int max, int timeout_ms);
+#endif
