@@ -34,6 +34,12 @@ enum LatencyObject {
             load.set(globals.taskCommOffset, layout.comm)
         }
         configure(&load, plan: input.plan, syscallRegisters: input.syscallRegisters)
+        if let events = input.spec.events {
+            load.set(globals.eventsOn, true)
+            load.set(globals.eventMinLatencyNs, events.threshold)
+            load.set(globals.eventRate, events.rate)
+            load.change(LatencyBPF.Maps.events, .maxEntries(events.bufferBytes))
+        }
         return load
     }
 

@@ -337,6 +337,23 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
+    /// Runs `body` with the fd of map `mapID`, or of the inner map at `index` of it, under
+    /// the object's lock (so the fd cannot be closed meanwhile).
+    func withMapFD<T>(_ mapID: BPFMapID, index: UInt32?, _ body: (Int32) throws(KernelError) -> T) throws(KernelError) -> T {
+        try state.withLock { (handle) throws(KernelError) -> T in
+            if let index {
+                guard let fd = handle.innerMaps[mapID.name]?[index] else {
+                    throw KernelError(stage: .attach, errno: .ENOENT, operation: "use map \(mapID)[\(index)] of \(name)")
+                }
+                return try body(fd)
+            }
+            guard let object = handle.object, let map = bpf_object__find_map_by_name(object, mapID.name) else {
+                throw KernelError(stage: .attach, errno: .EBADF, operation: "use map \(mapID) of \(name)")
+            }
+            return try body(bpf_map__fd(map))
+        }
+    }
+
     func readArrayValues(map mapName: BPFMapID, first: UInt32, count: Int, valueSize: Int) throws(KernelError) -> [UInt8] {
         try withMap(mapName, stage: .read) { (layout) throws(KernelError) -> [UInt8] in
             precondition(!layout.perCPU && layout.valueSize == valueSize && layout.keySize == 4,

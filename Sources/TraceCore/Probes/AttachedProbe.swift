@@ -27,16 +27,20 @@ public final class AttachedProbe: Sendable {
     private let recorded = Mutex<[AttachAttempt]>([])
     /// The symbolized stacks of `kstack`/`ustack` keys (nil without stack keys).
     private let stackTable: StackTable?
+    /// Its events on their way to subscribers (nil without an `events` spec).
+    public let events: ProbeEvents?
 
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
-         plan: AggregatePlan, reportsAggregate: Bool = true) {
+         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil) {
         self.descriptor = descriptor
+        self.events = events
         self.taskStorage = taskStorage
         self.boundTo = boundTo
         self.plan = plan
         self.reportsAggregate = reportsAggregate
         resources = Mutex(.own(object: object, links: links))
         stackTable = plan.stackParts > 0 ? StackTable(stripsTracer: descriptor.id != .profile) : nil
+        if let events { EventPump.shared.register(events) }
         // Resolve new stacks while their processes still run (a process that exits keeps
         // the names it had); the timer holds the probe weakly and stops at detach.
         stackTable?.start { [weak self] () throws(KernelError) -> (refs: Set<StackRef>, lookup: StackTable.Lookup) in
@@ -45,14 +49,17 @@ public final class AttachedProbe: Sendable {
         }
     }
 
-    init(descriptor: FlavourDescriptor, hub: SyscallHub.Membership, boundTo: String?, plan: AggregatePlan, reportsAggregate: Bool = true) {
+    init(descriptor: FlavourDescriptor, hub: SyscallHub.Membership, boundTo: String?, plan: AggregatePlan, reportsAggregate: Bool = true,
+         events: ProbeEvents? = nil) {
         self.descriptor = descriptor
+        self.events = events
         taskStorage = hub.taskStorage
         self.boundTo = boundTo
         self.plan = plan
         self.reportsAggregate = reportsAggregate
         resources = Mutex(.hub(hub))
         stackTable = nil
+        if let events { EventPump.shared.register(events) }
     }
 
     /// Whether the probe is a slot of a shared syscall hook.
@@ -64,9 +71,11 @@ public final class AttachedProbe: Sendable {
         set { recorded.withLock { $0 = newValue } }
     }
 
-    /// Detaches and frees everything, off the caller's path.
-    public func detach(reaper: Reaper) {
+    /// Detaches and frees everything, off the caller's path. Its event streams end with
+    /// `end` and `reason` (after the events still in the ring buffer).
+    public func detach(reaper: Reaper, reason: FeedEndReason = .deleted) {
         stackTable?.stop()
+        events?.finish(reason)
         let taken = resources.withLock { r -> Resources in
             defer { r = .detached }
             return r
@@ -90,6 +99,7 @@ public final class AttachedProbe: Sendable {
         case .own(let own, _): object = own
         case .hub(let membership):
             var counters = try membership.read(topProcesses: topProcesses)
+            addEvents(&counters)
             if reportsAggregate {
                 counters.aggregate = plan.keyed
                     ? KeyTableReader.aggregate(try membership.readKeys(), plan: plan, layout: .hub, droppedKeys: counters.droppedKeys)
@@ -117,6 +127,7 @@ public final class AttachedProbe: Sendable {
             counters.processes = ProbeCounters.topProcesses(table, limit: topProcesses)
         }
         counters.add(object.programStats())
+        addEvents(&counters)
         if reportsAggregate {
             counters.aggregate = plan.keyed
                 ? KeyTableReader.aggregate(try object.readMap(maps.keys), plan: plan, layout: .own, droppedKeys: counters.droppedKeys)
@@ -130,6 +141,15 @@ public final class AttachedProbe: Sendable {
             }
         }
         return counters
+    }
+
+    private func addEvents(_ counters: inout ProbeCounters) {
+        guard let events else { return }
+        let feed = events.feed.counts
+        counters.events = ProbeCounters.EventCounts(
+            minLatencyNs: countsOnly ? nil : events.spec.threshold, maxPerSecond: events.spec.rate, bufferKiB: events.spec.bufferBytes / 1024,
+            emitted: counters.eventsEmitted, throttled: counters.eventsThrottled, lost: counters.eventsLost,
+            consumed: events.consumed, subscribers: feed.subscribers, missed: feed.missed)
     }
 
     /// The stack parts the key table names now, and the stack map's raw frames.

@@ -122,9 +122,21 @@ public struct Planner: Sendable {
             for binding in bindings.isEmpty ? [nil] : bindings {
                 var bound = input
                 bound.binding = binding
-                result = attacher.attach(descriptor, bound).map { made in
-                    AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
-                                  boundTo: made.recipe.boundTo, plan: plan, reportsAggregate: spec.aggregate != nil || spec.target.type == .profile)
+                result = attacher.attach(descriptor, bound).flatMap { made in
+                    var events: ProbeEvents?
+                    if let spec = spec.events {
+                        do throws(KernelError) {
+                            let ring = try made.object.openRing(LatencyBPF.Maps.events, index: nil)
+                            events = ProbeEvents(ring: ring, spec: spec, plan: plan, layout: .own,
+                                                 kind: descriptor.measures == .events ? "tracepoint" : "call")
+                        } catch {
+                            attacher.reaper.dispose(links: made.links, objects: [made.object])
+                            return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: report.kernel))
+                        }
+                    }
+                    return .success(AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
+                                                  boundTo: made.recipe.boundTo, plan: plan,
+                                                  reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events))
                 }
                 guard case .failure(let failed) = result, failed.stage == .load, failed.errno == .ESRCH || failed.errno == .ENOENT else { break }
             }

@@ -31,6 +31,39 @@ public struct ProbeCounters: Sendable, Hashable {
     public var stackFull: UInt64 = 0
     /// The key table, for probes with an `aggregate` spec.
     public var aggregate: KeyedAggregate?
+    /// Events written to the ring buffer, refused by the rate limit, refused by a full ring.
+    public var eventsEmitted: UInt64 = 0
+    public var eventsThrottled: UInt64 = 0
+    public var eventsLost: UInt64 = 0
+    /// The events member of the metrics, for probes with an `events` spec.
+    public var events: EventCounts?
+
+    /// A probe's events as its metrics show them.
+    public struct EventCounts: Sendable, Hashable, Codable {
+        public var minLatencyNs: UInt64?
+        public var maxPerSecond: UInt32
+        public var bufferKiB: UInt32
+        /// Written to the ring buffer by the kernel.
+        public var emitted: UInt64
+        /// Not written: over max_per_second.
+        public var throttled: UInt64
+        /// Not written: the ring buffer was full.
+        public var lost: UInt64
+        /// Read from the ring by the agent and put in the stream.
+        public var consumed: UInt64
+        /// Streams open now.
+        public var subscribers: Int
+        /// Events that did not reach a subscriber (it read too slowly, or resumed too late):
+        /// the sum of the `gap` counts sent.
+        public var missed: UInt64
+
+        enum CodingKeys: String, CodingKey {
+            case minLatencyNs = "min_latency_ns"
+            case maxPerSecond = "max_per_second"
+            case bufferKiB = "buffer_kib"
+            case emitted, throttled, lost, consumed, subscribers, missed
+        }
+    }
 
     public init() {}
 
@@ -42,6 +75,9 @@ public struct ProbeCounters: Sendable, Hashable {
         latencySumNanoseconds &+= stats.lat_sum_ns
         droppedKeys &+= stats.dropped_keys
         stackFull &+= stats.stack_full
+        eventsEmitted &+= stats.events
+        eventsThrottled &+= stats.throttled
+        eventsLost &+= stats.lost
     }
 
     /// Adds the programs' run-time statistics.

@@ -98,6 +98,13 @@ public actor ProbeManager {
 
     public var count: Int { entries.count }
 
+    /// A committed probe's spec and its events (nil when it has no `events` spec or is not
+    /// attached), for a subscriber.
+    public func events(_ name: String) throws(ProbeError) -> (spec: ProbeSpec, events: ProbeEvents?) {
+        guard let entry = entries[name] else { throw Self.notFound(name) }
+        return (entry.spec, entry.probe?.events)
+    }
+
     /// Why changes cannot be saved now (nil when they can, or when nothing is saved).
     public nonisolated var stateProblem: String? {
         guard let state, case .failing(let since, let error) = state.health else { return nil }
@@ -193,7 +200,7 @@ public actor ProbeManager {
             throw error
         }
         // The old attachment goes only once the new one works and is saved: a failed replace keeps it.
-        existing.probe?.detach(reaper: reaper)
+        existing.probe?.detach(reaper: reaper, reason: .replaced)
         return (replacement.view(name: name), .replaced)
     }
 
@@ -257,7 +264,7 @@ public actor ProbeManager {
     /// left as it is, so a restart with the same state directory brings the probes back.
     public func removeAll() {
         shuttingDown = true
-        for (_, entry) in entries { entry.probe?.detach(reaper: reaper) }
+        for (_, entry) in entries { entry.probe?.detach(reaper: reaper, reason: .shutdown) }
         entries.removeAll()
         expiryTask?.cancel()
         expiryTask = nil
@@ -394,7 +401,7 @@ public actor ProbeManager {
         for (name, entry) in entries where !held.contains(name) {
             guard let deadline = entry.deadline, deadline <= now else { continue }
             entries[name] = nil
-            entry.probe?.detach(reaper: reaper)
+            entry.probe?.detach(reaper: reaper, reason: .expired)
             logger.info("probe \(name) expired (ttl_seconds \(entry.spec.ttlSeconds ?? 0)) and was detached")
             changed = true
         }
@@ -497,7 +504,7 @@ public actor ProbeManager {
 
     /// Whether two specs attach the same way (they differ at most in TTL and labels).
     static func sameAttachment(_ a: ProbeSpec, _ b: ProbeSpec) -> Bool {
-        a.target == b.target && a.mechanisms == b.mechanisms && a.filter == b.filter && a.aggregate == b.aggregate
+        a.target == b.target && a.mechanisms == b.mechanisms && a.filter == b.filter && a.aggregate == b.aggregate && a.events == b.events
     }
 
     private func generateName() -> String {

@@ -28,6 +28,8 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
     public var aggregate: KeyedAggregate?
     /// Keys in the table before trimming.
     public var totalKeys: Int = 0
+    /// Probes with an `events` spec: what was streamed and what was not.
+    public var events: ProbeCounters.EventCounts?
 
     /// Keeps the `n` keys with most calls.
     public func top(_ n: Int) -> ProbeMetrics {
@@ -40,7 +42,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, mechanism, target, since, calls, errors, overhead, aggregate
+        case name, mechanism, target, since, calls, errors, overhead, aggregate, events
         case latencyNanoseconds = "latency_ns"
         case byProcess = "by_process"
     }
@@ -57,6 +59,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
         try c.encode(byProcess, forKey: .byProcess)
         try c.encode(overhead, forKey: .overhead)
         if let aggregate { try c.encode(AggregateJSON(aggregate, totalKeys: totalKeys), forKey: .aggregate) }
+        try c.encodeIfPresent(events, forKey: .events)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -74,6 +77,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
             aggregate = wire.aggregate
             totalKeys = wire.totalKeys
         }
+        events = try c.decodeIfPresent(ProbeCounters.EventCounts.self, forKey: .events)
     }
 
     public init(name: String, mechanism: Flavour, target: String, since: Date, counters: ProbeCounters, countsOnly: Bool) {
@@ -88,6 +92,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
         overhead = Overhead(runTimeNanoseconds: counters.runTimeNanoseconds, runCount: counters.runCount)
         aggregate = counters.aggregate
         totalKeys = counters.aggregate?.entries.count ?? 0
+        events = counters.events
     }
 }
 

@@ -113,10 +113,13 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
     public var labels: [String: String]?
     /// Keys and values counted in the kernel; nil: totals, latency and top processes only.
     public var aggregate: AggregateSpec?
+    /// Calls (or events) streamed one by one; nil: none.
+    public var events: EventsSpec?
 
     public init(name: String? = nil, target: ProbeTarget, mechanisms: [String]? = nil, filter: ProbeFilter? = nil,
-                ttlSeconds: Int? = nil, labels: [String: String]? = nil, aggregate: AggregateSpec? = nil) {
+                ttlSeconds: Int? = nil, labels: [String: String]? = nil, aggregate: AggregateSpec? = nil, events: EventsSpec? = nil) {
         self.aggregate = aggregate
+        self.events = events
         self.name = name
         self.target = target
         self.mechanisms = mechanisms
@@ -126,7 +129,7 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, target, mechanisms, filter, labels, aggregate
+        case name, target, mechanisms, filter, labels, aggregate, events
         case ttlSeconds = "ttl_seconds"
     }
 
@@ -139,6 +142,7 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
         try c.encode(ttlSeconds, forKey: .ttlSeconds)
         try c.encode(labels ?? [:], forKey: .labels)
         try c.encodeIfPresent(aggregate, forKey: .aggregate)
+        try c.encodeIfPresent(events, forKey: .events)
     }
 }
 
@@ -298,6 +302,7 @@ extension ProbeSpec {
                 errors.append(FieldError(field: "filter.pod_uid", message: "must be a pod UID: 8-4-4-4-12 hex digits, or a static pod's 32 (`kubectl get pod -o jsonpath='{.metadata.uid}'`)"))
             }
         }
+        if let events { errors += events.validate(target: target.type) }
         if let ttl = ttlSeconds, ttl < 1 || ttl > Self.maxTTLSeconds {
             errors.append(FieldError(field: "ttl_seconds", message: "must be from 1 to \(Self.maxTTLSeconds)"))
         }

@@ -74,6 +74,8 @@ public final class SyscallHub: Sendable {
         let plan: AggregatePlan
         /// Which claim of the slot this membership is.
         let claim: UInt32
+        /// The slot's ring buffer, for probes with events (its own fd: it outlives the slot).
+        let ring: (any EventRing)?
 
         func leave() { hub.leave(self) }
         func read(topProcesses: Int) throws(KernelError) -> ProbeCounters { try hub.read(self, topProcesses: topProcesses) }
@@ -99,8 +101,12 @@ public final class SyscallHub: Sendable {
         let nr = UInt32(number)
         return joining.withLock { _ in
             join(nr: nr, filter: input.spec.filter, input: input).map { m in
-                AttachedProbe(descriptor: descriptor, hub: m, boundTo: "syscall nr \(nr), slot \(m.slot)", plan: input.plan,
-                              reportsAggregate: input.spec.aggregate != nil)
+                var events: ProbeEvents?
+                if let ring = m.ring, let spec = input.spec.events {
+                    events = ProbeEvents(ring: ring, spec: spec, plan: input.plan, layout: .hub, kind: "call")
+                }
+                return AttachedProbe(descriptor: descriptor, hub: m, boundTo: "syscall nr \(nr), slot \(m.slot)", plan: input.plan,
+                                     reportsAggregate: input.spec.aggregate != nil, events: events)
             }
         }
     }
@@ -137,7 +143,7 @@ public final class SyscallHub: Sendable {
                     }
                 }
             }
-            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, cgroup: input.cgroup, plan: input.plan, facts: input.facts) }) { return joined }
+            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, cgroup: input.cgroup, plan: input.plan, events: input.spec.events, facts: input.facts) }) { return joined }
         }
         return .failure(refusal("the shared raw_syscalls hook was dropped three times while joining", errno: .EBUSY))
     }
@@ -145,13 +151,14 @@ public final class SyscallHub: Sendable {
     /// Takes a free slot of the loaded hub for syscall `nr`; nil when the hub was dropped
     /// meanwhile (the caller loads it again).
     private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, cgroup: CgroupFilter?, plan: AggregatePlan,
-                       facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
+                       events: EventsSpec?, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
         guard let loaded = s.loaded else { return nil }
         guard let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
             return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
         }
         let maps = SyscallHubBPF.Maps.self
         let onThisSyscall = s.members.filter { $0.value == nr }.keys.sorted()
+        var ring: (any EventRing)?
         do throws(KernelError) {
             // A slot is cleared when it is taken, not when it is left: a program still
             // running for the previous owner then cannot leave counts behind.
@@ -166,8 +173,15 @@ public final class SyscallHub: Sendable {
             if plan.keyed {
                 try loaded.object.setInnerMap(Self.keyTable(plan), index: UInt32(slot), maxEntries: UInt32(plan.maxKeys))
             }
+            // A fresh ring buffer and rate window: nothing of the previous owner's reaches this one.
+            try loaded.object.removeInnerMap(maps.slotEvents, index: UInt32(slot))
+            try loaded.object.update(maps.slotRate, index: UInt32(slot), to: UInt64(0))
+            if let events {
+                try loaded.object.setInnerMap(maps.slotEvents, index: UInt32(slot), maxEntries: events.bufferBytes)
+                ring = try loaded.object.openRing(maps.slotEvents, index: UInt32(slot))
+            }
             s.claims &+= 1
-            var value = Self.filterValue(filter, plan: plan)
+            var value = Self.filterValue(filter, plan: plan, events: events)
             value.claim = s.claims
             if var cgroup {
                 if loaded.cgroupMode == .underCgroup || cgroup.match.level == nil {
@@ -191,13 +205,15 @@ public final class SyscallHub: Sendable {
             // the slot is taken again).
             try? loaded.object.removeInnerMap(maps.slotKeys, index: UInt32(slot))
             try? loaded.object.removeInnerMap(maps.slotKeysStr, index: UInt32(slot))
+            try? loaded.object.removeInnerMap(maps.slotEvents, index: UInt32(slot))
+            ring?.close()
             if s.members.isEmpty { drop(&s) }
             return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: facts))
         }
         s.members[slot] = nr
         s.memberClaims[slot] = s.claims
         return .success(Membership(hub: self, slot: slot, nr: nr, generation: s.generation, taskStorage: loaded.taskStorage, plan: plan,
-                                   claim: s.claims))
+                                   claim: s.claims, ring: ring))
     }
 
     /// Removes a probe: unlists its slot (its programs stop counting for it at once) and
@@ -227,6 +243,7 @@ public final class SyscallHub: Sendable {
         // Its key table's memory goes now, not when the slot is taken again.
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeysStr, index: UInt32(m.slot))
+        try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotEvents, index: UInt32(m.slot))
         if s.members.isEmpty { drop(&s) }
         return true
     }
@@ -300,7 +317,7 @@ public final class SyscallHub: Sendable {
         return value
     }
 
-    static func filterValue(_ filter: ProbeFilter?, plan: AggregatePlan) -> hub_filter {
+    static func filterValue(_ filter: ProbeFilter?, plan: AggregatePlan, events: EventsSpec? = nil) -> hub_filter {
         var value = hub_filter()
         value.tgid = UInt32(filter?.pid ?? 0)
         value.comm_set = filter?.comm == nil ? 0 : 1
@@ -338,6 +355,11 @@ public final class SyscallHub: Sendable {
             value.hist_step = plan.histogram.step
         }
         value.flags = flags
+        if let events {
+            value.flags |= UInt32(HUB_F_EVENTS)
+            value.event_min_latency_ns = events.threshold
+            value.event_rate = events.rate
+        }
         return value
     }
 }
