@@ -61,7 +61,8 @@ public enum SpecDecoder {
     enum Kind { case string, integer, boolean, object, strings, stringMap }
     static let kinds: [String: [String: Kind]] = [
         "": ["name": .string, "target": .object, "mechanisms": .strings, "filter": .object,
-             "ttl_seconds": .integer, "labels": .stringMap, "aggregate": .object],
+             "ttl_seconds": .integer, "labels": .stringMap, "aggregate": .object, "events": .object],
+        "events": ["min_latency_ns": .integer, "max_per_second": .integer, "buffer_kib": .integer],
         // Only JSON types here: how many keys, which names and what bounds are
         // AggregatePlan.resolve's (field errors such as `aggregate.by`).
         "aggregate": ["by": .strings, "value": .string, "histogram": .object, "max_keys": .integer, "by_process": .boolean],

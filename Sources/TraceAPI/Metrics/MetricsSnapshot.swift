@@ -186,6 +186,31 @@ public struct MetricsSnapshot: Sendable {
             writer.value(table.stackFull)
         }
 
+        let streaming = zip(probes, identities).compactMap { probe, identity in probe.metrics.events.map { ($0, identity) } }
+        for (name, help, value) in [
+            ("traceplane_probe_events_total", "Events (calls over events.min_latency_ns, or tracepoint events) written to the probe's ring buffer.",
+             { (e: ProbeCounters.EventCounts) in e.emitted }),
+            ("traceplane_probe_events_throttled_total", "Events not written: over the probe's events.max_per_second (counted in the kernel).",
+             { $0.throttled }),
+            ("traceplane_probe_events_lost_total", "Events not written: the probe's ring buffer was full (the agent did not drain it in time).",
+             { $0.lost }),
+            ("traceplane_probe_events_missed_total", "Events that did not reach a subscriber that read too slowly or resumed too late (the gap counts sent).",
+             { $0.missed }),
+        ] as [(String, String, (ProbeCounters.EventCounts) -> UInt64)] {
+            writer.family(name, type: .counter, help: help)
+            for (events, identity) in streaming {
+                writer.sample()
+                writer.labels(identity)
+                writer.value(value(events))
+            }
+        }
+        writer.family("traceplane_probe_event_subscribers", type: .gauge, help: "Event streams (GET /v1/probes/{name}/events) open now.")
+        for (events, identity) in streaming {
+            writer.sample()
+            writer.labels(identity)
+            writer.value(UInt64(events.subscribers))
+        }
+
         // One info series per cgroup that a kept key names: joins the key series (by
         // `cgroup`) or kube-state-metrics (`pod_uid` = kube_pod_info's `uid`).
         var cgroups: [String: CgroupIdentity] = [:]

@@ -133,7 +133,9 @@ struct MetricsSnapshotTests {
             "traceplane_probe_info", "traceplane_probe_calls_total", "traceplane_probe_errors_total",
             "traceplane_probe_latency_seconds", "traceplane_probe_bpf_run_seconds_total", "traceplane_probe_bpf_runs_total",
             "traceplane_probe_key_calls_total", "traceplane_probe_key_errors_total", "traceplane_probe_key_value",
-            "traceplane_probe_dropped_keys_total", "traceplane_probe_stacks_lost_total", "traceplane_cgroup_info", "traceplane_probes", "traceplane_capability_supported", "traceplane_attach_attempts_total",
+            "traceplane_probe_dropped_keys_total", "traceplane_probe_stacks_lost_total",
+            "traceplane_probe_events_total", "traceplane_probe_events_throttled_total", "traceplane_probe_events_lost_total",
+            "traceplane_probe_events_missed_total", "traceplane_probe_event_subscribers", "traceplane_cgroup_info", "traceplane_probes", "traceplane_capability_supported", "traceplane_attach_attempts_total",
             "traceplane_http_requests_total", "traceplane_process_resident_memory_bytes", "traceplane_process_open_fds",
             "traceplane_build_info", "traceplane_scrape_duration_seconds",
         ])
