@@ -9,14 +9,18 @@ public final class CallChains {
 
     /// The built program, or why it could not be built (clang is on PATH wherever the
     /// Swift toolchain is).
-    public static let binary: Result<String, BuildFailure> = {
+    public static let binary = build(source: "tests/stacks/callchains.c", name: comm, flags: ["-O0", "-fno-omit-frame-pointer"])
+
+    /// Builds `source` (relative to the repository) with clang into a per-process
+    /// temporary directory as `name`, or says why it could not.
+    public static func build(source: String, name: String, flags: [String]) -> Result<String, BuildFailure> {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let source = root.appendingPathComponent("tests/stacks/callchains.c").path
-        let dir = NSTemporaryDirectory() + "tp-callchains-\(getpid())"
-        let out = "\(dir)/\(comm)"
+        let path = root.appendingPathComponent(source).path
+        let dir = NSTemporaryDirectory() + "\(name)-\(getpid())"
+        let out = "\(dir)/\(name)"
         let clang = Process()
         clang.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        clang.arguments = ["clang", "-O0", "-fno-omit-frame-pointer", "-o", out, source]
+        clang.arguments = ["clang"] + flags + ["-o", out, path]
         let log = Pipe()
         clang.standardOutput = log
         clang.standardError = log
@@ -24,13 +28,13 @@ public final class CallChains {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             try clang.run()
         } catch {
-            return .failure(BuildFailure(description: "cannot run clang on \(source): \(error)"))
+            return .failure(BuildFailure(description: "cannot run clang on \(path): \(error)"))
         }
         let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         clang.waitUntilExit()
-        guard clang.terminationStatus == 0 else { return .failure(BuildFailure(description: "clang failed building \(source):\n\(text)")) }
+        guard clang.terminationStatus == 0 else { return .failure(BuildFailure(description: "clang failed building \(path):\n\(text)")) }
         return .success(out)
-    }()
+    }
 
     public struct BuildFailure: Error, CustomStringConvertible { public var description: String }
     public struct Failure: Error, CustomStringConvertible { public var description: String }
