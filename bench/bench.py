@@ -15,6 +15,9 @@ Run it through bench/run.sh (installs the tools, builds, then calls this). Secti
 6. stacks: a `kstack` count on sched_switch against bpftrace's `@[kstack] = count()` (cost
    per context switch), a 99 Hz profile's host CPU against bpftrace's `profile:hz:99`, and
    `traceplane bench-symbolize` (10,000 distinct stacks). `--sections stacks` runs it alone.
+7. events: what `events` adds to a call under its threshold (section 1's rounds, next to the
+   same probe without events), and 50,000 events/s streamed to a curl -N subscriber
+   (`--sections events-stream` runs that alone).
 
 The machine is shared and noisy, so every comparison is made inside one run: rounds are
 interleaved (each round visits every configuration, in a rotated order), every sample is
@@ -147,7 +150,7 @@ class Agent:
                 if attempt:
                     raise
 
-    def put_probe(self, name, syscall, mechanism=None, pid=None, aggregate=None, filter_extra=None):
+    def put_probe(self, name, syscall, mechanism=None, pid=None, aggregate=None, filter_extra=None, events=None):
         """PUT a syscall probe; without `aggregate` the spec is exactly the v0 one (no
         `aggregate` member), so that the rows measured before keys existed keep their meaning.
         `filter_extra`: more members of `filter` (e.g. `cgroup`), next to the pid."""
@@ -158,6 +161,8 @@ class Agent:
             spec["filter"] = ({"pid": pid} if pid else {}) | dict(filter_extra or {})
         if aggregate is not None:
             spec["aggregate"] = aggregate
+        if events is not None:
+            spec["events"] = events
         return self.put_spec(name, spec, f"{syscall} via {mechanism or 'default'}")
 
     def put_spec(self, name, spec, what=""):
@@ -304,9 +309,9 @@ class TracePlaneProbe(Configuration):
     filled the key table, not only the totals that every probe keeps."""
 
     def __init__(self, pool, mechanism, pid, agent_args=(), binary=None, aggregate=None, label=None, syscalls=None,
-                 filter_extra=None):
+                 filter_extra=None, events=None):
         self.pool, self.mechanism, self.pid, self.agent_args = pool, mechanism, pid, tuple(agent_args)
-        self.binary, self.aggregate, self.filter_extra = binary, aggregate, filter_extra
+        self.binary, self.aggregate, self.filter_extra, self.events = binary, aggregate, filter_extra, events
         self.label = label or ((f"TracePlane, {mechanism}" if mechanism else "TracePlane, default") +
                                "".join(f" {a}" for a in agent_args) + (" (baseline build)" if binary else ""))
         if syscalls:
@@ -319,7 +324,7 @@ class TracePlaneProbe(Configuration):
         for i, target in enumerate((syscall,) + tuple(extra)):
             name = f"bench-{i}"
             probe = self.agent.put_probe(name, target, self.mechanism, self.pid, self.aggregate,
-                                         self.filter_extra if i == 0 else None)
+                                         self.filter_extra if i == 0 else None, self.events if i == 0 else None)
             if i == 0:
                 self.picked = probe["mechanism"]
             names.append(name)
@@ -647,6 +652,117 @@ KEYED = {"no tables": "TracePlane, no keys, no process table",
 # The cgroup-filter rows (filter.cgroup naming the loop's cgroup) and the row each adds to.
 CGROUP_FILTER = {"TracePlane, default + filter.cgroup": "TracePlane, default",
                  "TracePlane, tracepoint + filter.cgroup": "TracePlane, tracepoint"}
+
+# The events rows (a threshold no call meets: every call pays only the comparison) and the
+# row each adds to.
+EVENTS_IDLE = {"TracePlane, default + events (threshold never met)": "TracePlane, default",
+               "TracePlane, tracepoint + events (threshold never met)": "TracePlane, tracepoint"}
+
+
+def events_configs(pool, pid):
+    """Section 7's overhead rows: the default and tracepoint probes with `events` whose
+    threshold (1 s) no getppid or 1-byte read meets."""
+    events = {"min_latency_ns": 1_000_000_000, "max_per_second": 10000}
+    return [TracePlaneProbe(pool, None, pid, events=events, label=label) if "default" in label else
+            TracePlaneProbe(pool, "tracepoint", pid, events=events, label=label) for label in EVENTS_IDLE]
+
+
+def events_stream(args, binary, sleeper):
+    """Section 7's throughput: a fresh agent, a probe on getppid whose every call is an
+    event, one curl -N NDJSON subscriber, and tests/events/sleeper.c making
+    `--events-rate` getppid calls a second for `--events-seconds`; per round: events the
+    subscriber got, the kernel's lost and throttled, gaps, and the agent's CPU."""
+    rounds = []
+    total = args.events_rate * args.events_seconds
+    for r in range(args.events_rounds):
+        agent = Agent(binary)
+        try:
+            agent.put_spec("bench-events", {"target": {"type": "syscall", "name": "getppid"},
+                                            "filter": {"comm": "tp-sleeper"},
+                                            "events": {"min_latency_ns": 0, "max_per_second": 16777215, "buffer_kib": 16384}})
+            out = f".build/bench/events-{r}.ndjson"
+            with open(out, "wb") as f:
+                curl = spawn(["curl", "-sSN", "--max-time", str(args.events_seconds + 60), "-H", "Accept: application/x-ndjson",
+                              f"http://127.0.0.1:{agent.port}/v1/probes/bench-events/events"], stdout=f)
+                deadline = time.time() + 10
+                while agent.metrics("bench-events")["events"]["subscribers"] < 1 and time.time() < deadline:
+                    time.sleep(0.05)
+                cpu0, t0 = process_cpu_s(agent.pid), time.time()
+                work = spawn([sleeper, "getppid", str(total), str(args.events_rate)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+                work.stdout.readline()
+                work.stdin.write("go\n")
+                work.stdin.flush()
+                work.stdout.readline()
+                elapsed = time.time() - t0
+                deadline = time.time() + 30
+                while agent.metrics("bench-events")["events"]["consumed"] < total and time.time() < deadline:
+                    time.sleep(0.05)
+                cpu = process_cpu_s(agent.pid) - cpu0
+                ev = agent.metrics("bench-events")["events"]
+                work.stdin.close()
+                work.wait(timeout=10)
+                agent.delete_probe("bench-events")
+                curl.wait(timeout=30)
+            calls = gaps = 0
+            with open(out) as f:
+                for line in f:
+                    if line.startswith('{"event":"call"'):
+                        calls += 1
+                    elif line.startswith('{"event":"gap"'):
+                        gaps += json.loads(line)["missed"]
+            os.unlink(out)
+            rounds.append({"events": total, "received": calls, "gap_missed": gaps, "emitted": ev["emitted"],
+                           "lost": ev["lost"], "throttled": ev["throttled"], "seconds": elapsed,
+                           "rate": total / elapsed, "agent_cpu_percent": 100 * cpu / elapsed})
+            log(f"events stream round {r + 1}/{args.events_rounds}: {rounds[-1]}")
+        finally:
+            agent.stop()
+    return rounds
+
+
+def write_events(w, args, over, ev):
+    """Section 7's tables."""
+    samples = over[0]
+    w("## 7. Events\n")
+    rows = []
+    for label, other in EVENTS_IDLE.items():
+        for m in ("getppid", "read1"):
+            pd = paired_diff(samples, label, other, m)
+            if pd:
+                rows.append(f"| {label} − {other} | {m} | {pd[0]:+.1f} | {pd[1]:+.1f} … {pd[2]:+.1f} |")
+    if rows:
+        w("What `events` adds to a call under its threshold: the same probe with and without `events` "
+          "(threshold 1 s), in section 1's rounds, paired by round.\n")
+        w("| configuration | measurement | added ns per call (median) | min … max over rounds |")
+        w("|---|---|---:|---|")
+        for row in rows:
+            w(row)
+        w("")
+    if ev:
+        w(f"Streaming: every getppid call an event, {args.events_rate:,} calls a second for {args.events_seconds} s "
+          "(tests/events/sleeper.c, paced), one `curl -N` NDJSON subscriber, a 16 MiB ring buffer; release build.\n")
+        w("| round | events made | received by curl | gap (missed) | lost (ring full) | throttled | achieved rate | agent CPU |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for i, r in enumerate(ev):
+            w(f"| {i + 1} | {r['events']:,} | {r['received']:,} | {r['gap_missed']:,} | {r['lost']} | {r['throttled']} | "
+              f"{r['rate']:,.0f}/s | {r['agent_cpu_percent']:.1f} % |")
+        w("")
+
+
+def events_targets(over, ev):
+    """Section 7's rows of the targets table."""
+    rows = []
+    for label, other in EVENTS_IDLE.items():
+        pd = [paired_diff(over[0], label, other, m) for m in ("getppid", "read1")]
+        if all(pd):
+            rows.append((f"events, call under the threshold: ≤ 10 ns added ({label.split(',')[1].split('+')[0].strip()}; getppid / read)",
+                         " / ".join(f"{p[0]:+.1f} ns" for p in pd) + " (paired median)", verdict(all(p[0] <= 10 for p in pd))))
+    if ev:
+        ok = all(r["lost"] == 0 and r["received"] == r["events"] and r["rate"] >= 0.95 * 50000 for r in ev)
+        rows.append(("50,000 events/s reach a subscriber with lost = 0",
+                     "; ".join(f"{r['received']:,}/{r['events']:,} at {r['rate']:,.0f}/s, lost {r['lost']}" for r in ev), verdict(ok)))
+    return rows
 
 
 def keyed_configs(pool, pid):
@@ -1115,7 +1231,7 @@ def keyed_pairs(meta):
              "by cgroup (latency histogram): ≤ 0.35× bpftrace's `@[cgroup] = hist()` (getppid / read)")]
 
 
-def write_report(path, args, meta, over, scal, cp, kcp, tools, stk=None):
+def write_report(path, args, meta, over, scal, cp, kcp, tools, stk=None, ev=None):
     samples, counts, by_cpu = over
     lines = []
     w = lines.append
@@ -1399,6 +1515,7 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools, stk=None):
                     text += f"; CPU {c}: " + " / ".join(f"{a - b:+.0f}" for a, b in pc)
             rows.append((f"cgroup filter ({flavour}): ≤ 15 ns added per traced call (getppid / read)", text,
                          verdict(all(d <= 15 for d in ds))))
+    rows += events_targets(over, ev)
     if scal:
         sc = [median([v[1] for v in scal.get(("TracePlane", picked, c), [])]) for c in probe_counts]
         scf = [median([v[1] for v in scal.get(("floor", picked, c), [])]) for c in probe_counts]
@@ -1443,6 +1560,8 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools, stk=None):
     w("")
     if stk:
         write_stacks(w, args, stk)
+    if ev or any(k[0] in EVENTS_IDLE for k in samples):
+        write_events(w, args, over, ev)
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as f:
             w(f.read())
@@ -1667,7 +1786,7 @@ FILLERS = ["mknod", "chroot", "sethostname", "setdomainname", "acct", "swapon", 
 
 
 # Every part --skip and --sections name.
-PARTS = {"overhead", "keys", "cgroup", "scaling", "control", "keyed-control", "stacks"}
+PARTS = {"overhead", "keys", "cgroup", "scaling", "control", "keyed-control", "stacks", "events", "events-stream"}
 
 
 def usable_fillers():
@@ -1688,10 +1807,11 @@ def usable_syscalls(names):
             and (not known or f in known)]
 
 
-def save_raw(args, meta, over, scal, cp, kcp, tools, stk):
+def save_raw(args, meta, over, scal, cp, kcp, tools, stk, ev):
     os.makedirs(os.path.dirname(os.path.abspath(args.raw)), exist_ok=True)
     with open(args.raw, "w") as f:
         json.dump({"args": vars(args), "meta": meta, "tools": tools, "control": cp, "keyed_control": kcp, "stacks": stk,
+                   "events_stream": ev,
                    "samples": {"|".join(k): v for k, v in over[0].items()},
                    "counts": {"|".join(k): v for k, v in over[1].items()},
                    "by_cpu": {"|".join(k): v for k, v in over[2].items()},
@@ -1745,6 +1865,10 @@ def main():
     ap.add_argument("--profile-rounds", type=int, default=3, help="rounds of the 99 Hz profile rows (each tracer once)")
     ap.add_argument("--symbolize-rounds", type=int, default=5, help="runs of `traceplane bench-symbolize`")
     ap.add_argument("--symbolize-stacks", type=int, default=10000, help="distinct stacks per bench-symbolize run")
+    ap.add_argument("--sleeper", default=".build/bench/sleeper", help="tests/events/sleeper.c, built (section 7)")
+    ap.add_argument("--events-rate", type=int, default=50000, help="events per second of the streaming rows")
+    ap.add_argument("--events-seconds", type=int, default=5, help="seconds of each streaming round")
+    ap.add_argument("--events-rounds", type=int, default=3, help="rounds of the streaming rows")
     ap.add_argument("--raw", default=".build/bench/results.json", help="where the raw samples are saved")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from --raw without measuring")
     args = ap.parse_args()
@@ -1759,7 +1883,7 @@ def main():
                 {tuple(k.split("|")): v for k, v in raw.get("by_cpu", {}).items()})
         scal = {(k.split("|")[0], k.split("|")[1], int(k.split("|")[2])): v for k, v in raw["scaling"].items()}
         write_report(args.out, args, raw["meta"], over, scal, raw["control"], raw.get("keyed_control", {}), raw["tools"],
-                     raw.get("stacks") or None)
+                     raw.get("stacks") or None, raw.get("events_stream") or None)
         return
     if os.geteuid() != 0:
         raise SystemExit("bench.py needs root (it loads BPF programs)")
@@ -1826,6 +1950,10 @@ def main():
             keyed = keyed_configs(pool, loop.pid)
             tps += [c for c in keyed if isinstance(c, TracePlaneProbe)]
             configs += keyed
+        if "events" not in skip:
+            evc = events_configs(pool, loop.pid)
+            tps += evc
+            configs += evc
         if cgroup:
             cg = cgroup_configs(pool, loop.pid, "/" + BenchCgroup.NAME)
             tps += [c for c in cg if isinstance(c, TracePlaneProbe)]
@@ -1849,6 +1977,10 @@ def main():
         stk = {}
         if "stacks" not in skip:
             stk = stacks_section(args, loop, pool, args.traceplane, args.loop)
+        ev = []
+        if "events-stream" not in skip:
+            pool.stop()
+            ev = events_stream(args, args.traceplane, args.sleeper)
     finally:
         loop.close()
         pool.stop()
@@ -1857,8 +1989,8 @@ def main():
     meta["load_end"] = loadavg()
     meta["links_end"] = foreign_bpf_links()
     meta["elapsed"] = time.time() - started
-    save_raw(args, meta, over, scal, cp, kcp, tools, stk)
-    write_report(args.out, args, meta, over, scal, cp, kcp, tools, stk)
+    save_raw(args, meta, over, scal, cp, kcp, tools, stk, ev)
+    write_report(args.out, args, meta, over, scal, cp, kcp, tools, stk, ev)
     log(f"wrote {args.out} in {meta['elapsed']:.0f} s (load at end {meta['load_end']})")
 
 
