@@ -40,6 +40,7 @@ public final class EventStreamBody: HTTPBodyStream {
         }
     }
 
+    /// The format the stream is written in (its response's `Content-Type` is `format.contentType`).
     public let format: Format
     private let subscription: EventSubscription
     private let keepAlive: KeepAliveTimer
