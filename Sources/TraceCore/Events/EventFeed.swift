@@ -183,6 +183,10 @@ public final class EventFeed: Sendable {
     ///     stream is live only. `0` asks for the oldest event still kept.
     ///   - follow: `false` ends the stream with ``FeedEndReason/caughtUp`` once the replay
     ///     is delivered, instead of following live events.
+    ///
+    /// The replayed events are queued whatever the queue's bounds, and count toward them:
+    /// live events that find the queue still full of replay are lost (a gap), as for any
+    /// slow reader.
     /// - Returns: the subscription, whose owner must ``EventSubscription/cancel()`` it (or
     ///   drop it). After ``finish(_:)``, its stream is only the feed's end.
     public func subscribe(after lastEventID: UInt64?, follow: Bool = true) -> EventSubscription {
