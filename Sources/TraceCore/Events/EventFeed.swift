@@ -39,7 +39,7 @@ public enum FeedItem: Sendable, Equatable {
 /// between them, not copied).
 ///
 /// Thread-safe. Publishers are serialized among themselves; the JSON is built outside the
-/// lock that subscribers take, and wake-ups are always called after that lock is released.
+/// lock that subscribers take, and wake-ups are called with no lock of the feed held.
 public final class EventFeed: Sendable {
     /// A snapshot of the feed's bookkeeping.
     public struct Counts: Sendable, Equatable {
@@ -52,6 +52,7 @@ public final class EventFeed: Sendable {
         /// counted when their gap is placed, that is before the reader's next item.
         public var missed: UInt64
 
+        /// Counts as given (tests compare against them).
         public init(published: UInt64, subscribers: Int, missed: UInt64) {
             self.published = published
             self.subscribers = subscribers
@@ -123,10 +124,10 @@ public final class EventFeed: Sendable {
     /// - Returns: the event's sequence number.
     @discardableResult
     public func publish(kind: String, json: (UInt64) -> String) -> UInt64 {
-        publishing.withLock { _ in
+        let (seq, wakes) = publishing.withLock { _ -> (UInt64, [@Sendable () -> Void]) in
             let seq = state.withLock { $0.lastSeq } + 1
             let event = Event(seq: seq, kind: kind, json: json(seq))
-            let wakes = state.withLock { s in
+            let wakes = state.withLock { s -> [@Sendable () -> Void] in
                 s.lastSeq = seq
                 if replayCapacity > 0 {
                     if s.replay.count == replayCapacity { _ = s.replay.popFirst() }
@@ -140,9 +141,10 @@ public final class EventFeed: Sendable {
                 s.missed = missed
                 return wakes
             }
-            for wake in wakes { wake() }
-            return seq
+            return (seq, wakes)
         }
+        for wake in wakes { wake() }
+        return seq
     }
 
     /// Queues `event` for `sub` if its queue has room, and returns its wake-up if one is due.
@@ -181,6 +183,10 @@ public final class EventFeed: Sendable {
     ///     stream is live only. `0` asks for the oldest event still kept.
     ///   - follow: `false` ends the stream with ``FeedEndReason/caughtUp`` once the replay
     ///     is delivered, instead of following live events.
+    ///
+    /// The replayed events are queued whatever the queue's bounds, and count toward them:
+    /// live events that find the queue still full of replay are lost (a gap), as for any
+    /// slow reader.
     /// - Returns: the subscription, whose owner must ``EventSubscription/cancel()`` it (or
     ///   drop it). After ``finish(_:)``, its stream is only the feed's end.
     public func subscribe(after lastEventID: UInt64?, follow: Bool = true) -> EventSubscription {

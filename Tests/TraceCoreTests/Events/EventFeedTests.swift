@@ -139,6 +139,15 @@ struct EventFeedTests {
         #expect(Self.drain(sub) == [.event(seq: 6, kind: "call", json: big)])
     }
 
+    @Test("A replay larger than the queue is delivered whole, and counts toward the queue's bounds")
+    func replayCountsTowardQueue() {
+        let feed = EventFeed(replayCapacity: 10, queueEvents: 3)
+        Self.publish(feed, 10)
+        let sub = feed.subscribe(after: 0)
+        Self.publish(feed, 1)
+        #expect(Self.drain(sub) == (1...10).map(Self.event) + [.gap(missed: 1)])
+    }
+
     @Test("A slow subscriber does not cost the others anything")
     func slowSubscriberIsolated() {
         let feed = EventFeed(queueEvents: 2)
