@@ -22,6 +22,12 @@ _Static_assert(TP_MHD_TERMINATED_TIMEOUT_REACHED == MHD_REQUEST_TERMINATED_TIMEO
 _Static_assert(TP_MHD_TERMINATED_DAEMON_SHUTDOWN == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN, "MHD termination code");
 _Static_assert(TP_MHD_TERMINATED_READ_ERROR == MHD_REQUEST_TERMINATED_READ_ERROR, "MHD termination code");
 _Static_assert(TP_MHD_TERMINATED_CLIENT_ABORT == MHD_REQUEST_TERMINATED_CLIENT_ABORT, "MHD termination code");
+_Static_assert(TP_MHD_READER_END_OF_STREAM == MHD_CONTENT_READER_END_OF_STREAM, "MHD reader code");
+_Static_assert(TP_MHD_READER_END_WITH_ERROR == MHD_CONTENT_READER_END_WITH_ERROR, "MHD reader code");
+_Static_assert(__builtin_types_compatible_p(tp_mhd_reader_fn, MHD_ContentReaderCallback),
+               "tp_mhd_reader_fn must be MHD_ContentReaderCallback");
+_Static_assert(__builtin_types_compatible_p(tp_mhd_reader_free_fn, MHD_ContentReaderFreeCallback),
+               "tp_mhd_reader_free_fn must be MHD_ContentReaderFreeCallback");
 
 struct tp_mhd_daemon {
   struct MHD_Daemon *mhd;
@@ -225,6 +231,18 @@ struct MHD_Response *tp_mhd_response_create(const void *data, size_t size) {
 bool tp_mhd_response_add_header(struct MHD_Response *response, const char *name,
                                 const char *value) {
   return MHD_add_response_header(response, name, value) == MHD_YES;
+}
+
+struct MHD_Response *tp_mhd_response_create_streamed(tp_mhd_reader_fn reader,
+                                                     tp_mhd_reader_free_fn free_fn,
+                                                     void *context) {
+  // The block size only sizes a buffer MHD uses for known-size bodies; chunked
+  // bodies are read straight into the connection's write buffer.
+  return MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, reader, context, free_fn);
+}
+
+bool tp_mhd_connection_set_timeout(struct MHD_Connection *connection, unsigned int seconds) {
+  return MHD_set_connection_option(connection, MHD_CONNECTION_OPTION_TIMEOUT, seconds) == MHD_YES;
 }
 
 void tp_mhd_response_destroy(struct MHD_Response *response) {

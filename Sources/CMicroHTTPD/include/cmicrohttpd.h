@@ -3,8 +3,8 @@
 // Thin, non-variadic shim over libmicrohttpd for Swift.
 //
 // Swift never sees <microhttpd.h>: MHD_start_daemon, MHD_get_daemon_info,
-// MHD_get_connection_info and the error logger are variadic, so every call goes
-// through a `tp_mhd_` function here. MHD types stay opaque.
+// MHD_get_connection_info, MHD_set_connection_option and the error logger are
+// variadic, so every call goes through a `tp_mhd_` function here. MHD types stay opaque.
 
 #ifndef TP_CMICROHTTPD_H
 #define TP_CMICROHTTPD_H
@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #pragma clang assume_nonnull begin
 
@@ -133,12 +134,43 @@ bool tp_mhd_response_add_header(struct MHD_Response *response,
                                 const char *name, const char *value);
 void tp_mhd_response_destroy(struct MHD_Response *response);
 
+/// What a content reader returns besides a byte count (copies of
+/// MHD_CONTENT_READER_END_*, checked in shim.c).
+enum {
+  /// The body is complete: with chunked encoding MHD sends the last chunk.
+  TP_MHD_READER_END_OF_STREAM = -1,
+  /// The body cannot be completed: MHD closes the connection at once.
+  TP_MHD_READER_END_WITH_ERROR = -2,
+};
+
+/// MHD's content reader (the same type as MHD_ContentReaderCallback, checked in
+/// shim.c): copy at most `max` bytes to `buffer` and return their count, or a
+/// TP_MHD_READER_END_ value. Returning 0 is only allowed after suspending the
+/// connection from inside the reader (tp_mhd_suspend); MHD calls it again once the
+/// connection is resumed. Runs on the connection's polling thread.
+typedef ssize_t (*tp_mhd_reader_fn)(void *_Nullable context, uint64_t position,
+                                    char *buffer, size_t max);
+/// Called exactly once, when MHD destroys the response (sent, connection closed,
+/// timed out, daemon stopped, or never queued).
+typedef void (*tp_mhd_reader_free_fn)(void *_Nullable context);
+
+/// A response of unknown size whose body comes from `reader` (HTTP/1.1 clients get
+/// chunked encoding; HTTP/1.0 ones get the body until the connection closes).
+/// Returns NULL on failure, and then `free_fn` is not called.
+struct MHD_Response *_Nullable tp_mhd_response_create_streamed(tp_mhd_reader_fn reader,
+                                                               tp_mhd_reader_free_fn free_fn,
+                                                               void *_Nullable context);
+
+/// Sets this connection's inactivity timeout (0: none), replacing the daemon's.
+/// Only from a callback on the connection's polling thread while it is not suspended.
+bool tp_mhd_connection_set_timeout(struct MHD_Connection *connection, unsigned int seconds);
+
 /// Only from the access handler (or for a suspended connection).
 bool tp_mhd_queue_response(struct MHD_Connection *connection,
                            unsigned int status_code,
                            struct MHD_Response *response);
 
-/// Only from the access handler.
+/// Only from the access handler or a content reader (see tp_mhd_reader_fn).
 void tp_mhd_suspend(struct MHD_Connection *connection);
 /// From any thread, exactly once per suspend, while the daemon runs.
 void tp_mhd_resume(struct MHD_Connection *connection);

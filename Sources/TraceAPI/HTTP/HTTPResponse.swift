@@ -1,11 +1,17 @@
 import Foundation
 import TraceCore
 
-/// A complete HTTP response. The transport adds `Content-Length` and `Date`.
+/// An HTTP response: a complete body, or a streamed one (``stream``). The transport
+/// adds `Date`, and `Content-Length` for a complete body.
 public struct HTTPResponse: Sendable {
     public var status: HTTPStatus
     public var headers: HTTPHeaders
     public var body: [UInt8]
+    /// A body produced while it is sent; when set, ``body`` is ignored. The transport
+    /// sends it chunked (HTTP/1.1) and calls ``HTTPBodyStream/close()`` exactly once
+    /// when the response is over, also when it is never sent (the server stopped
+    /// first, the client left before the handler returned).
+    public var stream: (any HTTPBodyStream)?
 
     public init(status: HTTPStatus, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = []) {
         self.status = status
@@ -56,6 +62,17 @@ public struct HTTPResponse: Sendable {
         var headers = headers
         headers["Content-Type"] = contentType
         return HTTPResponse(status: status, headers: headers, body: Array(text.utf8))
+    }
+
+    /// A response whose body is pulled from `body` while it is sent (Server-Sent
+    /// Events, NDJSON). The connection closes after it, and it is dropped when the
+    /// client stops reading for ``HTTPServer/Configuration/streamTimeout``.
+    public static func stream(
+        status: HTTPStatus = .ok, headers: HTTPHeaders = HTTPHeaders(), _ body: any HTTPBodyStream
+    ) -> HTTPResponse {
+        var response = HTTPResponse(status: status, headers: headers)
+        response.stream = body
+        return response
     }
 
     /// No body, e.g. 204 after a DELETE.

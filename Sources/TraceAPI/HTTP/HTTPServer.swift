@@ -14,7 +14,9 @@ import Darwin
 /// libmicrohttpd's polling thread(s) only parse requests and dispatch them: once
 /// a request (head and body) is complete, its connection is suspended and the
 /// ``HTTPResponder`` runs in a Swift `Task`; the connection is resumed with the
-/// response when the task ends. Request bodies are limited
+/// response when the task ends. A streamed body (``HTTPResponse/stream(status:headers:_:)``)
+/// is pulled on the polling threads, and its connection is suspended whenever the
+/// stream has nothing to send, so idle streams hold no thread. Request bodies are limited
 /// (``Configuration/maxBodySize``, 413 problem), and so are connections,
 /// per-connection memory and idle time, so that slow or hostile clients cannot
 /// pin the server.
@@ -42,6 +44,11 @@ public final class HTTPServer: Sendable {
         /// A connection with no traffic for this long is closed (rounded up to whole
         /// seconds). Default 10 s. Time spent in a handler does not count.
         public var connectionTimeout: Duration
+        /// A streamed response (``HTTPResponse/stream(status:headers:_:)``) whose client
+        /// accepts no data for this long is dropped (rounded up to whole seconds); it
+        /// replaces ``connectionTimeout`` for that connection. Default 60 s. A stream
+        /// waiting for data does not count: it is parked, not idle.
+        public var streamTimeout: Duration
         /// libmicrohttpd polling threads. Default 1: they only parse and dispatch.
         public var threadPoolSize: Int
         /// How long ``HTTPServer/stop()`` waits for the 503 answers to requests whose
@@ -69,6 +76,7 @@ public final class HTTPServer: Sendable {
             connectionLimit: Int = 512,
             connectionMemoryLimit: Int = 32 * 1024,
             connectionTimeout: Duration = .seconds(10),
+            streamTimeout: Duration = .seconds(60),
             threadPoolSize: Int = 1,
             shutdownGracePeriod: Duration = .seconds(1),
             tls: TLS? = nil
@@ -79,6 +87,7 @@ public final class HTTPServer: Sendable {
             self.connectionLimit = connectionLimit
             self.connectionMemoryLimit = connectionMemoryLimit
             self.connectionTimeout = connectionTimeout
+            self.streamTimeout = streamTimeout
             self.threadPoolSize = threadPoolSize
             self.shutdownGracePeriod = shutdownGracePeriod
             self.tls = tls
@@ -154,9 +163,11 @@ public final class HTTPServer: Sendable {
     }
 
     /// Answers requests whose handler is still running with a 503 problem (and
-    /// any new request too), waits for those answers to go out (at most
+    /// any new request too), ends every streamed body (its client sees the end of
+    /// the body), waits for those answers and ends to go out (at most
     /// ``Configuration/shutdownGracePeriod``), then closes the listening socket and
-    /// every connection and joins libmicrohttpd's threads.
+    /// every connection and joins libmicrohttpd's threads. Every stream has been
+    /// closed when it returns.
     ///
     /// Idempotent and safe from any thread except a libmicrohttpd callback; when it
     /// returns, no callback runs any more. Handler tasks still running finish on
@@ -185,6 +196,7 @@ public final class HTTPServer: Sendable {
         guard c.connectionLimit >= 1 else { throw invalid("connectionLimit must be at least 1") }
         guard c.connectionMemoryLimit >= 4096 else { throw invalid("connectionMemoryLimit must be at least 4096 bytes") }
         guard c.connectionTimeout > .zero else { throw invalid("connectionTimeout must be positive") }
+        guard c.streamTimeout > .zero else { throw invalid("streamTimeout must be positive") }
         guard c.shutdownGracePeriod >= .zero else { throw invalid("shutdownGracePeriod must not be negative") }
         guard (1...64).contains(c.threadPoolSize) else { throw invalid("threadPoolSize must be in 1...64") }
         if let tls = c.tls, tls.certificatePEM.isEmpty || tls.privateKeyPEM.isEmpty {

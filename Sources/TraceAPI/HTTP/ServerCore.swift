@@ -108,6 +108,8 @@ final class ServerCore: Sendable {
         var suspended: [ObjectIdentifier: RequestContext] = [:]
         /// Requests answered with 503 by stopDaemon and not completed yet.
         var draining = 0
+        /// Streamed responses libmicrohttpd has not freed yet.
+        var streams: [ObjectIdentifier: StreamedResponse] = [:]
         /// The last libmicrohttpd log line, to explain a failed start.
         var lastDaemonMessage: String?
     }
@@ -202,9 +204,10 @@ final class ServerCore: Sendable {
         return DaemonHandle(daemon)
     }
 
-    /// Answers every suspended request with 503, resumes it, waits up to
-    /// `shutdownGracePeriod` for those answers to go out, then stops the daemon
-    /// (libmicrohttpd aborts if a connection is still suspended when it stops).
+    /// Answers every suspended request with 503, ends every streamed body (resuming
+    /// the parked ones), waits up to `shutdownGracePeriod` for those answers and ends
+    /// to go out, then stops the daemon (libmicrohttpd aborts if a connection is still
+    /// suspended when it stops), which frees what is left.
     func stopDaemon(_ daemon: DaemonHandle) {
         state.withLock { state in
             state.stopping = true
@@ -215,9 +218,10 @@ final class ServerCore: Sendable {
             }
             state.draining = state.suspended.count
             state.suspended.removeAll()
+            for stream in state.streams.values { stream.endForShutdown() }
         }
         let deadline = ContinuousClock.now + configuration.shutdownGracePeriod
-        while state.withLock({ $0.draining > 0 }), ContinuousClock.now < deadline {
+        while state.withLock({ $0.draining > 0 || !$0.streams.isEmpty }), ContinuousClock.now < deadline {
             usleep(2_000)
         }
         tp_mhd_stop(daemon.pointer)
@@ -365,13 +369,15 @@ final class ServerCore: Sendable {
     }
 
     /// Called by the handler task: store the response and resume the connection,
-    /// unless stopDaemon already answered it.
+    /// unless stopDaemon already answered it (then a streamed body is closed unsent).
     private func complete(_ request: RequestContext, with response: HTTPResponse) {
-        state.withLock { state in
-            guard state.suspended.removeValue(forKey: ObjectIdentifier(request)) != nil else { return }
+        let stored = state.withLock { state in
+            guard state.suspended.removeValue(forKey: ObjectIdentifier(request)) != nil else { return false }
             let connection = request.setResponse(response)
             tp_mhd_resume(connection.pointer)
+            return true
         }
+        if !stored { response.stream?.close() }
     }
 
     private func requestCompleted(_ request: RequestContext, termination: Int32) {
@@ -383,6 +389,10 @@ final class ServerCore: Sendable {
             return state.suspended.removeValue(forKey: ObjectIdentifier(request)) != nil
         }
         assert(!wasSuspended, "libmicrohttpd completed a suspended request")
+        // A response stored for a resumed connection that closed before the access
+        // handler could queue it: its stream was never handed to libmicrohttpd.
+        let unsent = request.state.withLock { $0.response.take() }
+        unsent?.stream?.close()
         if termination != Int32(TP_MHD_TERMINATED_COMPLETED_OK) {
             logger.debug(
                 "HTTP request ended without a complete response",
@@ -395,7 +405,8 @@ final class ServerCore: Sendable {
         logger.notice("libmicrohttpd: \(message)")
     }
 
-    /// Hands `response` to libmicrohttpd (which copies the body) and counts it.
+    /// Hands `response` to libmicrohttpd (which copies a complete body, or reads a
+    /// streamed one through ``StreamedResponse``) and counts it.
     private func queue(_ response: HTTPResponse, for request: RequestContext, on connection: OpaquePointer) -> Bool {
         let method = request.state.withLock { state in
             state.phase = .done
@@ -409,14 +420,38 @@ final class ServerCore: Sendable {
                 "duration": "\(ContinuousClock.now - request.startedAt)",
             ])
 
-        let created = response.body.withUnsafeBytes { tp_mhd_response_create($0.baseAddress, $0.count) }
-        guard let mhdResponse = created else {
-            logger.error("libmicrohttpd could not create a response; closing the connection")
-            return false
+        var headers = response.headers
+        let mhdResponse: OpaquePointer
+        if let stream = response.stream {
+            let streamed = StreamedResponse(stream: stream, connection: connection) { [self] streamed in
+                state.withLock { _ = $0.streams.removeValue(forKey: ObjectIdentifier(streamed)) }
+            }
+            guard let created = streamed.makeResponse() else {
+                stream.close()
+                logger.error("libmicrohttpd could not create a streamed response; closing the connection")
+                return false
+            }
+            mhdResponse = created
+            // Registered before libmicrohttpd can free it (at the earliest in the
+            // destroy below); a server already stopping ends it at its first read.
+            state.withLock { state in
+                state.streams[ObjectIdentifier(streamed)] = streamed
+                if state.stopping { streamed.endForShutdown() }
+            }
+            // The stream's inactivity timeout must not carry over to a next request.
+            if headers["Connection"] == nil { headers["Connection"] = "close" }
+        } else {
+            let created = response.body.withUnsafeBytes { tp_mhd_response_create($0.baseAddress, $0.count) }
+            guard let created else {
+                logger.error("libmicrohttpd could not create a response; closing the connection")
+                return false
+            }
+            mhdResponse = created
         }
-        // libmicrohttpd holds its own reference once the response is queued.
+        // libmicrohttpd holds its own reference once the response is queued; without
+        // one, this frees the response (and closes a stream).
         defer { tp_mhd_response_destroy(mhdResponse) }
-        for field in response.headers {
+        for field in headers {
             if HTTPHeaders.equalNames(field.name, "Content-Length") || HTTPHeaders.equalNames(field.name, "Transfer-Encoding") {
                 continue  // libmicrohttpd frames the body itself.
             }
@@ -428,7 +463,15 @@ final class ServerCore: Sendable {
             logger.error("libmicrohttpd refused to queue a response; closing the connection")
             return false
         }
+        if response.stream != nil, !tp_mhd_connection_set_timeout(connection, streamTimeoutSeconds) {
+            logger.warning("libmicrohttpd refused the stream timeout; the connection timeout applies")
+        }
         return true
+    }
+
+    private var streamTimeoutSeconds: UInt32 {
+        let timeout = configuration.streamTimeout.components
+        return UInt32(clamping: timeout.seconds + (timeout.attoseconds > 0 ? 1 : 0))
     }
 
     private static func terminationReason(_ code: Int32) -> String {

@@ -12,7 +12,7 @@ import Glibc
 /// Serialized because they check the process-wide count of live request contexts.
 @Suite("HTTPServer over sockets", .serialized)
 struct HTTPServerTests {
-    private static func makeRouter(handlerDelay: Duration = .zero) -> Router {
+    static func makeRouter(handlerDelay: Duration = .zero) -> Router {
         var router = Router()
         router.get("/healthz") { _, _ in .json(["status": "ok"]) }
         router.get("/slow") { _, _ in
@@ -35,7 +35,7 @@ struct HTTPServerTests {
         return router
     }
 
-    private static func withServer<R>(
+    static func withServer<R>(
         _ configuration: HTTPServer.Configuration = HTTPServer.Configuration(port: 0),
         router: Router = makeRouter(),
         _ body: (HTTPServer, String) async throws -> R
@@ -47,7 +47,7 @@ struct HTTPServerTests {
     }
 
     /// Waits until every request context has been freed.
-    private static func expectNoLiveRequests(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    static func expectNoLiveRequests(sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let deadline = ContinuousClock.now + .seconds(3)
         while RequestContext.live.load(ordering: .relaxed) != 0, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
