@@ -5,9 +5,11 @@
  * "tp-sleeper". It prints "tid N", waits for a line "go" on stdin, makes its calls, prints
  * "done" and exits when stdin closes.
  *
- *   sleeper mixed FAST SLOW SLOW_NS   FAST calls of 0 ns with SLOW calls of SLOW_NS spread
- *                                     evenly among them (the i-th slow call follows fast
- *                                     call (i+1)*FAST/(SLOW+1))
+ *   sleeper mixed FAST SLOW SLOW_NS   FAST calls that fail at once (EINVAL: a negative
+ *                                     tv_nsec; they never sleep, so a busy machine cannot
+ *                                     make one slow) with SLOW calls of SLOW_NS spread evenly
+ *                                     among them (the i-th slow call follows fast call
+ *                                     i*FAST/(SLOW+1))
  *   sleeper burst N NS                N calls of NS each
  *   sleeper getppid N RATE            N getppid calls paced at RATE per second (0: flat out)
  */
@@ -23,6 +25,12 @@
 static void sleep_ns(long ns)
 {
 	struct timespec t = {.tv_sec = ns / 1000000000L, .tv_nsec = ns % 1000000000L};
+	syscall(SYS_nanosleep, &t, NULL);
+}
+
+static void fail_fast(void)
+{
+	struct timespec t = {.tv_sec = 0, .tv_nsec = -1};
 	syscall(SYS_nanosleep, &t, NULL);
 }
 
@@ -49,7 +57,7 @@ int main(int argc, char **argv)
 		long fast = atol(argv[2]), slow = atol(argv[3]), slow_ns = atol(argv[4]);
 		long next = 1;
 		for (long i = 1; i <= fast; i++) {
-			sleep_ns(0);
+			fail_fast();
 			while (next <= slow && i == next * fast / (slow + 1)) {
 				sleep_ns(slow_ns);
 				next++;

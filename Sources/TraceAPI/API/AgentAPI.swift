@@ -96,6 +96,9 @@ public struct AgentAPI: Sendable {
             }
             return Self.stacks(aggregate, format: format, title: "\(name): \(metrics.target)")
         }
+        router.get("/v1/probes/{name}/events") { request, params in
+            await Self.events(request, name: params["name"] ?? "", probes: probes)
+        }
         if let metrics {
             router.get("/metrics", { _, _ in await metrics() })
         }
@@ -153,6 +156,48 @@ public struct AgentAPI: Sendable {
 }
 
 extension AgentAPI {
+    /// `GET /v1/probes/{name}/events`: the probe's events as Server-Sent Events, or NDJSON
+    /// when the client prefers `application/x-ndjson`. `Last-Event-ID` (or `last_event_id`)
+    /// resumes after that event; `follow=false` ends the stream once the replay buffer is sent.
+    static func events(_ request: HTTPRequest, name: String, probes: ProbeManager) async -> HTTPResponse {
+        func bad(_ field: String, _ detail: String) -> HTTPResponse {
+            .problem(.badRequest(detail: detail, errors: [.object(["field": .string(field), "message": .string(detail)])]))
+        }
+        var after: UInt64?
+        if let text = request.headers["Last-Event-ID"] ?? request.query["last_event_id"] {
+            let trimmed = text.trimmingCharacters(in: .whitespaces)
+            guard let n = UInt64(trimmed), trimmed.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+                return bad("Last-Event-ID", "Last-Event-ID must be the id of an event (a non-negative integer), not '\(text.prefix(32))'")
+            }
+            after = n
+        }
+        var follow = true
+        if let text = request.query["follow"] {
+            guard text == "true" || text == "false" else { return bad("follow", "follow must be true or false, not '\(text.prefix(32))'") }
+            follow = text == "true"
+        }
+        let found: (spec: ProbeSpec, events: ProbeEvents?)
+        do { found = try await probes.events(name) } catch { return response(error) }
+        guard found.spec.events != nil else {
+            return .problem(Problem(slug: "probe-has-no-events", title: "Probe Has No Events", status: .conflict,
+                                    detail: "probe \(name) has no events: give it an `events` member, e.g. {\"events\": {\"min_latency_ns\": 10000000}}"))
+        }
+        guard let events = found.events else {
+            return .problem(Problem(slug: "probe-conflict", title: "Conflict", status: .conflict,
+                                    detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry"))
+        }
+        let format = EventStreamBody.format(accept: request.headers["Accept"])
+        let body = EventStreamBody(subscription: events.feed.subscribe(after: after, follow: follow), format: format)
+        var headers: HTTPHeaders = [
+            "Content-Type": format == .ndjson ? "application/x-ndjson" : "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            // Proxies that buffer (nginx) would hold events back.
+            "X-Accel-Buffering": "no",
+        ]
+        headers["Vary"] = "Accept"
+        return .stream(status: .ok, headers: headers, body)
+    }
+
     /// The 422 problem when no mechanism attached: `attempts` lists every one tried.
     static func attachFailed(detail: String, attempts: [AttachAttempt]) -> Problem {
         Problem(slug: "attach-failed", title: "No Mechanism Could Attach", status: .unprocessableContent,
