@@ -65,8 +65,13 @@ public struct HTTPResponse: Sendable {
     }
 
     /// A response whose body is pulled from `body` while it is sent (Server-Sent
-    /// Events, NDJSON). The connection closes after it, and it is dropped when the
-    /// client stops reading for ``HTTPServer/Configuration/streamTimeout``.
+    /// Events, NDJSON).
+    ///
+    /// The connection closes after the body (unless `headers` has a `Connection`
+    /// field), and is dropped when the client accepts nothing for
+    /// ``HTTPServer/Configuration/streamTimeout``. While the stream has nothing to
+    /// send, the connection is parked and a client that leaves is only noticed at the
+    /// next write: a long-lived stream should write keep-alives.
     public static func stream(
         status: HTTPStatus = .ok, headers: HTTPHeaders = HTTPHeaders(), _ body: any HTTPBodyStream
     ) -> HTTPResponse {
