@@ -114,6 +114,14 @@ struct CheckResult: Encodable {
         var cgroups: [String: CgroupKey]?
         /// cgroup checks: the probe filtered by filter.pod_uid (and keyed by cgroup).
         var podFilter: PodFilter?
+        /// Event checks: events read from the probe's ring buffer, and the kernel's counts.
+        var events: EventTally?
+        struct EventTally: Encodable {
+            var received: Int
+            var emitted: UInt64
+            var throttled: UInt64
+            var lost: UInt64
+        }
         /// Stack checks: stacks not recorded because the stack map was full.
         var stackFull: UInt64?
         /// Profile checks: samples per CPU, and the perf event fds this process holds
@@ -144,7 +152,7 @@ struct CheckResult: Encodable {
             }
         }
         enum CodingKeys: String, CodingKey {
-            case keys, cgroups
+            case keys, cgroups, events
             case podFilter = "pod_filter"
             case stackFull = "stack_full"
             case samplesByCPU = "samples_by_cpu"

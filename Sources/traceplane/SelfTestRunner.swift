@@ -27,6 +27,9 @@ struct CheckPlan: Sendable {
     var keys: [String: KeyExpectation] = [:]
     /// Stack-keyed checks: the frames every counted call's stack shows (in place of `keys`).
     var stacks: StackExpectation? = nil
+    /// Event checks: the spec's `events`; every counted call must then also arrive as one
+    /// event from this process's calling thread (and be counted as emitted, none lost).
+    var streamed: EventsSpec? = nil
 }
 
 struct KeyExpectation: Sendable, Hashable {
@@ -98,6 +101,7 @@ struct SelfTestRunner: Sendable {
         results += await keyedChecks()
         results += await cgroupChecks()
         results += await stackChecks()
+        results += await eventChecks()
         return (results, search)
     }
 
@@ -245,8 +249,8 @@ struct SelfTestRunner: Sendable {
             pass: false, attempts: [], attachMilliseconds: 0, notes: reasons)
         let name = "selftest-\(UInt32.random(in: 0...UInt32.max))"
         let spec = ProbeSpec(name: name, target: plan.target, mechanisms: plan.flavours?.map(\.rawValue),
-                             filter: ProbeFilter(pid: pid, comm: plan.aggregate == nil ? nil : Self.callerThreadName),
-                             aggregate: plan.aggregate)
+                             filter: ProbeFilter(pid: pid, comm: plan.aggregate == nil && plan.streamed == nil ? nil : Self.callerThreadName),
+                             aggregate: plan.aggregate, events: plan.streamed)
         guard let probe = await create(spec, check: plan.name, predicted: predicted, capabilityRuledOut: capabilityRuledOut, into: &result) else {
             return result
         }
@@ -273,9 +277,17 @@ struct SelfTestRunner: Sendable {
         } catch {
             result.notes.append("reading the probe failed: \(error.detail)")
         }
+        var eventFailures: [String] = []
+        if plan.streamed != nil, let actual = result.actual {
+            eventFailures = await eventFailuresOf(name, calls: actual.calls, into: &result)
+        }
         try? await manager.delete(name)
 
         var ok = result.actual.map { counted($0, plan) } ?? false
+        if !eventFailures.isEmpty {
+            ok = false
+            result.notes += eventFailures
+        }
         if plan.stacks != nil {
             if !stackFailures.isEmpty || result.actual?.keys == nil {
                 ok = false

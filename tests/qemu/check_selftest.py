@@ -62,6 +62,15 @@ def check(doc, profile):
             through = sum(k["calls"] for text, k in (a.get("keys") or {}).items() if all(f in text.split(";") for f in frames))
             expect(through == n, f"'{name}': {through} of {n} calls under stacks with {frames}: {list(a.get('keys') or {})[:3]}")
 
+    def events(name, mechanism):
+        # Every call one event, from the check's thread, none throttled or lost: the
+        # check's own pass; the counts are asserted again here.
+        c = chose(name, {mechanism})
+        if c and c["actual"]:
+            e, n = c["actual"].get("events") or {}, doc["calls_per_check"]
+            expect(e.get("received") == n and e.get("emitted") == n and e.get("throttled") == 0 and e.get("lost") == 0,
+                   f"'{name}': events {e}, expected {n} received and emitted, none throttled or lost")
+
     def not_applicable(name, why):
         c = checks.get(name)
         expect(c is not None, f"check '{name}' missing")
@@ -71,6 +80,8 @@ def check(doc, profile):
 
     sys_getpgid = f"{doc['kernel'].get('syscall_prefix') or ''}sys_getpgid"
     kstack = lambda m: f"stacks: function {sys_getpgid} by kstack, mechanisms [{m}]"
+    sys_events = lambda m: f"events: syscall getpgid, every call an event, mechanisms [{m}]"
+    fn_events = lambda m: f"events: function {sys_getpgid}, every call an event, mechanisms [{m}]"
     cg = doc["kernel"].get("cgroup2") or {}
     expect(doc["pass"] is True, f"selftest reports failures: {[c['name'] for c in doc['checks'] if c['pass'] is False]}")
     if profile == "fentry-kprobe":
@@ -104,6 +115,12 @@ def check(doc, profile):
         # Kernel stacks through a probe's own fentry and kprobe programs, from the syscall entry.
         for m in ("fentry", "kprobe"):
             stacks(kstack(m), m, ["do_syscall_64", sys_getpgid])
+        # Events through every ring buffer: a probe's own (fentry, kprobe, tracepoint) and
+        # the shared hook's per-slot ones (tp_btf, raw_tracepoint).
+        for m in ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"):
+            events(sys_events(m), m)
+        for m in ("fentry", "kprobe"):
+            events(fn_events(m), m)
     elif profile == "host":
         # The development kernel denies fentry and has no kprobes: syscalls go to the shared
         # raw_syscalls hook via tp_btf (vmlinux BTF is there).
@@ -118,6 +135,10 @@ def check(doc, profile):
             cgroups(m)
         not_applicable(kstack("fentry"), "fentry: capability report says fentry denied")
         not_applicable(kstack("kprobe"), "kprobe: capability report says kprobe unsupported")
+        for m in ("tp_btf", "raw_tracepoint", "tracepoint"):
+            events(sys_events(m), m)
+        not_applicable(fn_events("fentry"), "fentry: capability report says fentry denied")
+        not_applicable(fn_events("kprobe"), "kprobe: capability report says kprobe unsupported")
     else:
         sys.exit(f"unknown profile {profile}")
     chose("uprobe traceplane_uprobe_target, default chain", {"uprobe"})
