@@ -182,7 +182,8 @@ public final class EventFeed: Sendable {
     ///     events already gone from it; at or past the last published event, or `nil`, the
     ///     stream is live only. `0` asks for the oldest event still kept.
     ///   - follow: `false` ends the stream with ``FeedEndReason/caughtUp`` once the replay
-    ///     is delivered, instead of following live events.
+    ///     is delivered, instead of following live events. Without a `lastEventID` it then
+    ///     replays every event still kept, with no gap ("what do you hold").
     ///
     /// The replayed events are queued whatever the queue's bounds, and count toward them:
     /// live events that find the queue still full of replay are lost (a gap), as for any
@@ -196,7 +197,8 @@ public final class EventFeed: Sendable {
                 sub.queue.append(.end(reason))
                 sub.ended = true
             } else {
-                if let after = lastEventID, after < s.lastSeq {
+                let start = lastEventID ?? (follow ? nil : (s.replay.first?.seq ?? s.lastSeq + 1) - 1)
+                if let after = start, after < s.lastSeq {
                     let firstKept = s.replay.first?.seq ?? s.lastSeq + 1
                     if after + 1 < firstKept {
                         sub.lost = firstKept - after - 1
