@@ -1,5 +1,8 @@
 import Dispatch
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// HTTPS requests that must trust a CA file. FoundationNetworking on Linux has no API for
 /// a CA file (libcurl's CAINFO is only read from the environment on Android), so these go
@@ -65,6 +68,17 @@ enum CurlTransport {
         return out + "\""
     }
 
+    /// Starts `process` with no signal blocked. The threads of Dispatch and of the Swift
+    /// runtime's pool block every signal, and a child keeps the mask it is spawned with:
+    /// curl would then ignore the SIGTERM of ``CurlRun/terminate()`` and the terminal's SIGINT.
+    static func launch(_ process: Process) throws {
+        var none = sigset_t(), saved = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        try process.run()
+    }
+
     static func executable() -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         return path.split(separator: ":").map { "\($0)/curl" }.first { FileManager.default.isExecutableFile(atPath: $0) }
@@ -90,7 +104,7 @@ private final class CurlRun: @unchecked Sendable {
         process.standardInput = input
         process.standardOutput = output
         process.standardError = errors
-        do { try process.run() } catch { return (-1, Data(), Data("cannot run curl: \(error)".utf8)) }
+        do { try CurlTransport.launch(process) } catch { return (-1, Data(), Data("cannot run curl: \(error)".utf8)) }
         input.fileHandleForWriting.write(config)
         try? input.fileHandleForWriting.close()
         // curl writes little to stderr (-sS), so reading stdout first cannot deadlock.
