@@ -259,19 +259,7 @@ struct AgentClient: Sendable {
             }
             return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, headers: headers, body: data)
         } catch {
-            let retryable: Bool
-            if let error = error as? URLError {
-                retryable = [.timedOut, .cannotConnectToHost, .networkConnectionLost, .cannotFindHost, .dnsLookupFailed,
-                             .notConnectedToInternet, .badServerResponse, .zeroByteResource].contains(error.code)
-            } else {
-                retryable = false
-            }
-            let description = switch (error as? URLError)?.code {
-            case .timedOut?: "no answer within \(Int(timeout.rounded(.up)))s (timed out)"
-            case .cancelled?: "cancelled"
-            default: error.localizedDescription
-            }
-            throw TransportError(description: description, retryable: retryable)
+            throw Self.transportError(error, timeout: timeout)
         }
     }
 
@@ -292,20 +280,24 @@ struct AgentClient: Sendable {
         } catch {
             throw Failure(description: "cannot reach the agent at \(base.absoluteString): \(error.description)")
         }
-        guard (200..<300).contains(reply.status) else {
-            var message = "\(method) \(path): HTTP \(reply.status)"
-            if let problem = reply.problem {
-                if let detail = problem["detail"] as? String { message += ": \(detail)" }
-                for attempt in problem["attempts"] as? [[String: Any]] ?? [] {
-                    message += "\n  \(attempt["mechanism"] ?? "?"): \(attempt["outcome"] ?? "?") \(attempt["errno"] as? String ?? "") — \(attempt["message"] ?? "")"
-                }
-                for error in problem["errors"] as? [[String: Any]] ?? [] {
-                    message += "\n  \(error["field"] ?? "?"): \(error["message"] ?? "")"
-                }
-            }
-            throw Failure(description: message)
-        }
+        guard (200..<300).contains(reply.status) else { throw Self.failure(method, path, reply) }
         return reply
+    }
+
+    /// The readable error of a non-2xx reply: the status, and the problem's detail,
+    /// attempts and field errors when it has them.
+    static func failure(_ method: String, _ path: String, _ reply: Reply) -> Failure {
+        var message = "\(method) \(path): HTTP \(reply.status)"
+        if let problem = reply.problem {
+            if let detail = problem["detail"] as? String { message += ": \(detail)" }
+            for attempt in problem["attempts"] as? [[String: Any]] ?? [] {
+                message += "\n  \(attempt["mechanism"] ?? "?"): \(attempt["outcome"] ?? "?") \(attempt["errno"] as? String ?? "") — \(attempt["message"] ?? "")"
+            }
+            for error in problem["errors"] as? [[String: Any]] ?? [] {
+                message += "\n  \(error["field"] ?? "?"): \(error["message"] ?? "")"
+            }
+        }
+        return Failure(description: message)
     }
 }
 
