@@ -6,12 +6,12 @@ import TraceCore
 import FoundationNetworking
 #endif
 
-/// `traceplane probe add|list|show|rm` against a running agent.
+/// `traceplane probe add|list|show|stacks|events|rm` against a running agent.
 struct ProbeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
         abstract: "Manage probes on a running agent.",
-        subcommands: [Add.self, List.self, Show.self, Stacks.self, Remove.self])
+        subcommands: [Add.self, List.self, Show.self, Stacks.self, Events.self, Remove.self])
 
     struct Connection: ParsableArguments {
         @Option(help: "The agent's base URL.")
