@@ -69,6 +69,26 @@ struct ProbeCommand: AsyncParsableCommand {
         }
     }
 
+    /// `--events`, `--events-min-latency`, `--events-max-per-second`, `--events-buffer-kib`:
+    /// the spec's `events`. The agent checks the bounds and answers with field errors.
+    struct EventsOptions: ParsableArguments {
+        @Flag(help: "Keep calls one by one for probe events, with the agent's defaults for what is not given.")
+        var events = false
+        @Option(help: ArgumentHelp("Only calls at least this slow are events: 200ns, 500us, 1ms, 1.5s (default 0: every call).", valueName: "duration"))
+        var eventsMinLatency: String?
+        @Option(help: ArgumentHelp("Events per second at most, for the whole probe (default \(EventsSpec.defaultMaxPerSecond)).", valueName: "n"))
+        var eventsMaxPerSecond: Int?
+        @Option(help: ArgumentHelp("Size of the probe's ring buffer in KiB, a power of two (default \(EventsSpec.defaultBufferKiB)).", valueName: "kib"))
+        var eventsBufferKib: Int?
+
+        /// Nil when no option was given (a probe without events).
+        func spec() throws -> EventsSpec? {
+            guard events || eventsMinLatency != nil || eventsMaxPerSecond != nil || eventsBufferKib != nil else { return nil }
+            return EventsSpec(minLatencyNs: try eventsMinLatency.map { try DurationParser.nanoseconds($0, option: "--events-min-latency") },
+                              maxPerSecond: eventsMaxPerSecond, bufferKiB: eventsBufferKib)
+        }
+    }
+
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create or replace a probe (PUT /v1/probes/NAME).")
 
@@ -87,6 +107,7 @@ struct ProbeCommand: AsyncParsableCommand {
         @Option(help: "Detach after this many seconds unless renewed.") var ttl: Int?
         @Option(parsing: .upToNextOption, help: "Labels as key=value.") var label: [String] = []
         @OptionGroup(title: "Keys and values (counted in the kernel)") var aggregate: AggregateOptions
+        @OptionGroup(title: "Events (calls one by one, for probe events)") var events: EventsOptions
         @OptionGroup var connection: Connection
 
         /// The spec this command line asks for.
@@ -100,7 +121,8 @@ struct ProbeCommand: AsyncParsableCommand {
             let filter = pid == nil && comm == nil && minLatencyNs == nil && cgroup == nil && containerId == nil && podUid == nil ? nil
                 : ProbeFilter(pid: pid, comm: comm, minLatencyNs: minLatencyNs, cgroup: cgroup, containerID: containerId, podUID: podUid)
             return ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
-                             filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec())
+                             filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec(),
+                             events: try events.spec())
         }
 
         func run() async throws {
