@@ -6,12 +6,12 @@ import TraceCore
 import FoundationNetworking
 #endif
 
-/// `traceplane probe add|list|show|rm` against a running agent.
+/// `traceplane probe add|list|show|stacks|events|rm` against a running agent.
 struct ProbeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
         abstract: "Manage probes on a running agent.",
-        subcommands: [Add.self, List.self, Show.self, Stacks.self, Remove.self])
+        subcommands: [Add.self, List.self, Show.self, Stacks.self, Events.self, Remove.self])
 
     struct Connection: ParsableArguments {
         @Option(help: "The agent's base URL.")
@@ -69,6 +69,26 @@ struct ProbeCommand: AsyncParsableCommand {
         }
     }
 
+    /// `--events`, `--events-min-latency`, `--events-max-per-second`, `--events-buffer-kib`:
+    /// the spec's `events`. The agent checks the bounds and answers with field errors.
+    struct EventsOptions: ParsableArguments {
+        @Flag(help: "Keep calls one by one for probe events, with the agent's defaults for what is not given.")
+        var events = false
+        @Option(help: ArgumentHelp("Only calls at least this slow are events: 200ns, 500us, 1ms, 1.5s (default 0: every call).", valueName: "duration"))
+        var eventsMinLatency: String?
+        @Option(help: ArgumentHelp("Events per second at most, for the whole probe (default \(EventsSpec.defaultMaxPerSecond)).", valueName: "n"))
+        var eventsMaxPerSecond: Int?
+        @Option(help: ArgumentHelp("Size of the probe's ring buffer in KiB, a power of two (default \(EventsSpec.defaultBufferKiB)).", valueName: "kib"))
+        var eventsBufferKib: Int?
+
+        /// Nil when no option was given (a probe without events).
+        func spec() throws -> EventsSpec? {
+            guard events || eventsMinLatency != nil || eventsMaxPerSecond != nil || eventsBufferKib != nil else { return nil }
+            return EventsSpec(minLatencyNs: try eventsMinLatency.map { try DurationParser.nanoseconds($0, option: "--events-min-latency") },
+                              maxPerSecond: eventsMaxPerSecond, bufferKiB: eventsBufferKib)
+        }
+    }
+
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create or replace a probe (PUT /v1/probes/NAME).")
 
@@ -87,6 +107,7 @@ struct ProbeCommand: AsyncParsableCommand {
         @Option(help: "Detach after this many seconds unless renewed.") var ttl: Int?
         @Option(parsing: .upToNextOption, help: "Labels as key=value.") var label: [String] = []
         @OptionGroup(title: "Keys and values (counted in the kernel)") var aggregate: AggregateOptions
+        @OptionGroup(title: "Events (calls one by one, for probe events)") var events: EventsOptions
         @OptionGroup var connection: Connection
 
         /// The spec this command line asks for.
@@ -100,7 +121,8 @@ struct ProbeCommand: AsyncParsableCommand {
             let filter = pid == nil && comm == nil && minLatencyNs == nil && cgroup == nil && containerId == nil && podUid == nil ? nil
                 : ProbeFilter(pid: pid, comm: comm, minLatencyNs: minLatencyNs, cgroup: cgroup, containerID: containerId, podUID: podUid)
             return ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
-                             filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec())
+                             filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec(),
+                             events: try events.spec())
         }
 
         func run() async throws {
@@ -259,19 +281,7 @@ struct AgentClient: Sendable {
             }
             return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, headers: headers, body: data)
         } catch {
-            let retryable: Bool
-            if let error = error as? URLError {
-                retryable = [.timedOut, .cannotConnectToHost, .networkConnectionLost, .cannotFindHost, .dnsLookupFailed,
-                             .notConnectedToInternet, .badServerResponse, .zeroByteResource].contains(error.code)
-            } else {
-                retryable = false
-            }
-            let description = switch (error as? URLError)?.code {
-            case .timedOut?: "no answer within \(Int(timeout.rounded(.up)))s (timed out)"
-            case .cancelled?: "cancelled"
-            default: error.localizedDescription
-            }
-            throw TransportError(description: description, retryable: retryable)
+            throw Self.transportError(error, timeout: timeout)
         }
     }
 
@@ -292,20 +302,24 @@ struct AgentClient: Sendable {
         } catch {
             throw Failure(description: "cannot reach the agent at \(base.absoluteString): \(error.description)")
         }
-        guard (200..<300).contains(reply.status) else {
-            var message = "\(method) \(path): HTTP \(reply.status)"
-            if let problem = reply.problem {
-                if let detail = problem["detail"] as? String { message += ": \(detail)" }
-                for attempt in problem["attempts"] as? [[String: Any]] ?? [] {
-                    message += "\n  \(attempt["mechanism"] ?? "?"): \(attempt["outcome"] ?? "?") \(attempt["errno"] as? String ?? "") — \(attempt["message"] ?? "")"
-                }
-                for error in problem["errors"] as? [[String: Any]] ?? [] {
-                    message += "\n  \(error["field"] ?? "?"): \(error["message"] ?? "")"
-                }
-            }
-            throw Failure(description: message)
-        }
+        guard (200..<300).contains(reply.status) else { throw Self.failure(method, path, reply) }
         return reply
+    }
+
+    /// The readable error of a non-2xx reply: the status, and the problem's detail,
+    /// attempts and field errors when it has them.
+    static func failure(_ method: String, _ path: String, _ reply: Reply) -> Failure {
+        var message = "\(method) \(path): HTTP \(reply.status)"
+        if let problem = reply.problem {
+            if let detail = problem["detail"] as? String { message += ": \(detail)" }
+            for attempt in problem["attempts"] as? [[String: Any]] ?? [] {
+                message += "\n  \(attempt["mechanism"] ?? "?"): \(attempt["outcome"] ?? "?") \(attempt["errno"] as? String ?? "") — \(attempt["message"] ?? "")"
+            }
+            for error in problem["errors"] as? [[String: Any]] ?? [] {
+                message += "\n  \(error["field"] ?? "?"): \(error["message"] ?? "")"
+            }
+        }
+        return Failure(description: message)
     }
 }
 
