@@ -102,7 +102,7 @@ public final class EventFeed: Sendable {
     ///   - queueEvents: events a subscriber may have waiting (at least 1).
     ///   - queueBytes: JSON bytes a subscriber may have waiting; an event larger than that
     ///     is still queued when the subscriber's queue is empty.
-    public init(replayCapacity: Int = 1024, queueEvents: Int = 1024, queueBytes: Int = 1 << 20) {
+    public init(replayCapacity: Int = 1024, queueEvents: Int = 16_384, queueBytes: Int = 4 << 20) {
         precondition(replayCapacity >= 0, "An event feed's replay capacity cannot be negative (got \(replayCapacity)).")
         precondition(queueEvents >= 1 && queueBytes >= 1,
                      "An event feed's subscriber queue must hold at least one event and one byte (got \(queueEvents) events, \(queueBytes) bytes).")
