@@ -218,6 +218,47 @@ struct EventsAPITests {
         await agent.stop()
     }
 
+    @Test("traceplane probe events prints one line per slow call (what the agent holds, and with -f until the probe is deleted)")
+    func cliPrintsEvents() async throws {
+        let agent = try await AgentHarness()
+        do {
+            let put = try CurlClient.run("PUT", agent.base + "/v1/probes/ev-cli", json: #"{"target":{"type":"syscall","name":"nanosleep"},"filter":{"comm":"tp-sleeper"},"events":{"min_latency_ns":1000000}}"#)
+            #expect(put.status == 201, "\(put.body)")
+            let follow = Process()
+            follow.executableURL = URL(fileURLWithPath: AgentProcess.executable)
+            follow.arguments = ["probe", "events", "ev-cli", "-f", "--agent", agent.base]
+            let followed = Pipe(), notices = Pipe()
+            follow.standardOutput = followed
+            follow.standardError = notices
+            try follow.run()
+            try await Self.waitFor(agent, "ev-cli") { $0.subscribers == 1 }
+            let sleeper = try Sleeper(["mixed", "1000", "5", "2000000"])
+            try sleeper.run()
+            try await Self.waitFor(agent, "ev-cli") { $0.consumed == 5 }
+
+            let held = try Command.run(AgentProcess.executable, ["probe", "events", "ev-cli", "--agent", agent.base])
+            #expect(held.status == 0, "\(held.output)")
+            for output in [held.output] {
+                let lines = output.split(separator: "\n").filter { $0.contains(Sleeper.comm) }
+                #expect(lines.count == 5, "\(output)")
+                #expect(lines.allSatisfy { $0.contains(" \(sleeper.pid) ") }, "\(output)")
+                let latencies = lines.compactMap { line in line.split(separator: " ").compactMap { Double($0) }.first { $0 >= 1 && $0 < 1000 } }
+                #expect(latencies.count == 5, "a LAT(ms) column of at least 2 ms in each line: \(output)")
+            }
+            #expect(try CurlClient.run("DELETE", agent.base + "/v1/probes/ev-cli").status == 204)
+            follow.waitUntilExit()
+            let out = String(decoding: followed.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let err = String(decoding: notices.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(follow.terminationStatus == 0, "\(err)")
+            #expect(out.split(separator: "\n").filter { $0.contains(Sleeper.comm) }.count == 5, "\(out)")
+            #expect(err.contains("deleted"), "\(err)")
+        } catch {
+            await agent.stop()
+            throw error
+        }
+        await agent.stop()
+    }
+
     // MARK: Helpers
 
     nonisolated(unsafe) static let rfc3339: ISO8601DateFormatter = {
