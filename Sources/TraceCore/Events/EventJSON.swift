@@ -12,7 +12,8 @@ struct EventJSON {
     let cgroups: CgroupPaths
     /// Wall-clock nanoseconds minus monotonic ones, measured now and then.
     private var offset: Int64 = 0
-    private var offsetAt: Int64 = Int64.min
+    /// The event time `offset` was measured at; nil before the first event.
+    private var offsetAt: Int64?
     /// `"cgroup":…,"cgroup_id":…,"container":…` by cgroup id.
     private var cgroupText: [UInt64: String] = [:]
 
@@ -72,7 +73,7 @@ struct EventJSON {
 
     private mutating func refreshOffset(near monotonic: Int64) {
         // Measured again every second of event time: NTP slews the wall clock slowly.
-        guard monotonic &- offsetAt > 1_000_000_000 || monotonic < offsetAt else { return }
+        if let offsetAt, monotonic >= offsetAt, monotonic - offsetAt <= 1_000_000_000 { return }
         var wall = timespec(), mono = timespec()
         clock_gettime(CLOCK_REALTIME, &wall)
         clock_gettime(CLOCK_MONOTONIC, &mono)
