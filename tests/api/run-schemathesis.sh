@@ -84,15 +84,46 @@ bpf_fds() {
 }
 baseline=$(bpf_fds)
 
+# Two busy probes with events, so that the events endpoint streams real events of both kinds
+# (hooks.py sends part of its cases to them): every read(2) on the machine, and every context
+# switch, each at most 100 a second. Deleted with the rest at the end.
+event_probes=conformance-reads,conformance-switches
+put_probe() {
+  code=$(curl -sS -o "$work/put.json" -w '%{http_code}' -H "$auth" -H 'Content-Type: application/json' \
+    -X PUT "$base/v1/probes/$1" -d "$2")
+  [ "$code" = 201 ] || fail "PUT /v1/probes/$1 answered $code: $(cat "$work/put.json")"
+}
+put_probe conformance-reads '{"target":{"type":"syscall","name":"read"},"aggregate":{"by":["comm","errno"]},"events":{"min_latency_ns":0,"max_per_second":100}}'
+put_probe conformance-switches '{"target":{"type":"tracepoint","name":"sched:sched_switch"},"aggregate":{"by":["cpu","cgroup","kstack"]},"events":{"max_per_second":100,"buffer_kib":64}}'
+for name in ${event_probes//,/ }; do
+  for _ in $(seq 100); do
+    consumed=$(curl -fsS -H "$auth" "$base/v1/probes/$name/metrics" | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["events"]["consumed"])')
+    [ "$consumed" -gt 0 ] && break
+    sleep 0.1
+  done
+  [ "$consumed" -gt 0 ] || fail "probe $name streamed no event within 10 s"
+done
+
+# The first stacks of a profile read the symbol tables of every binary sampled (the agent's
+# own debug build among them): about 10 s on two cores, which schemathesis's response-time
+# check (10 s) would hold against whichever stacks request comes first. Paid here instead.
+put_probe conformance-warm-up '{"target":{"type":"profile"},"ttl_seconds":600}'
+sleep 1
+curl -fsS -o /dev/null --max-time 120 -H "$auth" "$base/v1/probes/conformance-warm-up/stacks?format=json" \
+  || fail "the warm-up profile's stacks failed"
+curl -fsS -o /dev/null -H "$auth" -X DELETE "$base/v1/probes/conformance-warm-up"
+
 # --- schemathesis --------------------------------------------------------------------------
 status=0
 # Hypothesis keeps its caches in the temporary directory, not in the work tree.
+TP_EVENT_PROBES=$event_probes TP_EVENTS_SUMMARY="$work/events.json" \
 HYPOTHESIS_STORAGE_DIRECTORY="$work/hypothesis" SCHEMATHESIS_HOOKS="$PWD/tests/api/hooks.py" \
   "$venv/bin/schemathesis" --no-color \
   --config-file tests/api/schemathesis.toml \
   run openapi/openapi.yaml --url "$base" --header "$auth" --checks all \
   --max-examples "$examples" --seed "$seed" --workers 2 --request-timeout 30 \
   --generation-database none || status=$?
+echo "events checked by hooks.py's event_streams: $(cat "$work/events.json" 2>/dev/null || echo 'none (no summary written)')"
 
 # --- nothing leaked ------------------------------------------------------------------------
 names=$(curl -fsS -H "$auth" "$base/v1/probes" | "$venv/bin/python" -c 'import json,sys; print(*(p["name"] for p in json.load(sys.stdin)["probes"]))')

@@ -157,20 +157,23 @@ public struct AgentAPI: Sendable {
 
 extension AgentAPI {
     /// `GET /v1/probes/{name}/events`: the probe's events as Server-Sent Events, or NDJSON
-    /// when the client prefers `application/x-ndjson`. `Last-Event-ID` (or `last_event_id`)
-    /// resumes after that event; `follow=false` ends the stream once the replay buffer is sent.
+    /// when the client prefers `application/x-ndjson`. `Last-Event-ID` (or `last_event_id`;
+    /// the header wins when both are valid) resumes after that event; `follow=false` ends the
+    /// stream once the replay buffer is sent.
     static func events(_ request: HTTPRequest, name: String, probes: ProbeManager) async -> HTTPResponse {
         func bad(_ field: String, _ detail: String) -> HTTPResponse {
             .problem(.badRequest(detail: detail, errors: [.object(["field": .string(field), "message": .string(detail)])]))
         }
-        var after: UInt64?
-        if let text = request.headers["Last-Event-ID"] ?? request.query["last_event_id"] {
+        // Each one given is checked: an invalid query beside a valid header is still a 400.
+        var ids: [UInt64] = []
+        for text in [request.headers["Last-Event-ID"], request.query["last_event_id"]].compactMap({ $0 }) {
             let trimmed = text.trimmingCharacters(in: .whitespaces)
             guard let n = UInt64(trimmed), trimmed.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
                 return bad("Last-Event-ID", "Last-Event-ID must be the id of an event (a non-negative integer), not '\(text.prefix(32))'")
             }
-            after = n
+            ids.append(n)
         }
+        let after = ids.first
         var follow = true
         if let text = request.query["follow"] {
             guard text == "true" || text == "false" else { return bad("follow", "follow must be true or false, not '\(text.prefix(32))'") }

@@ -40,6 +40,7 @@ public struct ProbeCounters: Sendable, Hashable {
 
     /// A probe's events as its metrics show them.
     public struct EventCounts: Sendable, Hashable, Codable {
+        /// The threshold of a call target; nil (JSON null, not absent) for a tracepoint's.
         public var minLatencyNs: UInt64?
         public var maxPerSecond: UInt32
         public var bufferKiB: UInt32
@@ -62,6 +63,20 @@ public struct ProbeCounters: Sendable, Hashable {
             case maxPerSecond = "max_per_second"
             case bufferKiB = "buffer_kib"
             case emitted, throttled, lost, consumed, subscribers, missed
+        }
+
+        /// Every member, `min_latency_ns` null for tracepoints (as `latency_ns` in the metrics).
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(minLatencyNs, forKey: .minLatencyNs)
+            try c.encode(maxPerSecond, forKey: .maxPerSecond)
+            try c.encode(bufferKiB, forKey: .bufferKiB)
+            try c.encode(emitted, forKey: .emitted)
+            try c.encode(throttled, forKey: .throttled)
+            try c.encode(lost, forKey: .lost)
+            try c.encode(consumed, forKey: .consumed)
+            try c.encode(subscribers, forKey: .subscribers)
+            try c.encode(missed, forKey: .missed)
         }
     }
 

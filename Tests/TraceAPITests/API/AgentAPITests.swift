@@ -197,4 +197,32 @@ struct AgentAPITests {
         #expect(await send(api, .get, "/v1/probes/nope/metrics?top=5").status == .notFound)
         await probes.removeAll()
     }
+
+    @Test("Events: Last-Event-ID and last_event_id are each checked, also when the other is valid; follow is true or false; all before the name")
+    func eventsParameters() async throws {
+        let (api, _) = api()
+        func get(_ query: String, lastEventID: String? = nil) async -> HTTPResponse {
+            var headers = HTTPHeaders()
+            if let lastEventID { headers["Last-Event-ID"] = lastEventID }
+            return await api.router().respond(to: HTTPRequest(method: .get, target: "/v1/probes/nope/events" + query, headers: headers, body: []))
+        }
+        func field(_ response: HTTPResponse) throws -> String? {
+            try #require((try object(response)["errors"] as? [[String: Any]])?.first?["field"] as? String)
+        }
+        // A valid id goes on to the name: 404.
+        #expect(await get("?last_event_id=5").status == .notFound)
+        #expect(await get("", lastEventID: "18446744073709551615").status == .notFound)
+        #expect(await get("?last_event_id=3&follow=false", lastEventID: "7").status == .notFound)
+        for (query, header) in [("?last_event_id=null", "5"), ("?last_event_id=5", "x1"), ("?last_event_id=-1", nil),
+                                ("?last_event_id=18446744073709551616", nil), ("", ""), ("?last_event_id=", "5")] as [(String, String?)] {
+            let response = await get(query, lastEventID: header)
+            #expect(response.status == .badRequest, "\(query) with Last-Event-ID \(header ?? "absent")")
+            #expect(try field(response) == "Last-Event-ID")
+        }
+        for follow in ["True", "1", "", "yes"] {
+            let response = await get("?follow=\(follow)")
+            #expect(response.status == .badRequest, "follow=\(follow)")
+            #expect(try field(response) == "follow")
+        }
+    }
 }
