@@ -181,6 +181,9 @@ static __always_inline bool comm_matches(const char *comm, const struct hub_filt
 static __always_inline void hub_fill_key(const struct hub_filter *f, struct hub_start *st, u32 i, s64 ret, struct hub_key *key)
 {
 	u32 n = f->key_n;
+	/* Unrolled: with two callers clang keeps it a loop, whose index into `f` the 6.1
+	 * verifier cannot bound ("unbounded memory access"). */
+#pragma unroll
 	for (int p = 0; p < TP_KEY_PARTS; p++) {
 		if (p >= n)
 			break;
