@@ -121,8 +121,17 @@ public struct CapabilityProber: Sendable {
         }
         defer { reaper.dispose(links: [link], objects: [object]) }
         var fired: UInt64 = 0
-        for _ in 0..<3 where fired == 0 {
-            backend.fire(plan.trigger)
+        for attempt in 0..<5 where fired == 0 {
+            // A CPU-time trigger doubles each time (3 ms up to 48 ms of this thread's CPU):
+            // under software emulation (QEMU TCG) a 100 µs cpu-clock may not expire in 3 ms
+            // three times running, which once reported perf_event unsupported there.
+            if case .spin(let milliseconds) = plan.trigger {
+                backend.fire(.spin(milliseconds: milliseconds << attempt))
+            } else if attempt < 3 {
+                backend.fire(plan.trigger)
+            } else {
+                break
+            }
             do {
                 fired = try Self.hits(object)
             } catch {

@@ -216,6 +216,17 @@ struct CapabilityProberScriptedTests {
         #expect(kernel.calls.filter { $0 == .fire(.getpgid) }.count >= 3)
     }
 
+    @Test("A perf event that never fires is spun for doubling CPU time (3 to 48 ms) before it is called unsupported")
+    func perfEventSpinsLonger() throws {
+        let kernel = FakeKernel()
+        kernel.neverFires(CapabilityBPF.Programs.capPerfEvent)
+        let report = probe(kernel)
+        #expect(try result(report, .perfEvent).status == .unsupported)
+        let spins = kernel.calls.compactMap { call -> Int? in if case .fire(.spin(let ms)) = call { ms } else { nil } }
+        #expect(spins == [3, 6, 12, 24, 48], "\(spins)")
+        #expect(kernel.isClean, "\(kernel.leakReport)")
+    }
+
     @Test("A uretprobe failure makes the uprobe chain step unusable although uprobe works")
     func chainNeedsBothHalves() throws {
         let kernel = FakeKernel()
