@@ -51,7 +51,8 @@ public enum ReportJSON {
         internetDateTime(seconds: Int64(date.timeIntervalSince1970.rounded(.down)), milliseconds: nil)
     }
 
-    private static func internetDateTime(seconds: Int64, milliseconds: Int32?) -> String {
+    /// `2026-12-02T13:20:01Z`, or with `.mmm` before the `Z` (UTC, without ICU).
+    static func internetDateTime(seconds: Int64, milliseconds: Int32?) -> String {
         var time = time_t(seconds)
         var parts = tm()
         gmtime_r(&time, &parts)

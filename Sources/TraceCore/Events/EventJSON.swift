@@ -91,7 +91,8 @@ struct EventJSON {
         let second = nanoseconds / 1_000_000_000
         if second != timeSecond {
             timeSecond = second
-            timePrefix = Array(Self.rfc3339(nanoseconds: second * 1_000_000_000).utf8.prefix(20))
+            // `2026-12-02T13:20:01Z` without its `Z`, and the fraction's dot.
+            timePrefix = Array(ReportJSON.internetDateTime(seconds: second, milliseconds: nil).utf8.dropLast()) + [0x2E]
         }
         out.bytes.append(contentsOf: timePrefix)
         var fraction = nanoseconds % 1_000_000_000
@@ -130,20 +131,6 @@ struct EventJSON {
             cgroupText[id] = text.bytes
         }
         return text.bytes
-    }
-
-    /// `2026-12-02T13:20:01.123456789Z`.
-    static func rfc3339(nanoseconds: Int64) -> String {
-        var seconds = time_t(nanoseconds / 1_000_000_000)
-        let fraction = nanoseconds % 1_000_000_000
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func pad(_ v: Int, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
-        }
-        return "\(pad(Int(parts.tm_year) + 1900, 4))-\(pad(Int(parts.tm_mon) + 1, 2))-\(pad(Int(parts.tm_mday), 2))T"
-            + "\(pad(Int(parts.tm_hour), 2)):\(pad(Int(parts.tm_min), 2)):\(pad(Int(parts.tm_sec), 2)).\(pad(Int(fraction), 9))Z"
     }
 }
 
