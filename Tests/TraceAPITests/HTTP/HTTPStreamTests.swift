@@ -215,6 +215,16 @@ extension HTTPServerTests {
             try await client.receive("\r\n\r\n")
         }
 
+        /// A client that sent a stream request to `server` and got the response head, and
+        /// the stream the handler made for it.
+        static func open(_ log: StreamLog<PushStream>, on server: HTTPServer,
+                         sourceLocation: SourceLocation = #_sourceLocation) async throws -> (RawHTTP.Client, PushStream) {
+            let client = try RawHTTP.Client(port: server.port)
+            try client.send(request())
+            #expect(try await receivedHead(client), sourceLocation: sourceLocation)
+            return (client, try #require(log.all.first, sourceLocation: sourceLocation))
+        }
+
         /// Open fds of this process that are TCP sockets bound to local `port`: the
         /// server's listening socket and its accepted connections (the test's own client
         /// sockets have ephemeral local ports). Exact even while other suites open fds.
@@ -249,10 +259,7 @@ extension HTTPServerTests {
         @Test func chunksArriveInOrderAndTheStreamEndsCleanly() async throws {
             let log = StreamLog { PushStream() }
             try await HTTPServerTests.withServer(router: Self.router(log)) { server, _ in
-                let client = try RawHTTP.Client(port: server.port)
-                try client.send(Self.request())
-                #expect(try await Self.receivedHead(client))
-                let stream = try #require(log.all.first)
+                let (client, stream) = try await Self.open(log, on: server)
 
                 stream.push("data: one\n\n")
                 #expect(try await client.receive("data: one\n\n"))
@@ -301,10 +308,7 @@ extension HTTPServerTests {
         @Test func pendingStreamParksAndIsDeliveredPromptlyWhenWoken() async throws {
             let log = StreamLog { PushStream() }
             try await HTTPServerTests.withServer(router: Self.router(log)) { server, _ in
-                let client = try RawHTTP.Client(port: server.port)
-                try client.send(Self.request())
-                #expect(try await Self.receivedHead(client))
-                let stream = try #require(log.all.first)
+                let (client, stream) = try await Self.open(log, on: server)
                 try await Task.sleep(for: .milliseconds(300))
                 // Parked, not polled: one `.pending` read in 300 ms.
                 #expect(stream.pendingReadCount == 1)
@@ -338,10 +342,7 @@ extension HTTPServerTests {
         @Test func staleAndRepeatedWakeUpsDoNothing() async throws {
             let log = StreamLog { PushStream(repeatsWakeUps: true) }
             try await HTTPServerTests.withServer(router: Self.router(log)) { server, _ in
-                let client = try RawHTTP.Client(port: server.port)
-                try client.send(Self.request())
-                #expect(try await Self.receivedHead(client))
-                let stream = try #require(log.all.first)
+                let (client, stream) = try await Self.open(log, on: server)
                 for n in 0..<10 {
                     stream.push("data: \(n)\n\n")
                     #expect(try await client.receive("data: \(n)\n\n"))
@@ -395,10 +396,7 @@ extension HTTPServerTests {
         @Test func clientThatDisconnectsClosesTheStreamOnce() async throws {
             let log = StreamLog { PushStream() }
             try await HTTPServerTests.withServer(router: Self.router(log)) { server, _ in
-                let client = try RawHTTP.Client(port: server.port)
-                try client.send(Self.request())
-                #expect(try await Self.receivedHead(client))
-                let stream = try #require(log.all.first)
+                let (client, stream) = try await Self.open(log, on: server)
                 stream.push("data: first\n\n")
                 #expect(try await client.receive("data: first\n\n"))
                 client.close()
@@ -513,10 +511,7 @@ extension HTTPServerTests {
             let log = StreamLog { PushStream() }
             let configuration = HTTPServer.Configuration(port: 0, connectionTimeout: .seconds(1), streamTimeout: .seconds(30))
             try await HTTPServerTests.withServer(configuration, router: Self.router(log)) { server, _ in
-                let client = try RawHTTP.Client(port: server.port)
-                try client.send(Self.request())
-                #expect(try await Self.receivedHead(client))
-                let stream = try #require(log.all.first)
+                let (client, stream) = try await Self.open(log, on: server)
                 // Parked for twice the connection timeout, then written to every 300 ms.
                 try await Task.sleep(for: .milliseconds(2200))
                 for n in 0..<8 {
