@@ -128,20 +128,9 @@ enum EventText {
         }
     }
 
+    /// C-style: control characters (C0 and C1) as `\xXX`.
     static func quoted(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where isControl(scalar): out += "\\x" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+        OrderedJSON.quoted(s, escaping: isControl) { "\\x" + ($0 < 0x10 ? "0" : "") + String($0, radix: 16) }
     }
 
     static func isControl(_ scalar: Unicode.Scalar) -> Bool {

@@ -73,7 +73,10 @@ indirect enum OrderedJSON: Sendable, Equatable {
         }
     }
 
-    static func quoted(_ s: String) -> String {
+    /// `s` in double quotes with `"`, `\`, newline, return and tab escaped, and every
+    /// other scalar `isEscaped` picks written as `escape` makes it (JSON's `\u00XX` by default).
+    static func quoted(_ s: String, escaping isEscaped: (Unicode.Scalar) -> Bool = { $0.value < 0x20 },
+                       as escape: (UInt32) -> String = { "\\u" + hex4($0) }) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -82,7 +85,7 @@ indirect enum OrderedJSON: Sendable, Equatable {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where scalar.value < 0x20: out += "\\u" + hex4(scalar.value)
+            case _ where isEscaped(scalar): out += escape(scalar.value)
             default: out.unicodeScalars.append(scalar)
             }
         }
