@@ -55,7 +55,7 @@ static __always_inline void process_comm(char *comm)
  * more per traced call. A process whose neighbourhood is full is counted in the totals
  * only (by_process then lists fewer processes). The entry's name is the process's
  * (see process_comm), read when the entry is claimed and refreshed now and then. */
-static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u32 tgid)
+static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u32 tgid, u64 weight)
 {
 	u32 home = (tgid * 2654435761u) >> (32 - bits);
 	for (int i = 0; i < TP_PROCS_PROBES; i++) {
@@ -73,7 +73,7 @@ static __always_inline void proc_table_count(void *table, u32 base, u32 bits, u3
 		}
 		if (owner == tgid) {
 			u64 n = p->calls + 1; /* a plain read: only decides when to refresh the name */
-			__sync_fetch_and_add(&p->calls, 1);
+			__sync_fetch_and_add(&p->calls, weight);
 			/* The name is read again at 2, 4, 8 … calls and then every 1,024th, so a
 			 * process that execs after its first traced call (fork, then exec) soon
 			 * shows its new name; a process that exited keeps the last one. */

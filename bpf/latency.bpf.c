@@ -54,6 +54,10 @@ const volatile bool events_on = false;
 const volatile u64 event_min_latency_ns = 0;   /* a call this slow is an event (0: every call) */
 const volatile u32 event_rate = 0;             /* events.max_per_second */
 
+/* Budgets (spec `budget`, serve --max-cpu-percent): off by default, so a probe without one
+ * has no branch of it. */
+const volatile bool budget_on = false;
+
 /* The rate limit's word (see tp_event_admit). */
 u64 event_window = 0;
 
@@ -69,6 +73,14 @@ struct {
 	__type(key, u32);
 	__type(value, struct tp_stats);
 } stats SEC(".maps");
+
+/* budget_on: how the probe records calls now, set by user space at any time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct tp_budget);
+} budget SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -89,6 +101,7 @@ struct {
  * TP_K_ARG_STR part names. */
 struct tp_start {
 	u64 ts;
+	u64 weight; /* budget_on: how many calls this one counts for (1-in-N sampling) */
 	u64 args[TP_KEY_PARTS + 1];
 	char str[TP_STR_LEN];
 };
@@ -178,9 +191,31 @@ static __always_inline bool pass_filter(void)
 	return true;
 }
 
-static __always_inline void count_process(u32 tgid)
+static __always_inline void count_process(u32 tgid, u64 weight)
 {
-	proc_table_count(&procs, 0, TP_PROCS_BITS, tgid);
+	proc_table_count(&procs, 0, TP_PROCS_BITS, tgid, weight);
+}
+
+/* budget_on: whether this call is recorded, and how many calls it counts for: 0 when the
+ * probe is suspended or the call falls between two samples, N for the one call in N that
+ * 1-in-N sampling records (per CPU), else 1. Every call is counted in `seen`. */
+static __always_inline u64 budget_weight(void)
+{
+	u32 z = 0;
+	struct tp_budget *b = bpf_map_lookup_elem(&budget, &z);
+	struct tp_stats *s = bpf_map_lookup_elem(&stats, &z);
+	if (!b || !s)
+		return 0;
+	s->seen++;
+	if (b->suspended)
+		return 0;
+	u32 n = b->sample_every;
+	if (n <= 1)
+		return 1;
+	if (++s->sample_tick < n)
+		return 0;
+	s->sample_tick = 0;
+	return n;
 }
 
 static __always_inline struct tp_start *start_slot(bool create)
@@ -398,7 +433,7 @@ static __always_inline void fill_key(void *ctx, struct tp_start *st, struct tp_s
 }
 
 /* One call (or event: `st` is null) into the key table. */
-static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct tp_stats *s, u64 delta, s64 ret)
+static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct tp_stats *s, u64 delta, s64 ret, u64 w)
 {
 	u8 key[TP_KEY_MAX] = {};
 	fill_key(ctx, st, s, ret, key);
@@ -415,9 +450,9 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 			return;
 		}
 	}
-	v->calls++;
+	v->calls += w;
 	if (ret < 0)
-		v->errors++;
+		v->errors += w;
 	if (val_kind == TP_V_NONE)
 		return;
 	s64 value = 0;
@@ -427,14 +462,14 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 	case TP_V_ARG: if (st) value = (s64)st->args[TP_KEY_PARTS]; break;
 	case TP_V_FIELD: value = record_field(ctx, val_arg, val_len, val_signed); break;
 	}
-	v->count++;
-	v->sum += value;
+	v->count += w;
+	v->sum += value * (s64)w;
 	u32 slot = value_slot(value, hist_kind, hist_min, hist_step, hist_n);
 	barrier_var(slot);
 	if (slot >= hist_n)
 		return;
 	u64 *h = (u64 *)(v + 1);
-	h[slot]++;
+	h[slot] += w;
 }
 
 /* One event to the ring buffer, unless over the rate (throttled) or the ring is full (lost). */
@@ -463,9 +498,17 @@ static __always_inline int on_entry(void *ctx, enum arg_source src)
 {
 	if (!pass_filter())
 		return 0;
+	u64 w = 1;
+	if (budget_on) {
+		w = budget_weight();
+		if (!w)
+			return 0; /* not recorded: its exit finds no timestamp */
+	}
 	struct tp_start *st = start_slot(true);
 	if (!st)
 		return 0;
+	if (budget_on)
+		st->weight = w;
 	if (keyed && need_args)
 		record_args(ctx, src, st);
 	if (keyed && need_stacks)
@@ -499,24 +542,29 @@ static __always_inline int on_exit(void *ctx, s64 ret)
 			emit_event(ctx, st, bpf_map_lookup_elem(&stats, &key), now, delta, ret, TP_EV_CALL);
 		return 0;
 	}
+	u64 w = 1;
+	if (budget_on && st->weight > 1)
+		w = st->weight;
 	struct tp_stats *s = bpf_map_lookup_elem(&stats, &key);
 	if (s) {
-		s->calls++;
+		s->calls += w;
 		if (ret < 0)
-			s->errors++;
-		s->lat_count++;
-		s->lat_sum_ns += delta;
+			s->errors += w;
+		s->lat_count += w;
+		s->lat_sum_ns += delta * w;
+		if (w > 1)
+			s->estimated += w;
 	}
 	u32 slot = log2_slot(delta);
 	if (slot >= TP_HIST_SLOTS)
 		slot = TP_HIST_SLOTS - 1;
 	u64 *bucket = bpf_map_lookup_elem(&hist, &slot);
 	if (bucket)
-		(*bucket)++;
+		(*bucket) += w;
 	if (count_procs)
-		count_process(bpf_get_current_pid_tgid() >> 32);
+		count_process(bpf_get_current_pid_tgid() >> 32, w);
 	if (keyed)
-		keyed_update(ctx, st, s, delta, ret);
+		keyed_update(ctx, st, s, delta, ret, w);
 	if (event)
 		emit_event(ctx, st, s, now, delta, ret, TP_EV_CALL);
 	return 0;
@@ -526,14 +574,23 @@ static __always_inline int on_event(void *ctx)
 {
 	if (!pass_filter())
 		return 0;
+	u64 w = 1;
+	if (budget_on) {
+		w = budget_weight();
+		if (!w)
+			return 0;
+	}
 	u32 key = 0;
 	struct tp_stats *s = bpf_map_lookup_elem(&stats, &key);
-	if (s)
-		s->calls++;
+	if (s) {
+		s->calls += w;
+		if (w > 1)
+			s->estimated += w;
+	}
 	if (count_procs)
-		count_process(bpf_get_current_pid_tgid() >> 32);
+		count_process(bpf_get_current_pid_tgid() >> 32, w);
 	if (keyed)
-		keyed_update(ctx, 0, s, 0, 0);
+		keyed_update(ctx, 0, s, 0, 0, w);
 	if (events_on)
 		emit_event(ctx, 0, s, bpf_ktime_get_ns(), 0, 0, 0);
 	return 0;

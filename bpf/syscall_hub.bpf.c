@@ -41,6 +41,14 @@ struct {
 	__type(value, struct hub_agg);
 } aggs SEC(".maps");
 
+/* HUB_F_BUDGET: how each slot records calls now (struct tp_budget), set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HUB_SLOTS);
+	__type(key, u32);
+	__type(value, struct tp_budget);
+} slot_budget SEC(".maps");
+
 /* TP_CG_UNDER: each filtering slot's cgroup at the slot's index. */
 struct {
 	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
@@ -127,6 +135,7 @@ struct hub_start {
 	u32 count; /* entries of `slots` */
 	u32 slots[HUB_PER_NR]; /* slot + 1 of each probe whose filter passed at entry, else 0 */
 	u32 claims[HUB_PER_NR_POW2]; /* each listed slot's claim at entry (hub_filter.claim) */
+	u32 weights[HUB_PER_NR_POW2]; /* HUB_F_BUDGET: how many calls this one counts for in each listed slot (0: 1) */
 	u64 args[TP_ARGS];     /* the syscall's arguments, when a slot needs them (HUB_F_ARGS) */
 	/* Per listed slot: its string argument (HUB_F_STR). One dimension: kernels before 6.6
 	 * take a struct as a global function's argument only if its arrays are of scalars. */
@@ -205,7 +214,7 @@ static __always_inline void hub_fill_key(const struct hub_filter *f, struct hub_
 
 /* One call into a slot's key table, with the slot's settings `f`. */
 static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, struct hub_start *st, u32 i,
-					 u64 delta, s64 ret, struct hub_agg *a)
+					 u64 delta, s64 ret, struct hub_agg *a, u64 w)
 {
 	void *table = f->flags & HUB_F_STR ? bpf_map_lookup_elem(&slot_keys_str, &slot) : bpf_map_lookup_elem(&slot_keys, &slot);
 	if (!table)
@@ -224,9 +233,9 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 			return;
 		}
 	}
-	v->stats.calls++;
+	v->stats.calls += w;
 	if (ret < 0)
-		v->stats.errors++;
+		v->stats.errors += w;
 	s64 value = 0;
 	switch (f->val_kind) {
 	case TP_V_NONE: return;
@@ -234,12 +243,12 @@ static __always_inline void keyed_update(u32 slot, const struct hub_filter *f, s
 	case TP_V_RET: value = ret; break;
 	case TP_V_ARG: if (f->val_arg < TP_ARGS) value = (s64)narrow(st->args[f->val_arg], f->val_len, f->val_signed); break;
 	}
-	v->stats.count++;
-	v->stats.sum += value;
+	v->stats.count += w;
+	v->stats.sum += value * (s64)w;
 	u32 b = value_slot(value, f->hist_kind, f->hist_min, f->hist_step, f->hist_n);
 	barrier_var(b);
 	if (b < HUB_HIST_SLOTS)
-		v->hist[b]++;
+		v->hist[b] += w;
 }
 
 /* One event of slot `slot` to its ring buffer, unless over its rate (throttled) or the ring
@@ -291,18 +300,23 @@ __noinline int aggregate(u32 slot, u32 i, struct hub_start *st, u64 delta, s64 r
 			hub_emit(slot, f, st, i, delta, ret, a);
 		return 0;
 	}
-	a->stats.calls++;
+	u64 w = st->weights[i & (HUB_PER_NR_POW2 - 1)];
+	if (w == 0)
+		w = 1;
+	a->stats.calls += w;
 	if (ret < 0)
-		a->stats.errors++;
-	a->stats.lat_count++;
-	a->stats.lat_sum_ns += delta;
+		a->stats.errors += w;
+	a->stats.lat_count += w;
+	a->stats.lat_sum_ns += delta * w;
+	if (w > 1)
+		a->stats.estimated += w;
 	u32 bucket = log2_slot(delta);
 	barrier_var(bucket);
-	a->hist[bucket & (TP_HIST_SLOTS - 1)]++;
+	a->hist[bucket & (TP_HIST_SLOTS - 1)] += w;
 	if (f->flags & HUB_F_PROCS)
-		proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, st->tgid);
+		proc_table_count(&procs, slot << HUB_PROCS_BITS, HUB_PROCS_BITS, st->tgid, w);
 	if (f->flags & HUB_F_KEYED)
-		keyed_update(slot, f, st, i, delta, ret, a);
+		keyed_update(slot, f, st, i, delta, ret, a, w);
 	if (event)
 		hub_emit(slot, f, st, i, delta, ret, a);
 	return 0;
@@ -338,6 +352,7 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 	bool have_comm = false;
 	u32 passed[HUB_PER_NR] = {};
 	u32 claims[HUB_PER_NR_POW2] = {};
+	u32 weights[HUB_PER_NR_POW2] = {};
 	bool any = false;
 	u32 needs = 0;
 	for (int i = 0; i < HUB_PER_NR; i++) {
@@ -364,6 +379,23 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 			}
 			if (!comm_matches(comm, f))
 				continue;
+		}
+		if (f->flags & HUB_F_BUDGET) {
+			/* As budget_weight in latency.bpf.c, with the slot's entries. */
+			struct tp_budget *b = bpf_map_lookup_elem(&slot_budget, &slot);
+			struct hub_agg *a = bpf_map_lookup_elem(&aggs, &slot);
+			if (!b || !a)
+				continue;
+			a->stats.seen++;
+			if (b->suspended)
+				continue;
+			u32 n = b->sample_every;
+			if (n > 1) {
+				if (++a->stats.sample_tick < n)
+					continue;
+				a->stats.sample_tick = 0;
+				weights[i & (HUB_PER_NR_POW2 - 1)] = n;
+			}
 		}
 		passed[i] = slot + 1;
 		claims[i] = f->claim;
@@ -398,6 +430,7 @@ static __always_inline int hub_enter(struct pt_regs *regs, bool typed, s64 nr)
 	}
 	__builtin_memcpy(st->slots, passed, sizeof(passed));
 	__builtin_memcpy(st->claims, claims, sizeof(claims));
+	__builtin_memcpy(st->weights, weights, sizeof(weights));
 	st->count = count;
 	st->tgid = tgid;
 	st->ts = bpf_ktime_get_ns();

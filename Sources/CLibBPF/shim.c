@@ -284,6 +284,36 @@ int tp_enable_runtime_stats(void)
     return fd < 0 ? -errno : fd;
 }
 
+double tp_stats_bias_ns(int runs)
+{
+    struct bpf_insn insns[] = {
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+    int fd = bpf_prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, "tp_stats_bias", "GPL", insns, 2, NULL);
+    if (fd < 0)
+        return -errno;
+    __u64 args[1] = { 0 };
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = args, .ctx_size_in = sizeof(args));
+    for (int i = 0; i < runs; i++) {
+        if (bpf_prog_test_run_opts(fd, &opts) < 0) {
+            int err = errno;
+            close(fd);
+            return -err;
+        }
+    }
+    struct bpf_prog_info info = {};
+    __u32 len = sizeof(info);
+    int rc = bpf_obj_get_info_by_fd(fd, &info, &len);
+    int err = errno;
+    close(fd);
+    if (rc < 0)
+        return -err;
+    if (info.run_cnt == 0)
+        return -ENODATA; /* stats are off */
+    return (double)info.run_time_ns / (double)info.run_cnt;
+}
+
 int tp_malloc_bound_retention(int mmap_threshold, int arena_max)
 {
     int ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold);

@@ -74,6 +74,11 @@ int tp_map_get_info(int map_fd, tp_map_info *info);
 
 /// Enables BPF run-time stats for as long as the returned fd is open. Negative errno on failure.
 int tp_enable_runtime_stats(void);
+/* What BPF run-time stats add to every run they measure: the run time per run of an empty
+ * program (r0 = 0; exit), test-run `runs` times while stats are on (the caller holds a
+ * BPF_ENABLE_STATS fd, or kernel.bpf_stats_enabled is 1). Returns nanoseconds per run, or
+ * -errno. */
+double tp_stats_bias_ns(int runs);
 
 /// Names the calling thread (prctl PR_SET_NAME; the kernel keeps 15 bytes). 0 or -errno.
 /// Self-tests call from a renamed thread to check that processes are named after their leader.

@@ -37,6 +37,23 @@ struct tp_stats {
 	__u64 events;       /* events written to the probe's ring buffer */
 	__u64 throttled;    /* events over events.max_per_second: not written */
 	__u64 lost;         /* events the ring buffer had no room for (nobody drained it in time) */
+	__u64 seen;         /* budgeted probes: calls (events) that passed the filter, recorded or not */
+	__u64 estimated;    /* the part of `calls` that comes from 1-in-N sampling (each call it
+	                     * records is counted N times): an estimate, not a count */
+	__u64 sample_tick;  /* budgeted probes: calls since the last recorded one (not a count) */
+};
+
+/*
+ * Budget control (spec `budget`, serve --max-cpu-percent): written by user space, read by
+ * the programs of a probe built with budget_on (one entry of map `budget`; the hub's
+ * `slot_budget` has one per slot). A budgeted probe counts every call that passes its
+ * filter in `seen`; with sample_every N > 1 it records one call in N (per CPU) and counts
+ * it N times, so the totals, histograms and keys stay estimates of the truth; suspended, it
+ * records nothing.
+ */
+struct tp_budget {
+	__u32 sample_every; /* 0 or 1: every call */
+	__u32 suspended;
 };
 
 /* Entry of a process table (map `procs`, an array): an open-addressing table keyed by

@@ -30,6 +30,7 @@ struct hub_nr {
 #define HUB_F_STR 8       /* a key part is the string argument `str_arg` points to */
 #define HUB_F_CGROUP 16   /* only calls from the cgroup `cgroup_id` (at `cgroup_level`) and below */
 #define HUB_F_EVENTS 32   /* calls at least event_min_latency_ns slow go to the slot's ring buffer in `slot_events` */
+#define HUB_F_BUDGET 64   /* the slot's entry of `slot_budget` samples or suspends it (see struct tp_budget) */
 
 /* Value of map `filters` (array keyed by slot): the slot's filter and what it aggregates. */
 struct hub_filter {
