@@ -45,6 +45,17 @@ struct Serve: AsyncParsableCommand {
         discussion: "A key costs 2 series (calls, errors; 1 for tracepoints) plus, with a value histogram, its le buckets + 3 (+Inf, _sum, _count). If every key fits, all are exported; otherwise the top keys by calls are kept such that they and one more group fit, and the rest are summed into that group, labelled other=\"true\". A probe whose one group exceeds the budget still exports one."))
     var maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe
 
+    @Option(help: ArgumentHelp(
+        "Percent of one CPU that all probes and the agent together may cost (default: no agent-wide limit).",
+        discussion: "Every probe is then built to sample and suspend; the agent's own CPU time comes off the limit first, and each probe gets a share of the rest in proportion to what it costs recording every call (see README \"Budgets\")."))
+    var maxCpuPercent: Double?
+
+    @Option(help: "Seconds a suspended probe waits before it may resume (doubled, up to 300, when it is suspended again within 10 minutes).")
+    var budgetHoldOff: Int = 10
+
+    @Option(help: "Seconds between the short (100 ms) BPF stats windows that measure each budgeted probe's cost per call.")
+    var budgetStatsInterval: Int = 5
+
     @OptionGroup var kernel: KernelOptions
 
     func run() async throws {
@@ -61,9 +72,18 @@ struct Serve: AsyncParsableCommand {
         let tls = try loadTLS()
         let probeFile: [ProbeSpec]
         do { probeFile = try probes.map { try ProbeFile.load($0) } ?? [] } catch { throw StartupError("\(error)") }
+        if let p = maxCpuPercent, !(p >= BudgetSpec.minCPUPercent && p <= 100 * Double(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))) {
+            throw ValidationError("--max-cpu-percent must be from \(BudgetSpec.minCPUPercent) to 100 × the online CPUs")
+        }
+        guard (1...300).contains(budgetHoldOff) else { throw ValidationError("--budget-hold-off must be from 1 to 300 seconds") }
+        guard (1...3600).contains(budgetStatsInterval) else { throw ValidationError("--budget-stats-interval must be from 1 to 3600 seconds") }
+        var budgets = BudgetController.Configuration(maxCPUPercent: maxCpuPercent)
+        budgets.policy.holdOff = .seconds(budgetHoldOff)
+        budgets.statsInterval = .seconds(budgetStatsInterval)
+        budgets.statsAlwaysOn = bpfStats
         let configuration = AgentService.Configuration(
             core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: try kernel.disabled(), stateDirectory: stateDir,
-                                    probeFile: probeFile),
+                                    probeFile: probeFile, budgets: budgets),
             host: host, port: port, tls: tls, tokens: tokens, bpfStats: bpfStats, maxSeriesPerProbe: maxSeriesPerProbe)
         let service: AgentService
         do { service = try AgentService(configuration, logger: logger) } catch { throw StartupError("\(error)") }

@@ -58,10 +58,12 @@ public enum SpecDecoder {
 
     /// The members of each object (by path) and their JSON types; `required` members must
     /// be present and not null, the others may be null (the same as absent).
-    enum Kind { case string, integer, boolean, object, strings, stringMap }
+    enum Kind { case string, integer, number, boolean, object, strings, stringMap }
     static let kinds: [String: [String: Kind]] = [
         "": ["name": .string, "target": .object, "mechanisms": .strings, "filter": .object,
-             "ttl_seconds": .integer, "labels": .stringMap, "aggregate": .object, "events": .object],
+             "ttl_seconds": .integer, "labels": .stringMap, "aggregate": .object, "events": .object,
+             "budget": .object],
+        "budget": ["max_cpu_percent": .number, "max_events_per_second": .integer],
         "events": ["min_latency_ns": .integer, "max_per_second": .integer, "buffer_kib": .integer],
         // Only JSON types here: how many keys, which names and what bounds are
         // AggregatePlan.resolve's (field errors such as `aggregate.by`).
@@ -96,6 +98,11 @@ public enum SpecDecoder {
                 errors.append(FieldError(field: field, message: "must be a string, not \(typeName(member))"))
             case .integer:
                 if let problem = integerProblem(member) { errors.append(FieldError(field: field, message: problem)) }
+            case .number:
+                switch member {
+                case .integer, .number: continue
+                default: errors.append(FieldError(field: field, message: "must be a number, not \(typeName(member))"))
+                }
             case .boolean:
                 if case .bool = member { continue }
                 errors.append(FieldError(field: field, message: "must be a boolean (true or false), not \(typeName(member))"))

@@ -12,9 +12,13 @@ public struct CoreConfiguration: Sendable {
     /// Probe specs to apply at start, like PUTs, after restoring saved probes.
     public var probeFile: [ProbeSpec]
     public var clock: any ProbeClock
+    /// How budgets are enforced (serve --max-cpu-percent and friends).
+    public var budgets: BudgetController.Configuration
 
     public init(maxProbes: Int = 256, disabledMechanisms: Set<Mechanism> = [], stateDirectory: String? = nil,
-                probeFile: [ProbeSpec] = [], clock: any ProbeClock = SystemClock()) {
+                probeFile: [ProbeSpec] = [], clock: any ProbeClock = SystemClock(),
+                budgets: BudgetController.Configuration = BudgetController.Configuration()) {
+        self.budgets = budgets
         self.maxProbes = maxProbes
         self.disabledMechanisms = disabledMechanisms
         self.stateDirectory = stateDirectory
@@ -52,9 +56,11 @@ public final class TracingCore: Sendable {
         let capabilities = CapabilityStore(prober: CapabilityProber(backend: backend, disabled: configuration.disabledMechanisms, reaper: Reaper()))
         self.capabilities = capabilities
         state = try configuration.stateDirectory.map { dir throws(StateError) in try StateStore(directory: dir, logger: Logger(label: "traceplane.state")) }
-        probes = ProbeManager(planner: Planner(backend: backend, reaper: reaper, hubSlots: configuration.maxProbes),
+        let budgets = BudgetController(configuration: configuration.budgets, clock: configuration.clock)
+        probes = ProbeManager(planner: Planner(backend: backend, reaper: reaper, hubSlots: configuration.maxProbes,
+                                               budgetsEveryProbe: budgets.budgetsEveryProbe),
                               maxProbes: configuration.maxProbes, state: state, clock: configuration.clock,
-                              logger: Logger(label: "traceplane.probes"), report: { await capabilities.current })
+                              logger: Logger(label: "traceplane.probes"), budgets: budgets, report: { await capabilities.current })
     }
 
     /// Probes capabilities, then restores the saved probes and applies the probe file,

@@ -123,6 +123,8 @@ struct RecipeInput: Sendable {
     /// Whether tracing programs may call bpf_get_current_ancestor_cgroup_id here (the
     /// shared hook picks its cgroup check once, for every slot).
     var cgroupAncestor: Bool = true
+    /// Whether the programs sample and suspend under a budget (see ``BudgetSpec``).
+    var budgeted: Bool = false
 
     /// Whether the bound function takes the syscall's `struct pt_regs` (the x86-64 and arm64
     /// syscall wrappers, `__x64_sys_read`): arguments are then read through it.

@@ -34,6 +34,7 @@ enum LatencyObject {
             load.set(globals.taskCommOffset, layout.comm)
         }
         configure(&load, plan: input.plan, syscallRegisters: input.syscallRegisters)
+        if input.budgeted { load.set(globals.budgetOn, true) }
         if let events = input.spec.events {
             load.set(globals.eventsOn, true)
             load.set(globals.eventMinLatencyNs, events.threshold)

@@ -74,6 +74,7 @@ enum SyscallHubObject {
         load.change(maps.filterCgroups, .maxEntries(UInt32(input.hubSlots)))
         load.change(maps.aggs, .maxEntries(UInt32(input.hubSlots)))
         load.change(maps.slotRate, .maxEntries(UInt32(input.hubSlots)))
+        load.change(maps.slotBudget, .maxEntries(UInt32(input.hubSlots)))
         load.change(maps.procs, .maxEntries(UInt32(input.hubSlots * processesPerSlot)))
         if !input.taskStorage { load.change(maps.starts, .taskStorageToHash(maxEntries: LatencyObject.threadHashEntries)) }
         if let layout = input.facts.taskLayout {

@@ -29,11 +29,15 @@ public final class AttachedProbe: Sendable {
     private let stackTable: StackTable?
     /// Its events on their way to subscribers (nil without an `events` spec).
     public let events: ProbeEvents?
+    /// Whether its programs can sample and suspend (spec `budget`, serve --max-cpu-percent):
+    /// they then count every call in `seen` and read the budget control.
+    public let budgeted: Bool
 
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
-         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil) {
+         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, budgeted: Bool = false) {
         self.descriptor = descriptor
         self.events = events
+        self.budgeted = budgeted
         self.taskStorage = taskStorage
         self.boundTo = boundTo
         self.plan = plan
@@ -50,9 +54,10 @@ public final class AttachedProbe: Sendable {
     }
 
     init(descriptor: FlavourDescriptor, hub: SyscallHub.Membership, boundTo: String?, plan: AggregatePlan, reportsAggregate: Bool = true,
-         events: ProbeEvents? = nil) {
+         events: ProbeEvents? = nil, budgeted: Bool = false) {
         self.descriptor = descriptor
         self.events = events
+        self.budgeted = budgeted
         taskStorage = hub.taskStorage
         self.boundTo = boundTo
         self.plan = plan
@@ -88,6 +93,54 @@ public final class AttachedProbe: Sendable {
     }
 
     public var isAttached: Bool { resources.withLock { if case .detached = $0 { false } else { true } } }
+
+    // MARK: Budget
+
+    /// What the budget controller reads every second: cheap (the totals and the programs'
+    /// run time, no histogram, keys or process table).
+    public struct BudgetSample: Sendable, Hashable {
+        /// Calls that passed the filter, recorded or not (budgeted probes only).
+        public var seen: UInt64
+        public var calls: UInt64
+        public var estimated: UInt64
+        /// Run time and runs of the programs, counted while BPF stats are on.
+        public var runTimeNanoseconds: UInt64
+        public var runCount: UInt64
+        /// Set when the programs serve other probes too (the shared syscall hook): the run
+        /// time is theirs together, and this names them.
+        public var sharedPrograms: ObjectIdentifier?
+    }
+
+    public func budgetSample() throws(KernelError) -> BudgetSample {
+        switch resources.withLock({ $0 }) {
+        case .own(let object, _):
+            var counters = ProbeCounters()
+            for entry in try object.readMap(LatencyBPF.Maps.stats) {
+                for value in entry.values { counters.add(value.load(as: tp_stats.self)) }
+            }
+            counters.add(object.programStats())
+            return BudgetSample(seen: counters.seen, calls: counters.calls, estimated: counters.estimated,
+                                runTimeNanoseconds: counters.runTimeNanoseconds, runCount: counters.runCount, sharedPrograms: nil)
+        case .hub(let membership):
+            return try membership.budgetSample()
+        case .detached:
+            throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe")
+        }
+    }
+
+    /// Records one call in `sampleEvery` (counted that many times), or nothing while
+    /// `suspended`. Only for budgeted probes.
+    public func setBudget(sampleEvery: UInt32, suspended: Bool) throws(KernelError) {
+        precondition(budgeted, "setBudget on a probe built without budget control")
+        var control = tp_budget()
+        control.sample_every = max(1, sampleEvery)
+        control.suspended = suspended ? 1 : 0
+        switch resources.withLock({ $0 }) {
+        case .own(let object, _): try object.update(LatencyBPF.Maps.budget, index: 0, to: control)
+        case .hub(let membership): try membership.setBudget(control)
+        case .detached: throw KernelError(stage: .attach, errno: .EBADF, operation: "control a detached probe")
+        }
+    }
 
     /// Reads the probe's maps. Scrape cost depends on the number of maps, not on events;
     /// `topProcesses` 0 skips the process table. Without `symbolizingStacks`, stack key

@@ -10,9 +10,14 @@ public struct Planner: Sendable {
     /// The shared raw_syscalls hooks that tp_btf and raw_tp syscall probes join.
     public let hubs: SyscallHubs
 
+    /// Whether every probe is built to sample and suspend (serve --max-cpu-percent), not only
+    /// probes with a `budget`.
+    public let budgetsEveryProbe: Bool
+
     /// `hubSlots`: probes each shared syscall hook can hold (the agent passes its probe limit).
-    public init(backend: any KernelBackend, reaper: Reaper = .shared, hubSlots: Int = 256) {
+    public init(backend: any KernelBackend, reaper: Reaper = .shared, hubSlots: Int = 256, budgetsEveryProbe: Bool = false) {
         attacher = ObjectAttacher(backend: backend, reaper: reaper)
+        self.budgetsEveryProbe = budgetsEveryProbe
         hubs = SyscallHubs(attacher: attacher, slots: hubSlots)
     }
 
@@ -111,6 +116,7 @@ public struct Planner: Sendable {
         var input = RecipeInput(spec: spec, facts: report.kernel, taskStorage: report.supports(.taskStorage), binding: nil, plan: plan)
         input.cgroup = cgroup
         input.cgroupAncestor = report.supports(.cgroupAncestor)
+        input.budgeted = spec.budget != nil || budgetsEveryProbe
         switch descriptor.strategy {
         case .sharedSyscallHook:
             guard let hub = hubs[descriptor.id] else { preconditionFailure("no shared hook for flavour \(descriptor.id)") }
@@ -136,7 +142,8 @@ public struct Planner: Sendable {
                     }
                     return .success(AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
                                                   boundTo: made.recipe.boundTo, plan: plan,
-                                                  reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events))
+                                                  reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events,
+                                                  budgeted: input.budgeted))
                 }
                 guard case .failure(let failed) = result, failed.stage == .load, failed.errno == .ESRCH || failed.errno == .ENOENT else { break }
             }

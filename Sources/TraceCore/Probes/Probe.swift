@@ -7,6 +7,11 @@ public enum ProbeState: String, Sendable, Codable, Hashable, CaseIterable {
     /// A restored probe that no longer attaches: kept, so the desired state is not lost;
     /// a PUT retries it.
     case failed
+    /// Attached, recording one call in N to stay within its budget (see ``BudgetPolicy``).
+    case throttled
+    /// Attached, recording nothing: even sampled it was over its budget. Resumes by itself
+    /// once under half of it, after a hold-off, or on a PUT.
+    case suspended
 }
 
 /// A probe as the API shows it.
@@ -21,9 +26,14 @@ public struct Probe: Sendable, Codable, Hashable {
     public var updatedAt: Date
     public var expiresAt: Date?
     public var generation: Int
+    /// Why the probe is throttled, suspended or failed (nil when active).
+    public var stateReason: String?
+    /// What the probe costs and how its budget holds it, for budgeted probes.
+    public var cost: BudgetStatus?
 
     enum CodingKeys: String, CodingKey {
-        case name, spec, state, mechanism, attempts, generation
+        case name, spec, state, mechanism, attempts, generation, cost
+        case stateReason = "state_reason"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
         case expiresAt = "expires_at"
@@ -34,12 +44,14 @@ public struct Probe: Sendable, Codable, Hashable {
         try c.encode(name, forKey: .name)
         try c.encode(spec, forKey: .spec)
         try c.encode(state, forKey: .state)
+        try c.encode(stateReason, forKey: .stateReason)
         try c.encode(mechanism, forKey: .mechanism)
         try c.encode(attempts, forKey: .attempts)
         try c.encode(createdAt, forKey: .createdAt)
         try c.encode(updatedAt, forKey: .updatedAt)
         try c.encode(expiresAt, forKey: .expiresAt)
         try c.encode(generation, forKey: .generation)
+        try c.encodeIfPresent(cost, forKey: .cost)
     }
 }
 

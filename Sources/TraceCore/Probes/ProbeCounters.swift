@@ -37,6 +37,10 @@ public struct ProbeCounters: Sendable, Hashable {
     public var eventsLost: UInt64 = 0
     /// The events member of the metrics, for probes with an `events` spec.
     public var events: EventCounts?
+    /// Budgeted probes: calls that passed the filter, recorded or not; and the part of
+    /// `calls` that 1-in-N sampling estimated.
+    public var seen: UInt64 = 0
+    public var estimated: UInt64 = 0
 
     /// A probe's events as its metrics show them.
     public struct EventCounts: Sendable, Hashable, Codable {
@@ -93,6 +97,8 @@ public struct ProbeCounters: Sendable, Hashable {
         eventsEmitted &+= stats.events
         eventsThrottled &+= stats.throttled
         eventsLost &+= stats.lost
+        seen &+= stats.seen
+        estimated &+= stats.estimated
     }
 
     /// Adds the programs' run-time statistics.

@@ -29,10 +29,19 @@ public actor ProbeManager {
         var deadline: Duration?
         var generation: Int
 
-        func view(name: String) -> Probe {
-            Probe(name: name, spec: spec, state: probe == nil ? .failed : .active, mechanism: probe?.flavour,
-                  attempts: probe?.attempts ?? failedAttempts,
-                  createdAt: createdAt, updatedAt: updatedAt, expiresAt: expiresAt, generation: generation)
+        func view(name: String, budget: BudgetStatus? = nil) -> Probe {
+            var state: ProbeState = probe == nil ? .failed : .active
+            if probe != nil, let budget {
+                switch budget.state {
+                case .active: break
+                case .throttled: state = .throttled
+                case .suspended: state = .suspended
+                }
+            }
+            return Probe(name: name, spec: spec, state: state, mechanism: probe?.flavour,
+                         attempts: probe?.attempts ?? failedAttempts,
+                         createdAt: createdAt, updatedAt: updatedAt, expiresAt: expiresAt, generation: generation,
+                         stateReason: state == .throttled || state == .suspended ? budget?.reason : nil, cost: budget)
         }
     }
 
@@ -51,6 +60,8 @@ public actor ProbeManager {
     private let logger: Logger
     private let report: @Sendable () async -> CapabilityReport?
     private let state: StateStore?
+    /// Enforces budgets on the probes built with budget control (nil: no budgets).
+    public nonisolated let budgets: BudgetController?
 
     /// Committed probes: what reads see and what is on disk.
     private var entries: [String: Entry] = [:]
@@ -75,8 +86,10 @@ public actor ProbeManager {
     ///   disabled mechanisms); nil while capabilities are not probed yet.
     /// - Parameter state: where desired probes are saved before a change is acknowledged (nil: nowhere).
     public init(planner: Planner, maxProbes: Int = 256, state: StateStore? = nil, clock: any ProbeClock = SystemClock(),
-                logger: Logger = Logger(label: "traceplane.probes"), report: @escaping @Sendable () async -> CapabilityReport?) {
+                logger: Logger = Logger(label: "traceplane.probes"), budgets: BudgetController? = nil,
+                report: @escaping @Sendable () async -> CapabilityReport?) {
         self.planner = planner
+        self.budgets = budgets
         reaper = planner.reaper
         self.maxProbes = maxProbes
         self.state = state
@@ -88,12 +101,17 @@ public actor ProbeManager {
     // MARK: - Reads
 
     public func list() -> [Probe] {
-        entries.sorted { $0.key < $1.key }.map { $0.value.view(name: $0.key) }
+        entries.sorted { $0.key < $1.key }.map { view($0.key, $0.value) }
     }
 
     public func get(_ name: String) throws(ProbeError) -> Probe {
         guard let entry = entries[name] else { throw Self.notFound(name) }
-        return entry.view(name: name)
+        return view(name, entry)
+    }
+
+    /// The probe as the API shows it, with its budget state.
+    private func view(_ name: String, _ entry: Entry) -> Probe {
+        entry.view(name: name, budget: entry.probe == nil ? nil : budgets?.status(name))
     }
 
     public var count: Int { entries.count }
@@ -119,8 +137,9 @@ public actor ProbeManager {
     /// probes' requests meanwhile.
     public func metrics(_ name: String) async throws(ProbeError) -> ProbeMetrics {
         guard let entry = entries[name] else { throw Self.notFound(name) }
+        let budget = budgets?.status(name)
         let read = await BlockingWork.reads.run { () -> Result<ProbeMetrics, ProbeError> in
-            do throws(ProbeError) { return .success(try Self.metrics(name: name, entry: entry)) } catch { return .failure(error) }
+            do throws(ProbeError) { return .success(try Self.metrics(name: name, entry: entry, budget: budget)) } catch { return .failure(error) }
         }
         switch read {
         case .success(let metrics): return metrics
@@ -136,8 +155,9 @@ public actor ProbeManager {
     /// without `symbolizingStacks` stack key parts have no frames).
     public func allMetrics(topProcesses: Int = 10, symbolizingStacks: Bool = true) -> [(Probe, ProbeMetrics)] {
         entries.sorted { $0.key < $1.key }.compactMap { name, entry in
-            guard let m = try? Self.metrics(name: name, entry: entry, topProcesses: topProcesses, symbolizingStacks: symbolizingStacks) else { return nil }
-            return (entry.view(name: name), m)
+            guard let m = try? Self.metrics(name: name, entry: entry, topProcesses: topProcesses, symbolizingStacks: symbolizingStacks,
+                                            budget: budgets?.status(name)) else { return nil }
+            return (view(name, entry), m)
         }
     }
 
@@ -156,7 +176,7 @@ public actor ProbeManager {
             guard existing.spec == spec else {
                 throw ProbeError(kind: .conflict, detail: "a probe named '\(name)' exists with another spec; PUT /v1/probes/\(name) replaces it")
             }
-            return (existing.view(name: name), false)
+            return (view(name, existing), false)
         }
         return (try await attachNew(name: name, spec: spec), true)
     }
@@ -187,7 +207,11 @@ public actor ProbeManager {
                 kept.updatedAt = clock.now()
             }
             try await commit(name, .set(kept))
-            return (kept.view(name: name), outcome)
+            // A PUT that changes the spec resumes a throttled or suspended probe, with the
+            // budget it gives; one that only renews the lease (a controller's heartbeat)
+            // leaves the budget's state alone.
+            if outcome == .replaced { budgets?.put(name, spec: spec.budget) }
+            return (view(name, kept), outcome)
         }
         let attached = try await plan(spec)
         var replacement = Entry(spec: spec, probe: attached, createdAt: existing.createdAt, updatedAt: clock.now(),
@@ -201,7 +225,8 @@ public actor ProbeManager {
         }
         // The old attachment goes only once the new one works and is saved: a failed replace keeps it.
         existing.probe?.detach(reaper: reaper, reason: .replaced)
-        return (replacement.view(name: name), .replaced)
+        budgets?.track(name, probe: attached, spec: spec.budget)
+        return (view(name, replacement), .replaced)
     }
 
     /// DELETE: forgets the probe once that is saved; the kernel detach happens in the background.
@@ -210,6 +235,7 @@ public actor ProbeManager {
         defer { unlock(name) }
         guard let entry = entries[name] else { throw Self.notFound(name) }
         try await commit(name, .remove)
+        budgets?.untrack(name)
         entry.probe?.detach(reaper: reaper)
     }
 
@@ -253,7 +279,8 @@ public actor ProbeManager {
             // Restoring changes nothing the disk does not already say; a later save brings
             // the rest (remaining TTLs are the same instants).
             entries[name] = entry
-            outcomes.append(RestoreOutcome(name: name, probe: entry.view(name: name), problem: problem))
+            if let probe = entry.probe { budgets?.track(name, probe: probe, spec: spec.budget) }
+            outcomes.append(RestoreOutcome(name: name, probe: view(name, entry), problem: problem))
         }
         rescheduleExpiry()
         await saveOrRecover()
@@ -264,8 +291,12 @@ public actor ProbeManager {
     /// left as it is, so a restart with the same state directory brings the probes back.
     public func removeAll() {
         shuttingDown = true
-        for (_, entry) in entries { entry.probe?.detach(reaper: reaper, reason: .shutdown) }
+        for (name, entry) in entries {
+            budgets?.untrack(name)
+            entry.probe?.detach(reaper: reaper, reason: .shutdown)
+        }
         entries.removeAll()
+        budgets?.stop()
         expiryTask?.cancel()
         expiryTask = nil
         recoveryTask?.cancel()
@@ -401,6 +432,7 @@ public actor ProbeManager {
         for (name, entry) in entries where !held.contains(name) {
             guard let deadline = entry.deadline, deadline <= now else { continue }
             entries[name] = nil
+            budgets?.untrack(name)
             entry.probe?.detach(reaper: reaper, reason: .expired)
             logger.info("probe \(name) expired (ttl_seconds \(entry.spec.ttlSeconds ?? 0)) and was detached")
             changed = true
@@ -432,7 +464,8 @@ public actor ProbeManager {
             attached.detach(reaper: reaper)
             throw error
         }
-        return entry.view(name: name)
+        budgets?.track(name, probe: attached, spec: spec.budget)
+        return view(name, entry)
     }
 
     private func plan(_ spec: ProbeSpec) async throws(ProbeError) -> AttachedProbe {
@@ -470,14 +503,20 @@ public actor ProbeManager {
 
     // MARK: - Helpers
 
-    static func metrics(name: String, entry: Entry, topProcesses: Int = 10, symbolizingStacks: Bool = true) throws(ProbeError) -> ProbeMetrics {
+    static func metrics(name: String, entry: Entry, topProcesses: Int = 10, symbolizingStacks: Bool = true,
+                        budget: BudgetStatus? = nil) throws(ProbeError) -> ProbeMetrics {
         guard let probe = entry.probe else {
             throw ProbeError(kind: .conflict, detail: "probe '\(name)' is not attached: restoring it failed; PUT it again to retry")
         }
         do {
             let counters = try probe.read(topProcesses: topProcesses, symbolizingStacks: symbolizingStacks)
-            return ProbeMetrics(name: name, mechanism: probe.flavour, target: entry.spec.target.label,
-                                since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
+            var metrics = ProbeMetrics(name: name, mechanism: probe.flavour, target: entry.spec.target.label,
+                                       since: entry.updatedAt, counters: counters, countsOnly: probe.countsOnly)
+            if probe.budgeted {
+                metrics.sampling = ProbeMetrics.Sampling(sampled: budget?.sampleEvery ?? 1, estimatedCalls: counters.estimated,
+                                                         seenCalls: counters.seen, state: budget?.state ?? .active)
+            }
+            return metrics
         } catch {
             throw ProbeError(kind: .unavailable, detail: "reading the probe's maps failed: \(error)")
         }
@@ -504,7 +543,10 @@ public actor ProbeManager {
 
     /// Whether two specs attach the same way (they differ at most in TTL and labels).
     static func sameAttachment(_ a: ProbeSpec, _ b: ProbeSpec) -> Bool {
+        // A budget's numbers change without a new attachment; whether there is one decides
+        // whether the programs are built to sample and suspend.
         a.target == b.target && a.mechanisms == b.mechanisms && a.filter == b.filter && a.aggregate == b.aggregate && a.events == b.events
+            && (a.budget == nil) == (b.budget == nil)
     }
 
     private func generateName() -> String {

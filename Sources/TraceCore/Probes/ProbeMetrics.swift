@@ -30,6 +30,24 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
     public var totalKeys: Int = 0
     /// Probes with an `events` spec: what was streamed and what was not.
     public var events: ProbeCounters.EventCounts?
+    /// Budgeted probes: how calls are recorded now and how much of the counts is estimated.
+    public var sampling: Sampling?
+
+    /// The `sampling` member: a budgeted probe records one call in `sampled` (counted that
+    /// many times), so `calls`, the histograms and the keys are estimates of the truth for
+    /// the part `estimated_calls` of `calls`; `seen_calls` counts every call that passed the
+    /// filter, recorded or not (also while suspended): an exact count.
+    public struct Sampling: Sendable, Codable, Hashable {
+        public var sampled: UInt32
+        public var estimatedCalls: UInt64
+        public var seenCalls: UInt64
+        public var state: BudgetPolicy.State
+        enum CodingKeys: String, CodingKey {
+            case sampled, state
+            case estimatedCalls = "estimated_calls"
+            case seenCalls = "seen_calls"
+        }
+    }
 
     /// Keeps the `n` keys with most calls.
     public func top(_ n: Int) -> ProbeMetrics {
@@ -42,7 +60,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, mechanism, target, since, calls, errors, overhead, aggregate, events
+        case name, mechanism, target, since, calls, errors, overhead, aggregate, events, sampling
         case latencyNanoseconds = "latency_ns"
         case byProcess = "by_process"
     }
@@ -60,6 +78,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
         try c.encode(overhead, forKey: .overhead)
         if let aggregate { try c.encode(AggregateJSON(aggregate, totalKeys: totalKeys), forKey: .aggregate) }
         try c.encodeIfPresent(events, forKey: .events)
+        try c.encodeIfPresent(sampling, forKey: .sampling)
     }
 
     public init(from decoder: any Decoder) throws {
@@ -78,6 +97,7 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
             totalKeys = wire.totalKeys
         }
         events = try c.decodeIfPresent(ProbeCounters.EventCounts.self, forKey: .events)
+        sampling = try c.decodeIfPresent(Sampling.self, forKey: .sampling)
     }
 
     public init(name: String, mechanism: Flavour, target: String, since: Date, counters: ProbeCounters, countsOnly: Bool) {

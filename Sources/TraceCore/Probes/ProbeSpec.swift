@@ -115,11 +115,15 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
     public var aggregate: AggregateSpec?
     /// Calls (or events) streamed one by one; nil: none.
     public var events: EventsSpec?
+    /// What the probe may cost; nil: no limit of its own (serve --max-cpu-percent may still apply).
+    public var budget: BudgetSpec?
 
     public init(name: String? = nil, target: ProbeTarget, mechanisms: [String]? = nil, filter: ProbeFilter? = nil,
-                ttlSeconds: Int? = nil, labels: [String: String]? = nil, aggregate: AggregateSpec? = nil, events: EventsSpec? = nil) {
+                ttlSeconds: Int? = nil, labels: [String: String]? = nil, aggregate: AggregateSpec? = nil, events: EventsSpec? = nil,
+                budget: BudgetSpec? = nil) {
         self.aggregate = aggregate
         self.events = events
+        self.budget = budget
         self.name = name
         self.target = target
         self.mechanisms = mechanisms
@@ -129,7 +133,7 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, target, mechanisms, filter, labels, aggregate, events
+        case name, target, mechanisms, filter, labels, aggregate, events, budget
         case ttlSeconds = "ttl_seconds"
     }
 
@@ -143,6 +147,7 @@ public struct ProbeSpec: Sendable, Codable, Hashable {
         try c.encode(labels ?? [:], forKey: .labels)
         try c.encodeIfPresent(aggregate, forKey: .aggregate)
         try c.encodeIfPresent(events, forKey: .events)
+        try c.encodeIfPresent(budget, forKey: .budget)
     }
 }
 
@@ -303,6 +308,7 @@ extension ProbeSpec {
             }
         }
         if let events { errors += events.validate(target: target.type) }
+        if let budget { errors += budget.validate() }
         if let ttl = ttlSeconds, ttl < 1 || ttl > Self.maxTTLSeconds {
             errors.append(FieldError(field: "ttl_seconds", message: "must be from 1 to \(Self.maxTTLSeconds)"))
         }

@@ -26,7 +26,7 @@ public final class SyscallHub: Sendable {
 
     public let descriptor: FlavourDescriptor
     /// Probes the hub holds: its tables are sized for this many at load (per-CPU `aggs`:
-    /// 544 bytes per slot and CPU; `procs`: 8 KiB per slot).
+    /// 608 bytes per slot and CPU; `procs`: 8 KiB per slot).
     public let slots: Int
     let attacher: ObjectAttacher
 
@@ -80,6 +80,8 @@ public final class SyscallHub: Sendable {
         func leave() { hub.leave(self) }
         func read(topProcesses: Int) throws(KernelError) -> ProbeCounters { try hub.read(self, topProcesses: topProcesses) }
         func readKeys() throws(KernelError) -> [MapEntry] { try hub.readKeys(self) }
+        func budgetSample() throws(KernelError) -> AttachedProbe.BudgetSample { try hub.budgetSample(self) }
+        func setBudget(_ control: tp_budget) throws(KernelError) { try hub.setBudget(self, control) }
     }
 
     /// The number of probes in the hub now.
@@ -106,7 +108,7 @@ public final class SyscallHub: Sendable {
                     events = ProbeEvents(ring: ring, spec: spec, plan: input.plan, layout: .hub, kind: "call")
                 }
                 return AttachedProbe(descriptor: descriptor, hub: m, boundTo: "syscall nr \(nr), slot \(m.slot)", plan: input.plan,
-                                     reportsAggregate: input.spec.aggregate != nil, events: events)
+                                     reportsAggregate: input.spec.aggregate != nil, events: events, budgeted: input.budgeted)
             }
         }
     }
@@ -143,7 +145,8 @@ public final class SyscallHub: Sendable {
                     }
                 }
             }
-            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, cgroup: input.cgroup, plan: input.plan, events: input.spec.events, facts: input.facts) }) { return joined }
+            if let joined = state.withLock({ s in claim(&s, nr: nr, filter: filter, cgroup: input.cgroup, plan: input.plan, events: input.spec.events,
+                                                        budgeted: input.budgeted, facts: input.facts) }) { return joined }
         }
         return .failure(refusal("the shared raw_syscalls hook was dropped three times while joining", errno: .EBUSY))
     }
@@ -151,7 +154,7 @@ public final class SyscallHub: Sendable {
     /// Takes a free slot of the loaded hub for syscall `nr`; nil when the hub was dropped
     /// meanwhile (the caller loads it again).
     private func claim(_ s: inout State, nr: UInt32, filter: ProbeFilter?, cgroup: CgroupFilter?, plan: AggregatePlan,
-                       events: EventsSpec?, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
+                       events: EventsSpec?, budgeted: Bool, facts: KernelFacts) -> Result<Membership, AttachAttempt>? {
         guard let loaded = s.loaded else { return nil }
         guard let slot = (0..<slots).first(where: { s.members[$0] == nil }) else {
             return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
@@ -176,6 +179,8 @@ public final class SyscallHub: Sendable {
             // A fresh ring buffer and rate window: nothing of the previous owner's reaches this one.
             try loaded.object.removeInnerMap(maps.slotEvents, index: UInt32(slot))
             try loaded.object.update(maps.slotRate, index: UInt32(slot), to: UInt64(0))
+            // Every call recorded until the budget controller says otherwise.
+            try loaded.object.update(maps.slotBudget, index: UInt32(slot), to: tp_budget(sample_every: 1, suspended: 0))
             if let events {
                 try loaded.object.setInnerMap(maps.slotEvents, index: UInt32(slot), maxEntries: events.bufferBytes)
                 ring = try loaded.object.openRing(maps.slotEvents, index: UInt32(slot))
@@ -183,6 +188,7 @@ public final class SyscallHub: Sendable {
             s.claims &+= 1
             var value = Self.filterValue(filter, plan: plan, events: events)
             value.claim = s.claims
+            if budgeted { value.flags |= UInt32(HUB_F_BUDGET) }
             if var cgroup {
                 if loaded.cgroupMode == .underCgroup || cgroup.match.level == nil {
                     cgroup.mode = .underCgroup
@@ -274,6 +280,28 @@ public final class SyscallHub: Sendable {
         // The hub's programs serve all its probes: their run time is shared.
         counters.add(object.programStats())
         return counters
+    }
+
+    /// The slot's totals and the hub programs' run time (shared by every member).
+    func budgetSample(_ m: Membership) throws(KernelError) -> AttachedProbe.BudgetSample {
+        let object = state.withLock { s in m.generation == s.generation && s.members[m.slot] == m.nr && s.memberClaims[m.slot] == m.claim ? s.loaded?.object : nil }
+        guard let object else { throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe") }
+        var counters = ProbeCounters()
+        for agg in try object.lookup(SyscallHubBPF.Maps.aggs, index: UInt32(m.slot), as: hub_agg.self) ?? [] { counters.add(agg.stats) }
+        counters.add(object.programStats())
+        return AttachedProbe.BudgetSample(seen: counters.seen, calls: counters.calls, estimated: counters.estimated,
+                                          runTimeNanoseconds: counters.runTimeNanoseconds, runCount: counters.runCount,
+                                          sharedPrograms: ObjectIdentifier(object))
+    }
+
+    /// Sets the slot's budget control (struct tp_budget).
+    func setBudget(_ m: Membership, _ control: tp_budget) throws(KernelError) {
+        try state.withLock { s throws(KernelError) in
+            guard m.generation == s.generation, s.members[m.slot] == m.nr, s.memberClaims[m.slot] == m.claim, let loaded = s.loaded else {
+                throw KernelError(stage: .attach, errno: .EBADF, operation: "control a detached probe")
+            }
+            try loaded.object.update(SyscallHubBPF.Maps.slotBudget, index: UInt32(m.slot), to: control)
+        }
     }
 
     /// The slot's key table.

@@ -1,0 +1,152 @@
+import Testing
+@testable import TraceCore
+
+/// Budget decisions on an injected clock: seconds are given, not slept.
+@Suite("Budget policy (throttle, suspend, hysteresis, hold-off)")
+struct BudgetPolicyTests {
+    static let cpu1 = BudgetPolicy.Limits(maxCPUPercent: 1)
+
+    static func at(_ s: Int) -> Duration { .seconds(s) }
+
+    static func m(_ rate: Double, _ ns: Double?, peak: Double? = nil) -> BudgetPolicy.Measurement {
+        BudgetPolicy.Measurement(eventsPerSecond: rate, nanosecondsPerCall: ns, peakEventsPerSecond: peak)
+    }
+
+    @Test("over max_cpu_percent: 1-in-N with N the smallest power of two projected at 70 % of the limit")
+    func throttles() throws {
+        var p = BudgetPolicy(now: Self.at(0))
+        p.measured(nanosecondsPerCall: 200)
+        // 1M calls/s × 200 ns = 20 % of a CPU; 0.7 % needs 200 / N ≤ 7 ns: N = 32.
+        let step1 = p.step(now: Self.at(1), measured: Self.m(1_000_000, 200), limits: Self.cpu1)
+        let t = try #require(step1)
+        #expect(t.from == .active && t.to == .throttled && t.sampleEvery == 32)
+        #expect(p.state == .throttled && p.sampleEvery == 32)
+        #expect(p.reason?.contains("20 % of a CPU") == true)
+        #expect(p.reason?.contains("recording 1 call in 32") == true)
+    }
+
+    @Test("no cost measured at the current setting: no CPU decision")
+    func waitsForAMeasurement() {
+        var p = BudgetPolicy(now: Self.at(0))
+        let step2 = p.step(now: Self.at(1), measured: Self.m(5_000_000, nil), limits: Self.cpu1)
+        #expect(step2 == nil)
+        #expect(p.state == .active)
+    }
+
+    @Test("a floor cost over the limit at any sampling suspends; resume waits for the hold-off and half the budget")
+    func suspendsThenResumes() throws {
+        var p = BudgetPolicy(now: Self.at(0))
+        p.measured(nanosecondsPerCall: 200)
+        let step3 = p.step(now: Self.at(1), measured: Self.m(1_000_000, 200), limits: Self.cpu1)
+        _ = try #require(step3)
+        // At 1-in-32, 20 ns per call: the floor is (20 × 32 − 200) / 31 = 14.2 ns, 1.42 %.
+        p.measured(nanosecondsPerCall: 20)
+        #expect(abs((p.floorCost ?? 0) - 14.19) < 0.01)
+        let step4 = p.step(now: Self.at(3), measured: Self.m(1_000_000, 20), limits: Self.cpu1)
+        let s = try #require(step4)
+        #expect(s.to == .suspended && p.state == .suspended)
+        #expect(p.reason?.contains("suspended") == true)
+        // Suspended, each call costs 5 ns (the check that records nothing).
+        p.measured(nanosecondsPerCall: 5)
+        // Before the hold-off (10 s): nothing, however quiet.
+        let step5 = p.step(now: Self.at(8), measured: Self.m(10, 5), limits: Self.cpu1)
+        #expect(step5 == nil)
+        // After it, still busy: 1M/s at the floor cost is not under half of 1 %.
+        let step6 = p.step(now: Self.at(14), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
+        #expect(step6 == nil)
+        // Quiet now, but a peak in the last seconds still counts.
+        let step7 = p.step(now: Self.at(15), measured: Self.m(1_000, 5, peak: 1_000_000), limits: Self.cpu1)
+        #expect(step7 == nil)
+        // 20,000 calls/s: every call recorded would cost 0.4 %, under half of 1 %.
+        let step8 = p.step(now: Self.at(16), measured: Self.m(20_000, 5), limits: Self.cpu1)
+        let r = try #require(step8)
+        #expect(r.from == .suspended && r.to == .active && r.sampleEvery == 1)
+        #expect(p.reason == nil)
+    }
+
+    @Test("resuming picks the sampling that projects under half the budget")
+    func resumesThrottled() throws {
+        var p = BudgetPolicy(now: Self.at(0))
+        p.measured(nanosecondsPerCall: 200)
+        _ = p.step(now: Self.at(1), measured: Self.m(10_000_000, 200), limits: Self.cpu1)
+        // 10M/s × 200 ns = 200 %: 0.7 % needs N ≥ 286, so 512 (no floor is known yet).
+        #expect(p.sampleEvery == 512)
+        p.measured(nanosecondsPerCall: 2) // the floor: (2 × 512 − 200) / 511 = 1.61 ns
+        let step9 = p.step(now: Self.at(3), measured: Self.m(10_000_000, 2), limits: Self.cpu1)
+        let s = try #require(step9)
+        #expect(s.to == .suspended)
+        // 100,000 calls/s after the hold-off: (1.61 + 198.4 / N) ns × 100k ≤ 0.5 % needs N ≥ 5: 8.
+        let step10 = p.step(now: Self.at(14), measured: Self.m(100_000, 1.61), limits: Self.cpu1)
+        let r = try #require(step10)
+        #expect(r.to == .throttled && r.sampleEvery == 8)
+    }
+
+    @Test("throttled: N halves only under half the budget, and not within relaxAfter of a change")
+    func relaxesWithHysteresis() throws {
+        var p = BudgetPolicy(now: Self.at(0))
+        p.measured(nanosecondsPerCall: 200)
+        let step11 = p.step(now: Self.at(1), measured: Self.m(1_000_000, 200), limits: Self.cpu1)
+        _ = try #require(step11)
+        p.measured(nanosecondsPerCall: 6.25) // 200 / 32: no floor
+        // The load drops to 100,000 calls/s: every call would cost 2 %, 1-in-2 1 %, 1-in-4 0.5 %.
+        let step12 = p.step(now: Self.at(3), measured: Self.m(100_000, 6.25), limits: Self.cpu1)
+        #expect(step12 == nil, "within relaxAfter (5 s)")
+        var seen: [UInt32] = []
+        for second in 6...60 {
+            if let t = p.step(now: Self.at(second), measured: Self.m(100_000, 200 / Double(p.sampleEvery)), limits: Self.cpu1) {
+                seen.append(t.sampleEvery)
+            }
+        }
+        // 32 → 16 → 8, then 1-in-4 would project 0.5 %: not under half of 1 %. It stops at 8.
+        #expect(seen == [16, 8])
+        #expect(p.state == .throttled && p.sampleEvery == 8)
+    }
+
+    @Test("a rate swinging around the limit does not flap: one throttle, no relax while the peak is high")
+    func noFlapping() {
+        var p = BudgetPolicy(now: Self.at(0))
+        p.measured(nanosecondsPerCall: 100)
+        var transitions = 0
+        var rates: [Double] = []
+        for second in 1...120 {
+            // 80,000 and 120,000 calls/s in turn: 0.8 % and 1.2 % recording every call.
+            let rate: Double = second % 2 == 0 ? 120_000 : 80_000
+            rates = Array((rates + [rate]).suffix(5))
+            let cost = p.projectedCost(sampleEvery: p.sampleEvery, current: nil) ?? 100
+            if p.step(now: Self.at(second), measured: Self.m(rate, cost, peak: rates.max()), limits: Self.cpu1) != nil { transitions += 1 }
+        }
+        #expect(transitions == 1)
+        #expect(p.state == .throttled && p.sampleEvery == 2)
+    }
+
+    @Test("max_events_per_second alone suspends without sampling; the hold-off doubles when it happens again soon")
+    func eventsBudget() throws {
+        let limits = BudgetPolicy.Limits(maxEventsPerSecond: 1000)
+        var p = BudgetPolicy(now: Self.at(0))
+        let step13 = p.step(now: Self.at(1), measured: Self.m(900, nil), limits: limits)
+        #expect(step13 == nil)
+        let step14 = p.step(now: Self.at(2), measured: Self.m(5_000, nil), limits: limits)
+        let s = try #require(step14)
+        #expect(s.to == .suspended && s.sampleEvery == 1)
+        #expect(p.reason?.hasPrefix("5000 events/s, over max_events_per_second 1000") == true)
+        let step15 = p.step(now: Self.at(13), measured: Self.m(600, nil), limits: limits)
+        #expect(step15 == nil, "600/s is not under half of 1,000")
+        let step16 = p.step(now: Self.at(14), measured: Self.m(400, nil), limits: limits)
+        let r = try #require(step16)
+        #expect(r.to == .active)
+        let step17 = p.step(now: Self.at(20), measured: Self.m(5_000, nil), limits: limits)
+        _ = try #require(step17)
+        #expect(p.holdOff == .seconds(20))
+        let step18 = p.step(now: Self.at(35), measured: Self.m(10, nil), limits: limits)
+        #expect(step18 == nil, "hold-off now 20 s")
+        let step19 = p.step(now: Self.at(40), measured: Self.m(10, nil), limits: limits)
+        #expect(step19?.to == .active)
+        // A PUT: every call again, and the hold-off back to 10 s.
+        let step20 = p.step(now: Self.at(41), measured: Self.m(5_000, nil), limits: limits)
+        _ = try #require(step20)
+        #expect(p.holdOff == .seconds(40))
+        let step21 = p.reset(now: Self.at(42))
+        #expect(step21?.to == .active)
+        #expect(p.holdOff == .seconds(10) && p.state == .active && p.sampleEvery == 1)
+    }
+}
