@@ -1,3 +1,4 @@
+import Foundation
 /// The metric types of the Prometheus text format.
 public enum MetricType: String, Sendable, Hashable {
     case counter, gauge, histogram, untyped
@@ -104,6 +105,21 @@ public struct ExpositionWriter {
     public mutating func value(_ value: UInt64) {
         closeLabels()
         Self.appendDecimal(value, to: &bytes)
+        bytes.append(UInt8(ascii: "\n"))
+        state = .betweenSamples
+    }
+
+    /// Ends the sample line with a fractional value (a ratio), to nine decimals at most.
+    public mutating func value(double value: Double) {
+        closeLabels()
+        if !value.isFinite {
+            bytes.append(contentsOf: Array((value.isNaN ? "NaN" : value > 0 ? "+Inf" : "-Inf").utf8))
+        } else {
+            var text = String(format: "%.9f", value)
+            while text.hasSuffix("0") { text.removeLast() }
+            if text.hasSuffix(".") { text.removeLast() }
+            bytes.append(contentsOf: Array(text.utf8))
+        }
         bytes.append(UInt8(ascii: "\n"))
         state = .betweenSamples
     }

@@ -8,10 +8,13 @@ public struct MetricsSnapshot: Sendable {
         public var metrics: ProbeMetrics
         /// The probe spec's user labels; exposed only on `traceplane_probe_info`.
         public var userLabels: [String: String]
+        /// Its budget state and measured cost, for budgeted probes.
+        public var budget: BudgetStatus?
 
-        public init(metrics: ProbeMetrics, userLabels: [String: String] = [:]) {
+        public init(metrics: ProbeMetrics, userLabels: [String: String] = [:], budget: BudgetStatus? = nil) {
             self.metrics = metrics
             self.userLabels = userLabels
+            self.budget = budget
         }
     }
 
@@ -27,6 +30,9 @@ public struct MetricsSnapshot: Sendable {
     /// Failed saves of the desired probes (nil: no state directory, no series).
     public var stateSaveFailures: Int?
     public var process: ProcessStats
+    /// The agent's own CPU over the last second (percent of one CPU), and the BPF stats
+    /// windows the budget controller took (nil: no budgeted probe ever).
+    public var budgets: (agentCPUPercent: Double, windows: Int, windowTime: Duration)?
     public var build: BuildInfo
     /// Most series one probe's key table exports (`serve --max-series-per-probe`): the top
     /// keys by calls are kept such that they and one `other="true"` group fit, and the
@@ -40,8 +46,9 @@ public struct MetricsSnapshot: Sendable {
                 capabilities: [(name: String, supported: Bool)] = [],
                 attachAttempts: [(mechanism: String, outcome: String, count: Int)] = [],
                 httpRequests: HTTPRequestCounts = HTTPRequestCounts(), stateSaveFailures: Int? = nil,
-                process: ProcessStats = ProcessStats(), build: BuildInfo,
-                maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe) {
+                process: ProcessStats = ProcessStats(), budgets: (agentCPUPercent: Double, windows: Int, windowTime: Duration)? = nil,
+                build: BuildInfo, maxSeriesPerProbe: Int = MetricsSnapshot.defaultMaxSeriesPerProbe) {
+        self.budgets = budgets
         precondition(maxSeriesPerProbe > 0, "The series budget per probe must be at least 1, not \(maxSeriesPerProbe).")
         self.maxSeriesPerProbe = maxSeriesPerProbe
         self.probes = probes
@@ -230,6 +237,43 @@ public struct MetricsSnapshot: Sendable {
             writer.value(1)
         }
 
+        let budgeted = zip(probes, identities).compactMap { probe, identity in probe.budget.map { ($0, identity) } }
+        writer.family("traceplane_probe_budget_state", type: .gauge,
+                      help: "1 for the budget state a budgeted probe is in (active, throttled: recording 1 call in N, suspended: recording nothing), 0 for the others.")
+        for (budget, identity) in budgeted {
+            for state in BudgetPolicy.State.allCases {
+                writer.sample()
+                writer.labels(identity)
+                writer.label("state", state.rawValue)
+                writer.value(budget.state == state ? 1 : 0)
+            }
+        }
+        writer.family("traceplane_probe_budget_transitions_total", type: .counter,
+                      help: "Changes of a budgeted probe's state or sampling, by the state entered (a change of N while throttled counts as throttled).")
+        for (budget, identity) in budgeted {
+            for state in BudgetPolicy.State.allCases {
+                writer.sample()
+                writer.labels(identity)
+                writer.label("to", state.rawValue)
+                writer.value(budget.transitions[state.rawValue] ?? 0)
+            }
+        }
+        writer.family("traceplane_probe_sample_every", type: .gauge,
+                      help: "A budgeted probe records 1 call in this many and counts each recorded call this many times (1: every call; its counts are then exact).")
+        for (budget, identity) in budgeted {
+            writer.sample()
+            writer.labels(identity)
+            writer.value(UInt64(budget.sampleEvery))
+        }
+        writer.family("traceplane_probe_cost_cpu_ratio", type: .gauge,
+                      help: "A budgeted probe's estimated cost now, in CPUs: its calls per second times its BPF run time per call (from the latest BPF stats window, the stats' own cost taken off).")
+        for (budget, identity) in budgeted {
+            guard let cpu = budget.cpuPercent else { continue }
+            writer.sample()
+            writer.labels(identity)
+            writer.value(double: cpu / 100)
+        }
+
         writer.family("traceplane_probes", type: .gauge, help: "Probes held by the agent, by state.")
         for (state, count) in probesByState {
             writer.sample()
@@ -280,6 +324,27 @@ public struct MetricsSnapshot: Sendable {
         if let fds = process.openFileDescriptors {
             writer.sample()
             writer.value(fds)
+        }
+
+        writer.family("traceplane_process_cpu_seconds_total", type: .counter, help: "CPU time (user and system) the agent process used.")
+        if let cpu = process.cpuSeconds {
+            writer.sample()
+            writer.value(seconds: cpu)
+        }
+
+        if let budgets {
+            writer.family("traceplane_agent_cpu_ratio", type: .gauge,
+                          help: "The agent's own CPU over the last second, in CPUs (scrapes, symbolization, events): it counts against serve --max-cpu-percent.")
+            writer.sample()
+            writer.value(double: budgets.agentCPUPercent / 100)
+            writer.family("traceplane_budget_stats_windows_total", type: .counter,
+                          help: "Short windows with BPF run-time stats on, taken to measure budgeted probes' cost per call.")
+            writer.sample()
+            writer.value(budgets.windows)
+            writer.family("traceplane_budget_stats_window_seconds_total", type: .counter,
+                          help: "Time BPF run-time stats were on for those windows (every BPF program of the host pays two clock reads per run meanwhile).")
+            writer.sample()
+            writer.value(seconds: budgets.windowTime)
         }
 
         writer.family("traceplane_build_info", type: .gauge, help: "Always 1; the agent, libbpf and Swift versions.")

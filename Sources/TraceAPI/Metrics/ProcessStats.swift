@@ -1,3 +1,4 @@
+import TraceCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,15 +9,18 @@ public struct ProcessStats: Sendable, Hashable {
     public var residentMemoryBytes: UInt64?
     /// Open file descriptors (entries of `/proc/self/fd`), nil when it cannot be read.
     public var openFileDescriptors: UInt64?
+    /// CPU time used, user and system (getrusage).
+    public var cpuSeconds: Duration?
 
-    public init(residentMemoryBytes: UInt64? = nil, openFileDescriptors: UInt64? = nil) {
+    public init(residentMemoryBytes: UInt64? = nil, openFileDescriptors: UInt64? = nil, cpuSeconds: Duration? = nil) {
         self.residentMemoryBytes = residentMemoryBytes
         self.openFileDescriptors = openFileDescriptors
+        self.cpuSeconds = cpuSeconds
     }
 
     /// Reads this process's figures now.
     public static func current() -> ProcessStats {
-        ProcessStats(residentMemoryBytes: residentMemory(), openFileDescriptors: openFDs())
+        ProcessStats(residentMemoryBytes: residentMemory(), openFileDescriptors: openFDs(), cpuSeconds: BudgetController.processCPU())
     }
 
     /// The second field of `/proc/self/statm` (resident pages) times the page size.

@@ -63,7 +63,7 @@ public struct PrometheusExporter: Sendable {
             }
         }
         return MetricsSnapshot(
-            probes: measured.map { probe, metrics in .init(metrics: metrics, userLabels: probe.spec.labels ?? [:]) },
+            probes: measured.map { probe, metrics in .init(metrics: metrics, userLabels: probe.spec.labels ?? [:], budget: probe.cost) },
             probesByState: states.sorted { $0.key < $1.key }.map { (state: $0.key, count: $0.value) },
             capabilities: capabilityValues,
             attachAttempts: attempts.sorted { $0.key < $1.key }.map { key, count in
@@ -73,6 +73,7 @@ public struct PrometheusExporter: Sendable {
             httpRequests: requests?.snapshot() ?? HTTPRequestCounts(),
             stateSaveFailures: stateTracked ? probes.stateSaveFailures : nil,
             process: ProcessStats.current(),
+            budgets: probes.budgets.flatMap { b in b.everTracked ? (b.agentCPUPercent, b.windows.count, b.windows.time) : nil },
             build: build,
             maxSeriesPerProbe: maxSeriesPerProbe)
     }
