@@ -9,6 +9,8 @@ import Synchronization
 public protocol BudgetedProbe: AnyObject, Sendable {
     func budgetSample() throws(KernelError) -> AttachedProbe.BudgetSample
     func setBudget(sampleEvery: UInt32, suspended: Bool) throws(KernelError)
+    func park(reaper: Reaper) throws(KernelError)
+    func unpark(reaper: Reaper) throws(KernelError)
 }
 
 extension AttachedProbe: BudgetedProbe {}
@@ -19,6 +21,8 @@ public struct BudgetStatus: Sendable, Codable, Hashable {
     public var reason: String?
     /// One call in this many is recorded (and counted this many times).
     public var sampleEvery: UInt32
+    /// Suspended with the programs detached (false while a suspended probe is measured).
+    public var parked: Bool
     /// Calls per second that passed the filter, over the last second.
     public var eventsPerSecond: Double?
     /// The estimated cost now: `eventsPerSecond` × `nanosecondsPerCall`, percent of one CPU.
@@ -36,7 +40,7 @@ public struct BudgetStatus: Sendable, Codable, Hashable {
     public var transitions: [String: Int]
 
     enum CodingKeys: String, CodingKey {
-        case state, reason, source, transitions
+        case state, reason, source, transitions, parked
         case sampleEvery = "sample_every"
         case eventsPerSecond = "events_per_second"
         case cpuPercent = "cpu_percent"
@@ -51,6 +55,7 @@ public struct BudgetStatus: Sendable, Codable, Hashable {
         try c.encode(state, forKey: .state)
         try c.encode(reason, forKey: .reason)
         try c.encode(sampleEvery, forKey: .sampleEvery)
+        try c.encode(parked, forKey: .parked)
         try c.encode(eventsPerSecond.map(Self.rounded), forKey: .eventsPerSecond)
         try c.encode(cpuPercent.map(Self.rounded), forKey: .cpuPercent)
         try c.encode(nanosecondsPerCall.map(Self.rounded), forKey: .nanosecondsPerCall)
@@ -117,13 +122,15 @@ public final class BudgetController: Sendable {
 
     public let configuration: Configuration
     private let clock: any ProbeClock
+    private let reaper: Reaper
     private let logger: Logger
     private let state = Mutex(State())
     private let wake = DispatchSemaphore(value: 0)
 
-    public init(configuration: Configuration = Configuration(), clock: any ProbeClock = SystemClock(),
+    public init(configuration: Configuration = Configuration(), clock: any ProbeClock = SystemClock(), reaper: Reaper = .shared,
                 logger: Logger = Logger(label: "traceplane.budget")) {
         self.configuration = configuration
+        self.reaper = reaper
         self.clock = clock
         self.logger = logger
     }
@@ -160,7 +167,13 @@ public final class BudgetController: Sendable {
             guard var t = s.tracked[name] else { return nil }
             t.spec = spec
             let transition = t.policy.reset(now: now)
-            if let transition { Self.count(transition, &t); t.cost = nil }
+            if let transition {
+                Self.count(transition, &t)
+                t.cost = nil
+                t.last = nil
+                t.rate = nil
+                t.recentRates = []
+            }
             s.tracked[name] = t
             guard let transition, let probe = t.probe else { return nil }
             return (probe, transition)
@@ -172,8 +185,9 @@ public final class BudgetController: Sendable {
     public func status(_ name: String) -> BudgetStatus? {
         state.withLock { s in
             guard let t = s.tracked[name] else { return nil }
-            return BudgetStatus(state: t.policy.state, reason: t.policy.reason, sampleEvery: t.policy.sampleEvery, eventsPerSecond: t.rate,
-                                cpuPercent: t.cost.flatMap { c in t.rate.map { $0 * c / 1e7 } }, nanosecondsPerCall: t.cost,
+            return BudgetStatus(state: t.policy.state, reason: t.policy.reason, sampleEvery: t.policy.sampleEvery, parked: t.policy.parked,
+                                eventsPerSecond: t.policy.parked ? nil : t.rate,
+                                cpuPercent: t.policy.parked ? 0 : t.cost.flatMap { c in t.rate.map { $0 * c / 1e7 } }, nanosecondsPerCall: t.cost,
                                 source: s.unavailable.map { "unavailable: \($0)" } ?? "bpf_stats", measuredAt: t.measuredAt.map(ReportJSON.rfc3339),
                                 maxCPUPercent: t.limits.maxCPUPercent, maxEventsPerSecond: t.limits.maxEventsPerSecond,
                                 transitions: t.transitions)
@@ -341,8 +355,14 @@ public final class BudgetController: Sendable {
                 let measurement = BudgetPolicy.Measurement(eventsPerSecond: rate, nanosecondsPerCall: t.cost,
                                                            peakEventsPerSecond: t.recentRates.max())
                 if let transition = t.policy.step(now: now, measured: measurement, limits: t.limits) {
-                    Self.count(transition, &t)
+                    if transition.counted { Self.count(transition, &t) }
                     t.cost = nil
+                    // Attached again or detached: the rate since the last sample says nothing.
+                    if transition.from == .suspended || transition.to == .suspended {
+                        t.last = nil
+                        t.rate = transition.parked ? 0 : nil
+                        t.recentRates = []
+                    }
                     if let probe = t.probe { changes.append((name, probe, transition)) }
                 }
                 s.tracked[name] = t
@@ -380,9 +400,13 @@ public final class BudgetController: Sendable {
         t.transitions[transition.to.rawValue, default: 0] += 1
     }
 
+    /// Puts a transition into the kernel. Suspending sets the control (nothing recorded)
+    /// before detaching; probing and resuming attach again after setting it, so no call is
+    /// recorded under the wrong setting.
     private func apply(_ name: String, _ probe: any BudgetedProbe, _ transition: BudgetPolicy.Transition) {
         do throws(KernelError) {
             try probe.setBudget(sampleEvery: transition.sampleEvery, suspended: transition.to == .suspended)
+            if transition.parked { try probe.park(reaper: reaper) } else { try probe.unpark(reaper: reaper) }
             logger.notice("probe \(name): budget \(transition.from.rawValue) -> \(transition.to.rawValue) (1-in-\(transition.sampleEvery)): \(transition.reason)")
         } catch {
             logger.warning("probe \(name): budget \(transition.to.rawValue) could not be applied: \(error)")

@@ -9,9 +9,12 @@ import Foundation
 ///   of calls the probe's programs see).
 /// - Throttled: halve N only when the projected cost at N/2 is below half the limit, and
 ///   not sooner than `relaxAfter` after the last change.
-/// - Suspended: resume after the hold-off, and only once the projected cost (and the rate)
-///   is below half the limit; each suspension within `backoffWindow` of the last resume
-///   doubles the hold-off (up to `maxHoldOff`), so a probe does not flap.
+/// - Suspended: the programs are detached (parked: nothing runs, the probe costs nothing).
+///   After the hold-off they are attached again recording nothing (probing) for `probeFor`,
+///   which measures the rate and the cost of a call not recorded; the probe resumes only
+///   if the projected cost (and the rate) is below half the limit, else it is parked again
+///   with the hold-off doubled (up to `maxHoldOff`). A suspension within `backoffWindow` of
+///   the last resume doubles it too, so a probe does not flap.
 public struct BudgetPolicy: Sendable, Hashable {
     public enum State: String, Sendable, Codable, Hashable, CaseIterable {
         case active, throttled, suspended
@@ -53,6 +56,9 @@ public struct BudgetPolicy: Sendable, Hashable {
         public var holdOff: Duration = .seconds(10)
         public var maxHoldOff: Duration = .seconds(300)
         public var relaxAfter: Duration = .seconds(5)
+        /// How long a suspended probe is measured (attached, recording nothing) before it
+        /// resumes or is parked again.
+        public var probeFor: Duration = .seconds(2)
         /// A suspension this soon after a resume doubles the hold-off.
         public var backoffWindow: Duration = .seconds(600)
         public var maxSampleEvery: UInt32 = 1 << 16
@@ -65,6 +71,11 @@ public struct BudgetPolicy: Sendable, Hashable {
         public var to: State
         public var sampleEvery: UInt32
         public var reason: String
+        /// Suspended with the programs detached (false while probing, and in other states).
+        public var parked: Bool
+        /// A change of state or of N (counted in the transitions); false for probing and
+        /// parking again, which are logged but stay `suspended`.
+        public var counted: Bool { from != to || from == .throttled }
     }
 
     public private(set) var state: State = .active
@@ -78,6 +89,9 @@ public struct BudgetPolicy: Sendable, Hashable {
     private var lastChange: Duration
     private var suspendedAt: Duration?
     private var resumedAt: Duration?
+    /// Suspended: the programs are detached; false while probing.
+    public private(set) var parked = false
+    private var probingSince: Duration?
     public private(set) var holdOff: Duration
 
     public init(now: Duration, settings: Settings = Settings()) {
@@ -117,16 +131,28 @@ public struct BudgetPolicy: Sendable, Hashable {
     public mutating func step(now: Duration, measured m: Measurement, limits: Limits) -> Transition? {
         switch state {
         case .suspended:
-            guard let since = suspendedAt, now - since >= holdOff else { return nil }
-            if let e = limits.maxEventsPerSecond, m.peakEventsPerSecond >= e / 2 { return nil }
+            if parked {
+                guard let since = suspendedAt, now - since >= holdOff else { return nil }
+                parked = false
+                probingSince = now
+                return Transition(from: .suspended, to: .suspended, sampleEvery: sampleEvery,
+                                  reason: "hold-off over: attached again, recording nothing, to measure for \(settings.probeFor)", parked: false)
+            }
+            guard let since = probingSince, now - since >= settings.probeFor else { return nil }
+            if let e = limits.maxEventsPerSecond, m.peakEventsPerSecond >= e / 2 {
+                return parkAgain(now: now, reason: "\(Self.number(m.peakEventsPerSecond)) events/s, not under half of max_events_per_second \(Self.number(e))")
+            }
             var resumeAt: UInt32 = 1
             if let p = limits.maxCPUPercent, fullCost != nil {
                 // A cost never measured with every call recorded (suspended first for its
                 // rate) is measured again after the resume.
-                guard let n = smallestSampling(rate: m.peakEventsPerSecond, limit: p / 2, current: nil) else { return nil }
+                guard let n = smallestSampling(rate: m.peakEventsPerSecond, limit: p / 2, current: nil) else {
+                    return parkAgain(now: now, reason: "\(Self.number(m.peakEventsPerSecond)) calls/s would cost more than half of \(limits.cpuLimitSource) \(Self.number(p)) at any sampling")
+                }
                 resumeAt = n
             }
             resumedAt = now
+            probingSince = nil
             return move(to: resumeAt > 1 ? .throttled : .active, sampleEvery: resumeAt, now: now,
                         reason: resumeAt > 1 ? "resumed at 1-in-\(resumeAt) sampling: projected \(Self.percent(m.peakEventsPerSecond * (projectedCost(sampleEvery: resumeAt, current: nil) ?? 0) / 1e7)) of a CPU, under half of \(limits.cpuLimitSource) \(Self.number(limits.maxCPUPercent ?? 0))" : "resumed: the measured rate and cost are under half of the budget")
         case .active, .throttled:
@@ -160,6 +186,7 @@ public struct BudgetPolicy: Sendable, Hashable {
     public mutating func reset(now: Duration) -> Transition? {
         holdOff = settings.holdOff
         guard state != .active else { return nil }
+        parked = false
         return move(to: .active, sampleEvery: 1, now: now, reason: "resumed by a PUT")
     }
 
@@ -181,11 +208,28 @@ public struct BudgetPolicy: Sendable, Hashable {
             holdOff = min(settings.maxHoldOff, holdOff * 2)
         }
         suspendedAt = now
-        return move(to: .suspended, sampleEvery: sampleEvery, now: now, reason: reason + "; suspended, resumes after \(holdOff) once under half of the budget")
+        parked = true
+        return move(to: .suspended, sampleEvery: sampleEvery, now: now,
+                    reason: reason + "; suspended (programs detached), measured again after \(Self.seconds(holdOff)) and resumed once under half of the budget")
     }
 
+    /// Probing found the probe still over half its budget: detached again, for twice as long.
+    private mutating func parkAgain(now: Duration, reason: String) -> Transition {
+        holdOff = min(settings.maxHoldOff, holdOff * 2)
+        suspendedAt = now
+        parked = true
+        probingSince = nil
+        let text = reason + "; suspended (programs detached), measured again after \(Self.seconds(holdOff))"
+        self.reason = text
+        lastChange = now
+        return Transition(from: .suspended, to: .suspended, sampleEvery: sampleEvery, reason: text, parked: true)
+    }
+
+    static func seconds(_ d: Duration) -> String { "\(d.components.seconds) s" }
+
     private mutating func move(to next: State, sampleEvery n: UInt32, now: Duration, reason text: String) -> Transition {
-        let t = Transition(from: state, to: next, sampleEvery: n, reason: text)
+        if next != .suspended { parked = false; probingSince = nil }
+        let t = Transition(from: state, to: next, sampleEvery: n, reason: text, parked: next == .suspended && parked)
         state = next
         sampleEvery = n
         reason = next == .active ? nil : text

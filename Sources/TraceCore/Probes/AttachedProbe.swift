@@ -33,9 +33,17 @@ public final class AttachedProbe: Sendable {
     /// they then count every call in `seen` and read the budget control.
     public let budgeted: Bool
 
+    /// What the links were made from: attached again when a suspended probe is resumed.
+    private let attachments: [Recipe.Attachment]
+    /// Suspended by its budget with its programs detached (own object: no links; hub: the
+    /// slot is not listed).
+    private let parkedState = Mutex(false)
+
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
-         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, budgeted: Bool = false) {
+         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, budgeted: Bool = false,
+         attachments: [Recipe.Attachment] = []) {
         self.descriptor = descriptor
+        self.attachments = attachments
         self.events = events
         self.budgeted = budgeted
         self.taskStorage = taskStorage
@@ -58,6 +66,7 @@ public final class AttachedProbe: Sendable {
         self.descriptor = descriptor
         self.events = events
         self.budgeted = budgeted
+        attachments = []
         taskStorage = hub.taskStorage
         self.boundTo = boundTo
         self.plan = plan
@@ -125,6 +134,67 @@ public final class AttachedProbe: Sendable {
             return try membership.budgetSample()
         case .detached:
             throw KernelError(stage: .read, errno: .EBADF, operation: "read a detached probe")
+        }
+    }
+
+    /// Whether the programs are detached by the budget (see ``park(reaper:)``).
+    public var isParked: Bool { parkedState.withLock { $0 } }
+
+    /// Detaches the programs but keeps the maps (counts, keys, events): a suspended probe
+    /// then costs the host nothing, not even the hook's dispatch. For a slot of the shared
+    /// syscall hook, the slot is taken out of the hook's table (and the hook detached when
+    /// no listed slot is left).
+    public func park(reaper: Reaper) throws(KernelError) {
+        try parkedState.withLock { parked throws(KernelError) in
+            guard !parked else { return }
+            let links = resources.withLock { r -> [any AttachedLink]? in
+                switch r {
+                case .own(let object, let links):
+                    r = .own(object: object, links: [])
+                    return links
+                case .hub, .detached: return nil
+                }
+            }
+            if let links {
+                reaper.dispose(links: links, objects: [])
+            } else if case .hub(let membership) = resources.withLock({ $0 }) {
+                try membership.park(true)
+            } else {
+                throw KernelError(stage: .attach, errno: .EBADF, operation: "park a detached probe")
+            }
+            parked = true
+        }
+    }
+
+    /// Attaches the programs again after ``park(reaper:)``; on failure nothing is attached
+    /// and the probe stays parked.
+    public func unpark(reaper: Reaper) throws(KernelError) {
+        try parkedState.withLock { parked throws(KernelError) in
+            guard parked else { return }
+            switch resources.withLock({ $0 }) {
+            case .own(let object, _):
+                var links: [any AttachedLink] = []
+                for step in attachments {
+                    do throws(KernelError) {
+                        links.append(try object.attach(program: step.program, to: step.point))
+                    } catch {
+                        reaper.dispose(links: links, objects: [])
+                        throw error
+                    }
+                }
+                let stale = resources.withLock { r -> Bool in
+                    guard case .own(let current, _) = r, current === object else { return true }
+                    r = .own(object: object, links: links)
+                    return false
+                }
+                // Detached meanwhile: the new links go too.
+                if stale { reaper.dispose(links: links, objects: []) }
+            case .hub(let membership):
+                try membership.park(false)
+            case .detached:
+                throw KernelError(stage: .attach, errno: .EBADF, operation: "unpark a detached probe")
+            }
+            parked = false
         }
     }
 

@@ -143,7 +143,7 @@ public struct Planner: Sendable {
                     return .success(AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
                                                   boundTo: made.recipe.boundTo, plan: plan,
                                                   reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events,
-                                                  budgeted: input.budgeted))
+                                                  budgeted: input.budgeted, attachments: made.recipe.attachments))
                 }
                 guard case .failure(let failed) = result, failed.stage == .load, failed.errno == .ESRCH || failed.errno == .ENOENT else { break }
             }

@@ -33,6 +33,8 @@ public final class SyscallHub: Sendable {
     struct Loaded {
         var object: any LoadedObject
         var links: [any AttachedLink]
+        /// What the links were made from (attached again after every slot was parked).
+        var attachments: [Recipe.Attachment] = []
         var taskStorage: Bool
         /// How the loaded programs check a slot's cgroup filter.
         var cgroupMode: CgroupFilterMode
@@ -51,6 +53,13 @@ public final class SyscallHub: Sendable {
         var claims: UInt32 = 0
         /// The claim of each member's slot.
         var memberClaims: [Int: UInt32] = [:]
+        /// Members suspended by their budget: not listed in `by_nr` (the hook skips them).
+        var parked: Set<Int> = []
+
+        /// The listed slots of syscall `nr`, but `except`.
+        func listed(_ nr: UInt32, except: Int? = nil) -> [Int] {
+            members.filter { $0.value == nr && $0.key != except && !parked.contains($0.key) }.keys.sorted()
+        }
     }
 
     private let state = Mutex(State())
@@ -82,6 +91,7 @@ public final class SyscallHub: Sendable {
         func readKeys() throws(KernelError) -> [MapEntry] { try hub.readKeys(self) }
         func budgetSample() throws(KernelError) -> AttachedProbe.BudgetSample { try hub.budgetSample(self) }
         func setBudget(_ control: tp_budget) throws(KernelError) { try hub.setBudget(self, control) }
+        func park(_ parked: Bool) throws(KernelError) { try hub.park(self, parked) }
     }
 
     /// The number of probes in the hub now.
@@ -140,8 +150,8 @@ public final class SyscallHub: Sendable {
                 case .success(let made):
                     // Joins are serialized and only a join loads, so nobody loaded meanwhile.
                     state.withLock {
-                        $0.loaded = Loaded(object: made.object, links: made.links, taskStorage: made.taskStorage,
-                                           cgroupMode: SyscallHubObject.cgroupMode(hubInput))
+                        $0.loaded = Loaded(object: made.object, links: made.links, attachments: made.recipe.attachments,
+                                           taskStorage: made.taskStorage, cgroupMode: SyscallHubObject.cgroupMode(hubInput))
                     }
                 }
             }
@@ -160,9 +170,11 @@ public final class SyscallHub: Sendable {
             return .failure(refusal("the shared raw_syscalls hook is full (\(slots) probes)", errno: .EBUSY))
         }
         let maps = SyscallHubBPF.Maps.self
-        let onThisSyscall = s.members.filter { $0.value == nr }.keys.sorted()
+        let onThisSyscall = s.listed(nr)
         var ring: (any EventRing)?
         do throws(KernelError) {
+            // Every other member parked by its budget detached the hook: attach it again.
+            try attachLinks(&s)
             // A slot is cleared when it is taken, not when it is left: a program still
             // running for the previous owner then cannot leave counts behind.
             try loaded.object.update(maps.aggs, index: UInt32(slot), to: hub_agg())
@@ -238,7 +250,7 @@ public final class SyscallHub: Sendable {
     /// kernel refused the map update.
     private func unlist(_ m: Membership, _ s: inout State) -> Bool {
         guard m.generation == s.generation, s.members[m.slot] == m.nr, s.memberClaims[m.slot] == m.claim, let loaded = s.loaded else { return true }
-        let remaining = s.members.filter { $0.value == m.nr && $0.key != m.slot }.keys.sorted()
+        let remaining = s.listed(m.nr, except: m.slot)
         do throws(KernelError) {
             try loaded.object.update(SyscallHubBPF.Maps.byNr, index: m.nr, to: Self.nrValue(remaining))
         } catch {
@@ -246,6 +258,8 @@ public final class SyscallHub: Sendable {
         }
         s.members[m.slot] = nil
         s.memberClaims[m.slot] = nil
+        s.parked.remove(m.slot)
+        if !s.members.isEmpty { detachLinksIfAllParked(&s) }
         // Its key table's memory goes now, not when the slot is taken again.
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeys, index: UInt32(m.slot))
         try? loaded.object.removeInnerMap(SyscallHubBPF.Maps.slotKeysStr, index: UInt32(m.slot))
@@ -294,6 +308,52 @@ public final class SyscallHub: Sendable {
                                           sharedPrograms: ObjectIdentifier(object))
     }
 
+    /// Takes a member's slot out of the hook's table (parked: its syscall's calls no longer
+    /// look at it) or lists it again. With every member parked, the hook's programs are
+    /// detached: enabled raw_syscalls tracepoints make every syscall of the host take the
+    /// kernel's slow path (+130 ns per syscall measured here), whatever the programs do.
+    func park(_ m: Membership, _ park: Bool) throws(KernelError) {
+        try state.withLock { s throws(KernelError) in
+            guard m.generation == s.generation, s.members[m.slot] == m.nr, s.memberClaims[m.slot] == m.claim, let loaded = s.loaded else {
+                throw KernelError(stage: .attach, errno: .EBADF, operation: "park a detached probe")
+            }
+            guard s.parked.contains(m.slot) != park else { return }
+            if park {
+                try loaded.object.update(SyscallHubBPF.Maps.byNr, index: m.nr, to: Self.nrValue(s.listed(m.nr, except: m.slot)))
+                s.parked.insert(m.slot)
+                detachLinksIfAllParked(&s)
+            } else {
+                try attachLinks(&s)
+                try loaded.object.update(SyscallHubBPF.Maps.byNr, index: m.nr, to: Self.nrValue(s.listed(m.nr) + [m.slot]))
+                s.parked.remove(m.slot)
+            }
+        }
+    }
+
+    /// Attaches the hook's programs again if parking detached them.
+    private func attachLinks(_ s: inout State) throws(KernelError) {
+        guard var loaded = s.loaded, loaded.links.isEmpty, !loaded.attachments.isEmpty else { return }
+        var links: [any AttachedLink] = []
+        for step in loaded.attachments {
+            do throws(KernelError) {
+                links.append(try loaded.object.attach(program: step.program, to: step.point))
+            } catch {
+                attacher.reaper.dispose(links: links, objects: [])
+                throw error
+            }
+        }
+        loaded.links = links
+        s.loaded = loaded
+    }
+
+    private func detachLinksIfAllParked(_ s: inout State) {
+        guard var loaded = s.loaded, !loaded.links.isEmpty, !loaded.attachments.isEmpty,
+              !s.members.isEmpty, s.members.keys.allSatisfy(s.parked.contains) else { return }
+        attacher.reaper.dispose(links: loaded.links, objects: [])
+        loaded.links = []
+        s.loaded = loaded
+    }
+
     /// Sets the slot's budget control (struct tp_budget).
     func setBudget(_ m: Membership, _ control: tp_budget) throws(KernelError) {
         try state.withLock { s throws(KernelError) in
@@ -326,6 +386,7 @@ public final class SyscallHub: Sendable {
     private func drop(_ s: inout State) {
         if let loaded = s.loaded { attacher.reaper.dispose(links: loaded.links, objects: [loaded.object]) }
         s.loaded = nil
+        s.parked = []
         s.generation += 1
     }
 

@@ -33,35 +33,47 @@ struct BudgetPolicyTests {
         #expect(p.state == .active)
     }
 
-    @Test("a floor cost over the limit at any sampling suspends; resume waits for the hold-off and half the budget")
+    @Test("a floor cost over the limit at any sampling suspends (parked); after the hold-off it is measured, then parked again or resumed")
     func suspendsThenResumes() throws {
         var p = BudgetPolicy(now: Self.at(0))
         p.measured(nanosecondsPerCall: 200)
-        let step3 = p.step(now: Self.at(1), measured: Self.m(1_000_000, 200), limits: Self.cpu1)
-        _ = try #require(step3)
+        let t1 = p.step(now: Self.at(1), measured: Self.m(1_000_000, 200), limits: Self.cpu1)
+        #expect(t1?.to == .throttled)
         // At 1-in-32, 20 ns per call: the floor is (20 × 32 − 200) / 31 = 14.2 ns, 1.42 %.
         p.measured(nanosecondsPerCall: 20)
         #expect(abs((p.floorCost ?? 0) - 14.19) < 0.01)
-        let step4 = p.step(now: Self.at(3), measured: Self.m(1_000_000, 20), limits: Self.cpu1)
-        let s = try #require(step4)
-        #expect(s.to == .suspended && p.state == .suspended)
-        #expect(p.reason?.contains("suspended") == true)
-        // Suspended, each call costs 5 ns (the check that records nothing).
-        p.measured(nanosecondsPerCall: 5)
-        // Before the hold-off (10 s): nothing, however quiet.
-        let step5 = p.step(now: Self.at(8), measured: Self.m(10, 5), limits: Self.cpu1)
-        #expect(step5 == nil)
-        // After it, still busy: 1M/s at the floor cost is not under half of 1 %.
-        let step6 = p.step(now: Self.at(14), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
-        #expect(step6 == nil)
-        // Quiet now, but a peak in the last seconds still counts.
-        let step7 = p.step(now: Self.at(15), measured: Self.m(1_000, 5, peak: 1_000_000), limits: Self.cpu1)
-        #expect(step7 == nil)
+        let t2 = p.step(now: Self.at(3), measured: Self.m(1_000_000, 20), limits: Self.cpu1)
+        let suspended = try #require(t2)
+        #expect(suspended.to == .suspended && suspended.parked && suspended.counted && p.parked)
+        #expect(p.reason?.contains("suspended (programs detached)") == true)
+        // Parked: nothing before the hold-off (10 s).
+        let t3 = p.step(now: Self.at(12), measured: Self.m(0, nil), limits: Self.cpu1)
+        #expect(t3 == nil)
+        // Then attached again, recording nothing, to be measured: not a counted transition.
+        let t4 = p.step(now: Self.at(13), measured: Self.m(0, nil), limits: Self.cpu1)
+        let probing = try #require(t4)
+        #expect(probing.to == .suspended && !probing.parked && !probing.counted && !p.parked)
+        p.measured(nanosecondsPerCall: 5) // a call recorded by nobody: the floor
+        let t5 = p.step(now: Self.at(14), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
+        #expect(t5 == nil, "measured for probeFor (2 s) first")
+        // Still 1M calls/s: even the floor is not under half of 1 %. Parked again, for 20 s.
+        let t6 = p.step(now: Self.at(15), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
+        let again = try #require(t6)
+        #expect(again.to == .suspended && again.parked && !again.counted && p.holdOff == .seconds(20))
+        let t7 = p.step(now: Self.at(34), measured: Self.m(0, nil), limits: Self.cpu1)
+        #expect(t7 == nil)
+        let t8 = p.step(now: Self.at(35), measured: Self.m(0, nil), limits: Self.cpu1)
+        #expect(t8?.parked == false)
+        // A peak in the last seconds still counts.
+        let t9 = p.step(now: Self.at(37), measured: Self.m(1_000, 5, peak: 1_000_000), limits: Self.cpu1)
+        #expect(t9?.parked == true && p.holdOff == .seconds(40))
+        let t10 = p.step(now: Self.at(77), measured: Self.m(0, nil), limits: Self.cpu1)
+        #expect(t10?.parked == false)
         // 20,000 calls/s: every call recorded would cost 0.4 %, under half of 1 %.
-        let step8 = p.step(now: Self.at(16), measured: Self.m(20_000, 5), limits: Self.cpu1)
-        let r = try #require(step8)
-        #expect(r.from == .suspended && r.to == .active && r.sampleEvery == 1)
-        #expect(p.reason == nil)
+        let t11 = p.step(now: Self.at(79), measured: Self.m(20_000, 5), limits: Self.cpu1)
+        let resumed = try #require(t11)
+        #expect(resumed.from == .suspended && resumed.to == .active && resumed.sampleEvery == 1 && !resumed.parked)
+        #expect(p.reason == nil && !p.parked)
     }
 
     @Test("resuming picks the sampling that projects under half the budget")
@@ -72,12 +84,13 @@ struct BudgetPolicyTests {
         // 10M/s × 200 ns = 200 %: 0.7 % needs N ≥ 286, so 512 (no floor is known yet).
         #expect(p.sampleEvery == 512)
         p.measured(nanosecondsPerCall: 2) // the floor: (2 × 512 − 200) / 511 = 1.61 ns
-        let step9 = p.step(now: Self.at(3), measured: Self.m(10_000_000, 2), limits: Self.cpu1)
-        let s = try #require(step9)
-        #expect(s.to == .suspended)
-        // 100,000 calls/s after the hold-off: (1.61 + 198.4 / N) ns × 100k ≤ 0.5 % needs N ≥ 5: 8.
-        let step10 = p.step(now: Self.at(14), measured: Self.m(100_000, 1.61), limits: Self.cpu1)
-        let r = try #require(step10)
+        let t1 = p.step(now: Self.at(3), measured: Self.m(10_000_000, 2), limits: Self.cpu1)
+        #expect(t1?.to == .suspended)
+        let t2 = p.step(now: Self.at(13), measured: Self.m(0, nil), limits: Self.cpu1)
+        #expect(t2?.parked == false)
+        // 100,000 calls/s measured: (1.61 + 198.4 / N) ns × 100k ≤ 0.5 % needs N ≥ 5: 8.
+        let t3 = p.step(now: Self.at(15), measured: Self.m(100_000, 1.61), limits: Self.cpu1)
+        let r = try #require(t3)
         #expect(r.to == .throttled && r.sampleEvery == 8)
     }
 
@@ -119,34 +132,30 @@ struct BudgetPolicyTests {
         #expect(p.state == .throttled && p.sampleEvery == 2)
     }
 
-    @Test("max_events_per_second alone suspends without sampling; the hold-off doubles when it happens again soon")
+    @Test("max_events_per_second alone suspends without sampling; probing over half of it parks again for twice as long")
     func eventsBudget() throws {
         let limits = BudgetPolicy.Limits(maxEventsPerSecond: 1000)
         var p = BudgetPolicy(now: Self.at(0))
-        let step13 = p.step(now: Self.at(1), measured: Self.m(900, nil), limits: limits)
-        #expect(step13 == nil)
-        let step14 = p.step(now: Self.at(2), measured: Self.m(5_000, nil), limits: limits)
-        let s = try #require(step14)
-        #expect(s.to == .suspended && s.sampleEvery == 1)
+        let t1 = p.step(now: Self.at(1), measured: Self.m(900, nil), limits: limits)
+        #expect(t1 == nil)
+        let t2 = p.step(now: Self.at(2), measured: Self.m(5_000, nil), limits: limits)
+        let s = try #require(t2)
+        #expect(s.to == .suspended && s.sampleEvery == 1 && s.parked)
         #expect(p.reason?.hasPrefix("5000 events/s, over max_events_per_second 1000") == true)
-        let step15 = p.step(now: Self.at(13), measured: Self.m(600, nil), limits: limits)
-        #expect(step15 == nil, "600/s is not under half of 1,000")
-        let step16 = p.step(now: Self.at(14), measured: Self.m(400, nil), limits: limits)
-        let r = try #require(step16)
-        #expect(r.to == .active)
-        let step17 = p.step(now: Self.at(20), measured: Self.m(5_000, nil), limits: limits)
-        _ = try #require(step17)
-        #expect(p.holdOff == .seconds(20))
-        let step18 = p.step(now: Self.at(35), measured: Self.m(10, nil), limits: limits)
-        #expect(step18 == nil, "hold-off now 20 s")
-        let step19 = p.step(now: Self.at(40), measured: Self.m(10, nil), limits: limits)
-        #expect(step19?.to == .active)
-        // A PUT: every call again, and the hold-off back to 10 s.
-        let step20 = p.step(now: Self.at(41), measured: Self.m(5_000, nil), limits: limits)
-        _ = try #require(step20)
-        #expect(p.holdOff == .seconds(40))
-        let step21 = p.reset(now: Self.at(42))
-        #expect(step21?.to == .active)
-        #expect(p.holdOff == .seconds(10) && p.state == .active && p.sampleEvery == 1)
+        let t3 = p.step(now: Self.at(12), measured: Self.m(0, nil), limits: limits)
+        #expect(t3?.parked == false)
+        let t4 = p.step(now: Self.at(14), measured: Self.m(600, nil), limits: limits)
+        #expect(t4?.parked == true && p.holdOff == .seconds(20), "600/s is not under half of 1,000")
+        let t5 = p.step(now: Self.at(34), measured: Self.m(0, nil), limits: limits)
+        #expect(t5?.parked == false)
+        let t6 = p.step(now: Self.at(36), measured: Self.m(400, nil), limits: limits)
+        #expect(t6?.to == .active)
+        // Over it again soon after the resume: the hold-off doubles again.
+        let t7 = p.step(now: Self.at(40), measured: Self.m(5_000, nil), limits: limits)
+        #expect(t7?.to == .suspended && p.holdOff == .seconds(40))
+        // A PUT: every call again, attached, and the hold-off back to 10 s.
+        let t8 = p.reset(now: Self.at(42))
+        #expect(t8?.to == .active && t8?.parked == false)
+        #expect(p.holdOff == .seconds(10) && p.state == .active && p.sampleEvery == 1 && !p.parked)
     }
 }
