@@ -21,9 +21,10 @@ final class AgentHarness: Sendable {
     /// HTTPS; `disabled` switches mechanisms off as `--disable-mechanism` does. Returns once
     /// the agent is ready (capabilities probed, saved probes restored).
     init(maxProbes: Int = 256, tokens: AccessTokens? = nil, tls: HTTPServer.Configuration.TLS? = nil,
-         disabled: Set<Mechanism> = [], stateDirectory: String? = nil) async throws {
+         disabled: Set<Mechanism> = [], stateDirectory: String? = nil,
+         budgets: BudgetController.Configuration = BudgetController.Configuration()) async throws {
         let configuration = AgentService.Configuration(
-            core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: disabled, stateDirectory: stateDirectory),
+            core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: disabled, stateDirectory: stateDirectory, budgets: budgets),
             host: "127.0.0.1", port: 0, tls: tls, tokens: tokens ?? AccessTokens(admin: nil, readOnly: nil))
         let service = try AgentService(configuration)
         self.service = service

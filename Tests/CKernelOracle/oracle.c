@@ -2,6 +2,7 @@
 // Independent kernel oracles: raw bpf(2)/perf_event_open(2) and sysfs/tracefs/procfs reads.
 // See include/ckerneloracle.h. libbpf is used only to parse vmlinux BTF.
 #define _GNU_SOURCE
+#include <sched.h>
 #include "ckerneloracle.h"
 
 #include <bpf/btf.h>
@@ -829,3 +830,21 @@ long oracle_task_struct_offset(const char *member)
 	return result;
 }
 
+
+/* Makes `n` getppid syscalls from the calling thread pinned to CPU `cpu`, then gives the
+ * thread back the CPUs it had: a per-CPU count the test knows exactly. Returns n, or
+ * -errno when the thread could not be pinned. */
+long oracle_getppid_on_cpu(int cpu, long n)
+{
+	cpu_set_t old, one;
+	if (sched_getaffinity(0, sizeof(old), &old) != 0)
+		return -errno;
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	if (sched_setaffinity(0, sizeof(one), &one) != 0)
+		return -errno;
+	for (long i = 0; i < n; i++)
+		syscall(SYS_getppid);
+	sched_setaffinity(0, sizeof(old), &old);
+	return n;
+}

@@ -131,4 +131,7 @@ long oracle_task_struct_offset(const char *member);
 /// The function the uprobe trials attach to. Returns `x + 1`.
 int oracle_uprobe_target(int x);
 
+/* `n` getppid syscalls from this thread pinned to CPU `cpu` (then unpinned): n, or -errno. */
+long oracle_getppid_on_cpu(int cpu, long n);
+
 #endif
