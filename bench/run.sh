@@ -2,11 +2,12 @@
 # TracePlane benchmarks, side by side in one run: tracing overhead (vs an empty-program
 # floor, bpftrace and libbpf-tools), collateral cost, scaling to 64 probes, and the control
 # plane (create/delete latency, capability detection, /metrics, RSS and fds), and stack keys,
-# 99 Hz profiles and symbolization (section 6), and events (section 7).
+# 99 Hz profiles and symbolization (section 6), events (section 7) and budgets (section 8).
 #
 #   bench/run.sh [bench.py options]      as root; about 13 minutes; writes BENCHMARKS.md
 #   bench/run.sh --sections stacks --out .build/bench/stacks.md   section 6 (stacks) alone
 #   bench/run.sh --sections events,events-stream --only events --out .build/bench/events.md   section 7 alone
+#   bench/run.sh --sections budget --out .build/bench/budget.md   section 8 alone (about 2 minutes)
 #
 # Installs from Debian what it compares against or drives: bpftrace and libbpf-tools (the
 # other tracers), wrk (the /metrics load), bpftool (counts BPF links left by others),
@@ -34,6 +35,7 @@ swift build -c release --product traceplane
 mkdir -p .build/bench
 gcc -O2 -Wall -pthread -o .build/bench/syscall_loop bench/syscall_loop.c
 gcc -O2 -Wall -o .build/bench/sleeper tests/events/sleeper.c
+gcc -O2 -Wall -o .build/bench/budget_loop tests/budget/syscall_loop.c
 
 load=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load" 'BEGIN { exit !(l > 1.0) }'; then

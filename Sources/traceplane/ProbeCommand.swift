@@ -108,6 +108,10 @@ struct ProbeCommand: AsyncParsableCommand {
         @Option(parsing: .upToNextOption, help: "Labels as key=value.") var label: [String] = []
         @OptionGroup(title: "Keys and values (counted in the kernel)") var aggregate: AggregateOptions
         @OptionGroup(title: "Events (calls one by one, for probe events)") var events: EventsOptions
+        @Option(help: ArgumentHelp("Budget: percent of one CPU the probe may cost (sampled 1 in N, then suspended, past it).", valueName: "percent"))
+        var maxCpuPercent: Double?
+        @Option(help: ArgumentHelp("Budget: calls (events) per second past which the probe is suspended.", valueName: "n"))
+        var maxEventsPerSecond: Int?
         @OptionGroup var connection: Connection
 
         /// The spec this command line asks for.
@@ -122,7 +126,9 @@ struct ProbeCommand: AsyncParsableCommand {
                 : ProbeFilter(pid: pid, comm: comm, minLatencyNs: minLatencyNs, cgroup: cgroup, containerID: containerId, podUID: podUid)
             return ProbeSpec(name: name, target: try TargetParser.parse(target), mechanisms: mechanism.isEmpty ? nil : mechanism,
                              filter: filter, ttlSeconds: ttl, labels: labels.isEmpty ? nil : labels, aggregate: try aggregate.spec(),
-                             events: try events.spec())
+                             events: try events.spec(),
+                             budget: maxCpuPercent == nil && maxEventsPerSecond == nil ? nil
+                                 : BudgetSpec(maxCPUPercent: maxCpuPercent, maxEventsPerSecond: maxEventsPerSecond))
         }
 
         func run() async throws {
@@ -131,6 +137,7 @@ struct ProbeCommand: AsyncParsableCommand {
             let probe = try reply.decode(Probe.self)
             let outcome = reply.headers[AgentAPI.outcomeHeader.lowercased()] ?? (reply.status == 201 ? "created" : "updated")
             print("\(outcome) \(probe.name): \(probe.spec.target.label) via \(probe.mechanism?.rawValue ?? "nothing") (generation \(probe.generation))")
+            if let reason = probe.stateReason { print("  \(probe.state.rawValue): \(reason)") }
             for attempt in probe.attempts where attempt.outcome != .attached {
                 print("  tried \(attempt.flavour.rawValue): \(attempt.outcome.rawValue)\(attempt.errno.map { " \($0.name)" } ?? "") — \(attempt.message)")
             }

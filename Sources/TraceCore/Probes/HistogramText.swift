@@ -8,6 +8,13 @@ public enum HistogramText {
             out += "  avg \(lat.sum / lat.count) ns"
         }
         out += "\n"
+        if let s = m.sampling {
+            out += "budget: \(s.state.rawValue)"
+            if s.sampled > 1 { out += ", recording 1 call in \(s.sampled)" }
+            out += "  seen \(s.seenCalls)"
+            if s.estimatedCalls > 0 { out += "  estimated \(s.estimatedCalls) of the calls (1-in-N sampling)" }
+            out += "\n"
+        }
         if let lat = m.latencyNanoseconds, !lat.buckets.isEmpty {
             out += "\n" + histogram(lat.buckets)
         }
