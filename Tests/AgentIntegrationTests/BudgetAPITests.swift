@@ -167,4 +167,34 @@ struct BudgetAPITests {
         }
         await agent.stop()
     }
+
+    @Test("serve --max-cpu-percent 1: a probe without a budget of its own is throttled on its share, and says so")
+    func agentWideBudget() async throws {
+        let agent = try await AgentHarness(budgets: BudgetController.Configuration(maxCPUPercent: 1))
+        do {
+            let loop = try Self.loop(["--seconds", "8", "--spin", "500"])
+            try await Task.sleep(for: .milliseconds(300))
+            let put = try await agent.request("PUT", "/v1/probes/budget-global", json: """
+                {"target":{"type":"syscall","name":"getppid"},"filter":{"comm":"\(Self.comm)"}}
+                """)
+            #expect(put.status == 201)
+            var probe: [String: Any] = [:]
+            for _ in 0..<80 {
+                probe = try await Self.probe(agent, "budget-global")
+                if probe["state"] as? String != "active" { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(probe["state"] as? String == "throttled", "\(probe)")
+            let reason = probe["state_reason"] as? String ?? ""
+            #expect(reason.contains("its share of serve --max-cpu-percent 1"), "\(reason)")
+            let cost = try #require(probe["cost"] as? [String: Any])
+            #expect((cost["max_cpu_percent"] as? Double ?? 99) <= 1, "the limit in force is at most the agent-wide one: \(cost)")
+            loop.terminate()
+            loop.waitUntilExit()
+        } catch {
+            await agent.stop()
+            throw error
+        }
+        await agent.stop()
+    }
 }

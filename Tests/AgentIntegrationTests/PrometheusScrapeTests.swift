@@ -41,7 +41,9 @@ struct PrometheusScrapeTests {
             for family in ["probe_calls_total", "probe_errors_total", "probe_latency_seconds", "probe_bpf_run_seconds_total",
                            "probe_info", "capability_supported", "probes", "attach_attempts_total", "http_requests_total",
                            "process_resident_memory_bytes", "process_open_fds", "build_info", "scrape_duration_seconds",
-                           "probe_key_calls_total", "probe_key_errors_total", "probe_key_value", "probe_dropped_keys_total"] {
+                           "probe_key_calls_total", "probe_key_errors_total", "probe_key_value", "probe_dropped_keys_total",
+                           "probe_budget_state", "probe_budget_transitions_total", "probe_sample_every", "probe_cost_cpu_ratio",
+                           "agent_cpu_ratio", "budget_stats_windows_total", "budget_stats_window_seconds_total", "process_cpu_seconds_total"] {
                 #expect(body.contains("# TYPE traceplane_\(family) "), "missing family traceplane_\(family)")
             }
             for name in names {
@@ -65,6 +67,12 @@ struct PrometheusScrapeTests {
             #expect(Scrape.value(body, "traceplane_probe_dropped_keys_total", probe: "prom-keyed") == 0)
             #expect(lines.contains { $0.hasPrefix(#"traceplane_probe_key_calls_total{probe="prom-keyed-tracepoint","#) && $0.contains(#",cpu=""#) })
             #expect(!body.contains(#"traceplane_probe_key_errors_total{probe="prom-keyed-tracepoint""#))
+            // The budgeted probe: active, every state exposed, nothing throttled.
+            let budget = #"probe="prom-budget",target="tracepoint:sched:sched_switch",mechanism="#
+            #expect(lines.filter { $0.hasPrefix("traceplane_probe_budget_state{\(budget)") && $0.hasSuffix(#"state="active"} 1"#) }.count == 1)
+            #expect(lines.filter { $0.hasPrefix("traceplane_probe_budget_state{\(budget)") && $0.hasSuffix(" 0") }.count == 2)
+            #expect(lines.contains { $0.hasPrefix("traceplane_probe_sample_every{\(budget)") && $0.hasSuffix("} 1") })
+            #expect(!body.contains(#"traceplane_probe_sample_every{probe="prom-syscall""#), "unbudgeted probes have no budget series")
             // The hostile user label arrives escaped, on probe_info only.
             #expect(body.contains(#"label_note="a\\b\"c\nd""#))
             #expect(body.contains("traceplane_capability_supported{capability=\"tp_btf\"} "))
@@ -138,7 +146,7 @@ private final class MetricsAgent: Sendable {
         let backend = LibBPFBackend()
         let store = CapabilityStore(prober: CapabilityProber(backend: backend))
         _ = await store.refresh()
-        let manager = ProbeManager(planner: Planner(backend: backend), report: { await store.current })
+        let manager = ProbeManager(planner: Planner(backend: backend), budgets: BudgetController(), report: { await store.current })
         let requests = HTTPRequestCounter()
         let exporter = PrometheusExporter(probes: manager, capabilities: store, requests: requests,
                                           build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"))
@@ -170,6 +178,7 @@ private final class MetricsAgent: Sendable {
             ("prom-uprobe", #"{"name":"prom-uprobe","target":{"type":"uprobe","path":"\#(exe)","symbol":"traceplane_uprobe_target"},"filter":{"pid":\#(pid)}}"#),
             ("prom-keyed", #"{"name":"prom-keyed","target":{"type":"syscall","name":"getppid"},"filter":{"pid":\#(pid)},"aggregate":{"by":["comm","errno"]}}"#),
             ("prom-keyed-tracepoint", #"{"name":"prom-keyed-tracepoint","target":{"type":"tracepoint","name":"sched:sched_switch"},"aggregate":{"by":["cpu"]}}"#),
+            ("prom-budget", #"{"name":"prom-budget","target":{"type":"tracepoint","name":"sched:sched_switch"},"budget":{"max_cpu_percent":100}}"#),
         ]
         let report = await store.get()
         if (report.supports(.fentry) && report.supports(.fexit)) || (report.supports(.kprobe) && report.supports(.kretprobe)) {
