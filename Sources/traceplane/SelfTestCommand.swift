@@ -122,6 +122,8 @@ struct CheckResult: Encodable {
             var throttled: UInt64
             var lost: UInt64
         }
+        /// Budget checks: the metrics' sampling member (calls seen, calls estimated, N).
+        var sampling: ProbeMetrics.Sampling?
         /// Stack checks: stacks not recorded because the stack map was full.
         var stackFull: UInt64?
         /// Profile checks: samples per CPU, and the perf event fds this process holds
@@ -152,7 +154,7 @@ struct CheckResult: Encodable {
             }
         }
         enum CodingKeys: String, CodingKey {
-            case keys, cgroups, events
+            case keys, cgroups, events, sampling
             case podFilter = "pod_filter"
             case stackFull = "stack_full"
             case samplesByCPU = "samples_by_cpu"

@@ -71,3 +71,29 @@ extension SelfTestRunner {
         return failures
     }
 }
+
+// MARK: - Budgets
+
+extension SelfTestRunner {
+    /// Every flavour's budget path (built with budget_on, or the shared hook's HUB_F_BUDGET
+    /// slot): a budget far above what the check costs records every getpgid call, and the
+    /// `seen` count agrees.
+    func budgetChecks() async -> [CheckResult] {
+        let budget = BudgetSpec(maxCPUPercent: 100)
+        let trigger: @Sendable () -> Void = { _ = getpgid(0) }
+        var results: [CheckResult] = []
+        for flavour in FlavourCatalog.chain(for: .syscall).map(\.flavour) {
+            results.append(await run(CheckPlan(
+                name: "budget: syscall getpgid, every call seen and recorded, mechanisms [\(flavour.rawValue)]",
+                target: ProbeTarget(type: .syscall, name: "getpgid"), flavours: [flavour], events: calls,
+                expectation: .exact(calls), trigger: trigger, budget: budget)))
+        }
+        for flavour in FlavourCatalog.chain(for: .function).map(\.flavour) {
+            results.append(await run(CheckPlan(
+                name: "budget: function \(prefix)sys_getpgid, every call seen and recorded, mechanisms [\(flavour.rawValue)]",
+                target: ProbeTarget(type: .function, name: "\(prefix)sys_getpgid"), flavours: [flavour], events: calls,
+                expectation: .exact(calls), trigger: trigger, budget: budget)))
+        }
+        return results
+    }
+}

@@ -30,6 +30,9 @@ struct CheckPlan: Sendable {
     /// Event checks: the spec's `events`; every counted call must then also arrive as one
     /// event from this process's calling thread (and be counted as emitted, none lost).
     var streamed: EventsSpec? = nil
+    /// Budget checks: the spec's budget (one that never acts at the check's rate); every
+    /// call must then be seen and recorded, none estimated.
+    var budget: BudgetSpec? = nil
 }
 
 struct KeyExpectation: Sendable, Hashable {
@@ -102,6 +105,7 @@ struct SelfTestRunner: Sendable {
         results += await cgroupChecks()
         results += await stackChecks()
         results += await eventChecks()
+        results += await budgetChecks()
         return (results, search)
     }
 
@@ -250,7 +254,7 @@ struct SelfTestRunner: Sendable {
         let name = "selftest-\(UInt32.random(in: 0...UInt32.max))"
         let spec = ProbeSpec(name: name, target: plan.target, mechanisms: plan.flavours?.map(\.rawValue),
                              filter: ProbeFilter(pid: pid, comm: plan.aggregate == nil && plan.streamed == nil ? nil : Self.callerThreadName),
-                             aggregate: plan.aggregate, events: plan.streamed)
+                             aggregate: plan.aggregate, events: plan.streamed, budget: plan.budget)
         guard let probe = await create(spec, check: plan.name, predicted: predicted, capabilityRuledOut: capabilityRuledOut, into: &result) else {
             return result
         }
@@ -265,6 +269,7 @@ struct SelfTestRunner: Sendable {
             result.actual = .init(calls: metrics.calls, latencyCount: latency?.count,
                                   histogramCount: latency.map { $0.buckets.reduce(0) { $0 + $1.count } },
                                   processName: metrics.byProcess.first?.comm)
+            result.actual?.sampling = metrics.sampling
             if let aggregate = metrics.aggregate, plan.aggregate != nil {
                 result.actual?.keys = Dictionary(aggregate.entries.map { e in
                     (e.key.map(\.text).joined(separator: ", "), CheckResult.Actual.Key(calls: e.calls, buckets: e.buckets.map { [$0.lower, Int64(clamping: $0.count)] }))
@@ -284,6 +289,14 @@ struct SelfTestRunner: Sendable {
         try? await manager.delete(name)
 
         var ok = result.actual.map { counted($0, plan) } ?? false
+        if plan.budget != nil {
+            result.expected += "; every call seen and recorded (sampling: sampled 1, seen_calls == calls, estimated_calls 0)"
+            let s = result.actual?.sampling
+            if s == nil || s?.sampled != 1 || s?.seenCalls != result.actual?.calls || s?.estimatedCalls != 0 {
+                ok = false
+                result.notes.append("budget sampling \(String(describing: s)) for \(result.actual?.calls ?? 0) calls")
+            }
+        }
         if !eventFailures.isEmpty {
             ok = false
             result.notes += eventFailures

@@ -71,6 +71,15 @@ def check(doc, profile):
             expect(e.get("received") == n and e.get("emitted") == n and e.get("throttled") == 0 and e.get("lost") == 0,
                    f"'{name}': events {e}, expected {n} received and emitted, none throttled or lost")
 
+    def budget(name, mechanism):
+        # Every call seen and recorded through the budget path: the check's own pass; the
+        # sampling counts are asserted again here.
+        c = chose(name, {mechanism})
+        if c and c["actual"]:
+            s, n = c["actual"].get("sampling") or {}, doc["calls_per_check"]
+            expect(c["actual"]["calls"] == n and s.get("seen_calls") == n and s.get("estimated_calls") == 0 and s.get("sampled") == 1,
+                   f"'{name}': calls {c['actual']['calls']}, sampling {s}; expected {n} seen and recorded, none estimated")
+
     def not_applicable(name, why):
         c = checks.get(name)
         expect(c is not None, f"check '{name}' missing")
@@ -82,6 +91,8 @@ def check(doc, profile):
     kstack = lambda m: f"stacks: function {sys_getpgid} by kstack, mechanisms [{m}]"
     sys_events = lambda m: f"events: syscall getpgid, every call an event, mechanisms [{m}]"
     fn_events = lambda m: f"events: function {sys_getpgid}, every call an event, mechanisms [{m}]"
+    sys_budget = lambda m: f"budget: syscall getpgid, every call seen and recorded, mechanisms [{m}]"
+    fn_budget = lambda m: f"budget: function {sys_getpgid}, every call seen and recorded, mechanisms [{m}]"
     cg = doc["kernel"].get("cgroup2") or {}
     expect(doc["pass"] is True, f"selftest reports failures: {[c['name'] for c in doc['checks'] if c['pass'] is False]}")
     if profile == "fentry-kprobe":
@@ -121,6 +132,11 @@ def check(doc, profile):
             events(sys_events(m), m)
         for m in ("fentry", "kprobe"):
             events(fn_events(m), m)
+        # The budget path (sampling tick, seen, control map) through every flavour.
+        for m in ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint"):
+            budget(sys_budget(m), m)
+        for m in ("fentry", "kprobe"):
+            budget(fn_budget(m), m)
     elif profile == "host":
         # The development kernel denies fentry and has no kprobes: syscalls go to the shared
         # raw_syscalls hook via tp_btf (vmlinux BTF is there).
@@ -139,6 +155,9 @@ def check(doc, profile):
             events(sys_events(m), m)
         not_applicable(fn_events("fentry"), "fentry: capability report says fentry denied")
         not_applicable(fn_events("kprobe"), "kprobe: capability report says kprobe unsupported")
+        for m in ("tp_btf", "raw_tracepoint", "tracepoint"):
+            budget(sys_budget(m), m)
+        not_applicable(fn_budget("fentry"), "fentry: capability report says fentry denied")
     else:
         sys.exit(f"unknown profile {profile}")
     chose("uprobe traceplane_uprobe_target, default chain", {"uprobe"})
