@@ -42,6 +42,12 @@ public struct ProbeMetrics: Sendable, Codable, Hashable {
         public var estimatedCalls: UInt64
         public var seenCalls: UInt64
         public var state: BudgetPolicy.State
+        public init(sampled: UInt32, estimatedCalls: UInt64, seenCalls: UInt64, state: BudgetPolicy.State) {
+            self.sampled = sampled
+            self.estimatedCalls = estimatedCalls
+            self.seenCalls = seenCalls
+            self.state = state
+        }
         enum CodingKeys: String, CodingKey {
             case sampled, state
             case estimatedCalls = "estimated_calls"
