@@ -92,6 +92,8 @@ public struct BudgetPolicy: Sendable, Hashable {
     /// Suspended: the programs are detached; false while probing.
     public private(set) var parked = false
     private var probingSince: Duration?
+    /// Decisions in a row that found no sampling enough (see `step`).
+    private var floorOver = 0
     public private(set) var holdOff: Duration
 
     public init(now: Duration, settings: Settings = Settings()) {
@@ -164,11 +166,16 @@ public struct BudgetPolicy: Sendable, Hashable {
                 let measuredText = "costs \(Self.percent(cpu)) of a CPU (\(Self.number(m.eventsPerSecond)) calls/s × \(Self.number(m.nanosecondsPerCall ?? 0)) ns, BPF stats)"
                 // The projection says how far to go; a measurement over the limit at a setting
                 // the projection thought enough goes one step further all the same.
-                guard var n = smallestSampling(rate: m.eventsPerSecond, limit: 0.7 * p, current: m.nanosecondsPerCall),
-                      sampleEvery < settings.maxSampleEvery else {
+                let projected = smallestSampling(rate: m.eventsPerSecond, limit: 0.7 * p, current: m.nanosecondsPerCall)
+                // A cost per call measured in one 100 ms window can be off by a factor of
+                // two or three on a busy host: the projection that no sampling is enough
+                // must hold for two measurements (the first one samples 4 times less)
+                // before the probe is suspended, unless the largest N is reached.
+                if projected == nil { floorOver += 1 } else { floorOver = 0 }
+                guard sampleEvery < settings.maxSampleEvery, projected != nil || floorOver < 2 else {
                     return suspend(now: now, reason: "\(measuredText), over \(limits.cpuLimitSource) \(Self.number(p)) even at 1-in-\(sampleEvery) sampling")
                 }
-                n = max(n, sampleEvery * 2)
+                let n = min(settings.maxSampleEvery, max(projected ?? sampleEvery * 4, sampleEvery * 2))
                 return move(to: .throttled, sampleEvery: n, now: now,
                             reason: "\(measuredText), over \(limits.cpuLimitSource) \(Self.number(p)): recording 1 call in \(n)")
             }
@@ -204,6 +211,7 @@ public struct BudgetPolicy: Sendable, Hashable {
     }
 
     private mutating func suspend(now: Duration, reason: String) -> Transition {
+        floorOver = 0
         if let resumed = resumedAt, now - resumed < settings.backoffWindow, suspendedAt != nil {
             holdOff = min(settings.maxHoldOff, holdOff * 2)
         }

@@ -42,35 +42,40 @@ struct BudgetPolicyTests {
         // At 1-in-32, 20 ns per call: the floor is (20 × 32 − 200) / 31 = 14.2 ns, 1.42 %.
         p.measured(nanosecondsPerCall: 20)
         #expect(abs((p.floorCost ?? 0) - 14.19) < 0.01)
-        let t2 = p.step(now: Self.at(3), measured: Self.m(1_000_000, 20), limits: Self.cpu1)
+        // No sampling is enough, by this one measurement: one more step first (4 times
+        // less), in case the window was off.
+        let t2a = p.step(now: Self.at(3), measured: Self.m(1_000_000, 20), limits: Self.cpu1)
+        #expect(t2a?.to == .throttled && t2a?.sampleEvery == 128)
+        p.measured(nanosecondsPerCall: 14.19 + 185.81 / 128) // the floor again
+        let t2 = p.step(now: Self.at(4), measured: Self.m(1_000_000, 15.64), limits: Self.cpu1)
         let suspended = try #require(t2)
         #expect(suspended.to == .suspended && suspended.parked && suspended.counted && p.parked)
         #expect(p.reason?.contains("suspended (programs detached)") == true)
         // Parked: nothing before the hold-off (10 s).
-        let t3 = p.step(now: Self.at(12), measured: Self.m(0, nil), limits: Self.cpu1)
+        let t3 = p.step(now: Self.at(13), measured: Self.m(0, nil), limits: Self.cpu1)
         #expect(t3 == nil)
         // Then attached again, recording nothing, to be measured: not a counted transition.
-        let t4 = p.step(now: Self.at(13), measured: Self.m(0, nil), limits: Self.cpu1)
+        let t4 = p.step(now: Self.at(14), measured: Self.m(0, nil), limits: Self.cpu1)
         let probing = try #require(t4)
         #expect(probing.to == .suspended && !probing.parked && !probing.counted && !p.parked)
         p.measured(nanosecondsPerCall: 5) // a call recorded by nobody: the floor
-        let t5 = p.step(now: Self.at(14), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
+        let t5 = p.step(now: Self.at(15), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
         #expect(t5 == nil, "measured for probeFor (2 s) first")
         // Still 1M calls/s: even the floor is not under half of 1 %. Parked again, for 20 s.
-        let t6 = p.step(now: Self.at(15), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
+        let t6 = p.step(now: Self.at(16), measured: Self.m(1_000_000, 5), limits: Self.cpu1)
         let again = try #require(t6)
         #expect(again.to == .suspended && again.parked && !again.counted && p.holdOff == .seconds(20))
-        let t7 = p.step(now: Self.at(34), measured: Self.m(0, nil), limits: Self.cpu1)
+        let t7 = p.step(now: Self.at(35), measured: Self.m(0, nil), limits: Self.cpu1)
         #expect(t7 == nil)
-        let t8 = p.step(now: Self.at(35), measured: Self.m(0, nil), limits: Self.cpu1)
+        let t8 = p.step(now: Self.at(36), measured: Self.m(0, nil), limits: Self.cpu1)
         #expect(t8?.parked == false)
         // A peak in the last seconds still counts.
-        let t9 = p.step(now: Self.at(37), measured: Self.m(1_000, 5, peak: 1_000_000), limits: Self.cpu1)
+        let t9 = p.step(now: Self.at(38), measured: Self.m(1_000, 5, peak: 1_000_000), limits: Self.cpu1)
         #expect(t9?.parked == true && p.holdOff == .seconds(40))
-        let t10 = p.step(now: Self.at(77), measured: Self.m(0, nil), limits: Self.cpu1)
+        let t10 = p.step(now: Self.at(78), measured: Self.m(0, nil), limits: Self.cpu1)
         #expect(t10?.parked == false)
         // 20,000 calls/s: every call recorded would cost 0.4 %, under half of 1 %.
-        let t11 = p.step(now: Self.at(79), measured: Self.m(20_000, 5), limits: Self.cpu1)
+        let t11 = p.step(now: Self.at(80), measured: Self.m(20_000, 5), limits: Self.cpu1)
         let resumed = try #require(t11)
         #expect(resumed.from == .suspended && resumed.to == .active && resumed.sampleEvery == 1 && !resumed.parked)
         #expect(p.reason == nil && !p.parked)
@@ -84,12 +89,15 @@ struct BudgetPolicyTests {
         // 10M/s × 200 ns = 200 %: 0.7 % needs N ≥ 286, so 512 (no floor is known yet).
         #expect(p.sampleEvery == 512)
         p.measured(nanosecondsPerCall: 2) // the floor: (2 × 512 − 200) / 511 = 1.61 ns
-        let t1 = p.step(now: Self.at(3), measured: Self.m(10_000_000, 2), limits: Self.cpu1)
+        let t0 = p.step(now: Self.at(3), measured: Self.m(10_000_000, 2), limits: Self.cpu1)
+        #expect(t0?.to == .throttled && t0?.sampleEvery == 2048, "one more step before suspending")
+        p.measured(nanosecondsPerCall: 1.61 + 198.39 / 2048)
+        let t1 = p.step(now: Self.at(4), measured: Self.m(10_000_000, 1.71), limits: Self.cpu1)
         #expect(t1?.to == .suspended)
-        let t2 = p.step(now: Self.at(13), measured: Self.m(0, nil), limits: Self.cpu1)
+        let t2 = p.step(now: Self.at(14), measured: Self.m(0, nil), limits: Self.cpu1)
         #expect(t2?.parked == false)
         // 100,000 calls/s measured: (1.61 + 198.4 / N) ns × 100k ≤ 0.5 % needs N ≥ 5: 8.
-        let t3 = p.step(now: Self.at(15), measured: Self.m(100_000, 1.61), limits: Self.cpu1)
+        let t3 = p.step(now: Self.at(16), measured: Self.m(100_000, 1.61), limits: Self.cpu1)
         let r = try #require(t3)
         #expect(r.to == .throttled && r.sampleEvery == 8)
     }
