@@ -14,6 +14,9 @@ import TraceCoreTestSupport
 @Suite struct SpecDecoderFuzzTests {
     static let budget = Duration.seconds(12)
     static let maxCases = 30_000
+    /// Run whatever the time: a loaded machine (another build, tests alongside) must not
+    /// make the fuzz explore less than this.
+    static let minCases = 2_000
 
     @Test("Generated and mutated bodies: never a trap, always a spec or a 400 problem with errors")
     func decodeAndValidateNeverMisbehave() async throws {
@@ -22,7 +25,7 @@ import TraceCoreTestSupport
         var outcomes = [String: Int]()
         let started = ContinuousClock.now
         var cases = 0
-        while cases < Self.maxCases, ContinuousClock.now - started < Self.budget {
+        while cases < Self.minCases || (cases < Self.maxCases && ContinuousClock.now - started < Self.budget) {
             let body: [UInt8] = switch rng.next() % 3 {
             case 0: Array(Generator.spec(&rng).utf8)
             case 1: Generator.mutate(Array(Generator.spec(&rng).utf8), &rng)
@@ -35,7 +38,6 @@ import TraceCoreTestSupport
             if cases % 64 == 0 { await Task.yield() }
         }
         print("SpecDecoder fuzz: \(cases) cases in \(ContinuousClock.now - started), seed \(seed): \(outcomes.sorted { $0.key < $1.key })")
-        #expect(cases >= 2_000, "only \(cases) cases ran within \(Self.budget)")
         // The generator must reach every outcome, or it explores too little.
         for outcome in ["valid", "invalid", "rejected: bad-request", "rejected: invalid-spec"] {
             #expect(outcomes[outcome, default: 0] >= cases / 100, "\(outcome) reached \(outcomes[outcome, default: 0]) times of \(cases)")

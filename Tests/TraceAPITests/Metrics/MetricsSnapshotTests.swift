@@ -135,9 +135,11 @@ struct MetricsSnapshotTests {
             "traceplane_probe_key_calls_total", "traceplane_probe_key_errors_total", "traceplane_probe_key_value",
             "traceplane_probe_dropped_keys_total", "traceplane_probe_stacks_lost_total",
             "traceplane_probe_events_total", "traceplane_probe_events_throttled_total", "traceplane_probe_events_lost_total",
-            "traceplane_probe_events_missed_total", "traceplane_probe_event_subscribers", "traceplane_cgroup_info", "traceplane_probes", "traceplane_capability_supported", "traceplane_attach_attempts_total",
+            "traceplane_probe_events_missed_total", "traceplane_probe_event_subscribers", "traceplane_cgroup_info",
+            "traceplane_probe_budget_state", "traceplane_probe_budget_transitions_total", "traceplane_probe_sample_every",
+            "traceplane_probe_cost_cpu_ratio", "traceplane_probes", "traceplane_capability_supported", "traceplane_attach_attempts_total",
             "traceplane_http_requests_total", "traceplane_process_resident_memory_bytes", "traceplane_process_open_fds",
-            "traceplane_build_info", "traceplane_scrape_duration_seconds",
+            "traceplane_process_cpu_seconds_total", "traceplane_build_info", "traceplane_scrape_duration_seconds",
         ])
         #expect(parsed.families.allSatisfy { !$0.help.isEmpty })
         #expect(parsed.samples("traceplane_probes") == [.init(name: "traceplane_probes", labels: ["state": "active"], value: "1")])
