@@ -226,6 +226,15 @@ public final class StateStore: Sendable {
         do { data = try ReportJSON.encoder(pretty: true).encode(state) } catch {
             throw StateSaveError(errno: nil, description: "cannot encode the state: \(error)")
         }
+        try DurableFile.replace(path, with: data, directory: directory)
+    }
+}
+
+/// Replacing a small file so that a crash leaves the old or the new content, never a mix.
+enum DurableFile {
+    /// Writes `data` to a temporary file, fsyncs it, renames it over `path`, and fsyncs
+    /// `directory`. A directory that disappeared is created again.
+    static func replace(_ path: String, with data: Data, directory: String) throws(StateSaveError) {
         func failure(_ what: String, _ code: Int32) -> StateSaveError {
             StateSaveError(errno: Errno(rawValue: code), description: "\(what): \(Errno(rawValue: code).name) (\(Errno(rawValue: code).message))")
         }
