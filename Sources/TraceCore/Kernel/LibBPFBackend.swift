@@ -111,6 +111,8 @@ struct ObjectHandle: ~Copyable, @unchecked Sendable {
     /// The inner-map templates of its arrays of maps, read before load (libbpf frees them
     /// once the outer maps exist).
     var innerTemplates: [String: InnerTemplate] = [:]
+    /// Program fds opened from pins, by program name (an adopted object loads none of its own).
+    var adoptedPrograms: [String: Int32] = [:]
 }
 
 struct InnerTemplate {
@@ -121,9 +123,16 @@ struct InnerTemplate {
 }
 
 final class LibBPFObject: LoadedObject {
-    private let state: Mutex<ObjectHandle>
-    private let name: String
-    private let programNames: [String]
+    let state: Mutex<ObjectHandle>
+    let name: String
+    let programNames: [String]
+
+    /// Takes over a loaded object (``LibBPFObject/adopt(_:programs:from:)``).
+    init(adopted handle: consuming ObjectHandle, name: String, programNames: [String]) {
+        self.name = name
+        self.programNames = programNames
+        state = Mutex(handle)
+    }
 
     init(spec: LoadSpec) throws(KernelError) {
         name = spec.object.name
@@ -203,11 +212,13 @@ final class LibBPFObject: LoadedObject {
         }
     }
 
-    private static func free(_ handle: inout ObjectHandle) {
+    static func free(_ handle: inout ObjectHandle) {
         if let object = handle.object { bpf_object__close(object) }
         handle.object = nil
         for fds in handle.innerMaps.values { for fd in fds.values { Glibc.close(fd) } }
         handle.innerMaps = [:]
+        for fd in handle.adoptedPrograms.values { Glibc.close(fd) }
+        handle.adoptedPrograms = [:]
     }
 
     func setInnerMap(_ outer: BPFMapID, index: UInt32, maxEntries: UInt32) throws(KernelError) {
@@ -394,7 +405,8 @@ final class LibBPFObject: LoadedObject {
             var stats: [ProgramStats] = []
             for name in programNames {
                 guard let prog = bpf_object__find_program_by_name(object, name) else { continue }
-                let fd = bpf_program__fd(prog)
+                let own = bpf_program__fd(prog)
+                let fd = own >= 0 ? own : handle.adoptedPrograms[name] ?? -1
                 guard fd >= 0 else { continue }
                 var info = tp_prog_info()
                 if tp_prog_get_info(fd, &info) == 0 {
@@ -413,7 +425,7 @@ struct LinkHandle: ~Copyable, @unchecked Sendable {
 }
 
 final class LibBPFLink: AttachedLink {
-    private let state: Mutex<LinkHandle>
+    let state: Mutex<LinkHandle>
 
     init(link: OpaquePointer) {
         state = Mutex(LinkHandle(link: link))
