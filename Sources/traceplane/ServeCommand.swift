@@ -33,6 +33,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Directory where desired probes are saved atomically and restored from at start-up.")
     var stateDir: String?
 
+    @Option(help: ArgumentHelp(
+        "Pin every probe's maps, programs and links in this directory on bpffs (e.g. /sys/fs/bpf/traceplane), so that they outlive the agent; needs --state-dir.",
+        discussion: "SIGTERM and SIGINT then leave pinned probes attached and counting, and the next start adopts them (counters continue). bpffs is mounted at /sys/fs/bpf when missing; a directory on another file system is refused. `traceplane cleanup` removes what is pinned."))
+    var pinDir: String?
+
     @Option(help: "YAML file of probe specs to apply at start-up (after restoring saved probes).")
     var probes: String?
 
@@ -83,7 +88,7 @@ struct Serve: AsyncParsableCommand {
         budgets.statsAlwaysOn = bpfStats
         let configuration = AgentService.Configuration(
             core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: try kernel.disabled(), stateDirectory: stateDir,
-                                    probeFile: probeFile, budgets: budgets),
+                                    pinDirectory: pinDir, probeFile: probeFile, budgets: budgets),
             host: host, port: port, tls: tls, tokens: tokens, bpfStats: bpfStats, maxSeriesPerProbe: maxSeriesPerProbe)
         let service: AgentService
         do { service = try AgentService(configuration, logger: logger) } catch { throw StartupError("\(error)") }
@@ -95,7 +100,9 @@ struct Serve: AsyncParsableCommand {
             }
             group.addTask {
                 let signal = await SignalWaiter.wait(for: [SIGTERM, SIGINT])
-                if !Task.isCancelled { logger.notice("received signal \(signal): detaching every probe and exiting") }
+                if !Task.isCancelled {
+                    logger.notice("received signal \(signal): \(pinDir == nil ? "detaching every probe" : "leaving pinned probes attached in \(pinDir!)") and exiting")
+                }
             }
             defer { group.cancelAll() }
             // The first child to end (the signal, or a service that could not listen) ends both.

@@ -8,7 +8,7 @@ struct TracePlane: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "traceplane",
         abstract: "A Linux eBPF tracing agent with an HTTP/JSON control plane.",
-        subcommands: [Serve.self, Capabilities.self, ProbeCommand.self, Trace.self, SelfTest.self, Fleet.self, BenchHook.self, BenchSymbolize.self])
+        subcommands: [Serve.self, Cleanup.self, Capabilities.self, ProbeCommand.self, Trace.self, SelfTest.self, Fleet.self, BenchHook.self, BenchSymbolize.self])
 }
 
 /// Options shared by commands that touch the kernel.

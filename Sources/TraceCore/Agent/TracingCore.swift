@@ -9,6 +9,9 @@ public struct CoreConfiguration: Sendable {
     public var disabledMechanisms: Set<Mechanism>
     /// Where desired probes are saved before a change is acknowledged; nil: nowhere.
     public var stateDirectory: String?
+    /// Where probes are pinned on bpffs so that they outlive the agent (`--pin-dir`); nil:
+    /// nothing is pinned. Needs ``stateDirectory`` (the manifests live there).
+    public var pinDirectory: String?
     /// Probe specs to apply at start, like PUTs, after restoring saved probes.
     public var probeFile: [ProbeSpec]
     public var clock: any ProbeClock
@@ -16,12 +19,13 @@ public struct CoreConfiguration: Sendable {
     public var budgets: BudgetController.Configuration
 
     public init(maxProbes: Int = 256, disabledMechanisms: Set<Mechanism> = [], stateDirectory: String? = nil,
-                probeFile: [ProbeSpec] = [], clock: any ProbeClock = SystemClock(),
+                pinDirectory: String? = nil, probeFile: [ProbeSpec] = [], clock: any ProbeClock = SystemClock(),
                 budgets: BudgetController.Configuration = BudgetController.Configuration()) {
         self.budgets = budgets
         self.maxProbes = maxProbes
         self.disabledMechanisms = disabledMechanisms
         self.stateDirectory = stateDirectory
+        self.pinDirectory = pinDirectory
         self.probeFile = probeFile
         self.clock = clock
     }
@@ -41,11 +45,13 @@ public final class TracingCore: Sendable {
     public let capabilities: CapabilityStore
     public let probes: ProbeManager
     public let state: StateStore?
+    /// Pinned state (`--pin-dir`), nil when nothing is pinned.
+    public let pins: ProbePinning?
     /// Detaches the probes' kernel resources in the background.
     public let reaper: Reaper
     private let logger: Logger
 
-    /// - Throws: ``StateError`` when the state directory cannot be used.
+    /// - Throws: ``StateError`` when the state directory or the pin directory cannot be used.
     public init(_ configuration: CoreConfiguration, backend: (any KernelBackend)? = nil, reaper: Reaper = .shared,
                 logger: Logger = Logger(label: "traceplane")) throws(StateError) {
         self.configuration = configuration
@@ -57,9 +63,18 @@ public final class TracingCore: Sendable {
         self.capabilities = capabilities
         state = try configuration.stateDirectory.map { dir throws(StateError) in try StateStore(directory: dir, logger: Logger(label: "traceplane.state")) }
         let budgets = BudgetController(configuration: configuration.budgets, clock: configuration.clock)
-        probes = ProbeManager(planner: Planner(backend: backend, reaper: reaper, hubSlots: configuration.maxProbes,
-                                               budgetsEveryProbe: budgets.budgetsEveryProbe),
-                              maxProbes: configuration.maxProbes, state: state, clock: configuration.clock,
+        var store: PinStore?
+        if let pinDirectory = configuration.pinDirectory {
+            guard let stateDirectory = configuration.stateDirectory else {
+                throw StateError(description: "--pin-dir needs --state-dir: the pins' manifests are saved there (bpffs holds no regular files)")
+            }
+            store = try PinStore(root: pinDirectory, stateDirectory: stateDirectory)
+        }
+        let planner = Planner(backend: backend, reaper: reaper, hubSlots: configuration.maxProbes,
+                              budgetsEveryProbe: budgets.budgetsEveryProbe, pinRoot: store?.root)
+        pins = store.map { ProbePinning(store: $0, planner: planner, logger: Logger(label: "traceplane.pins")) }
+        probes = ProbeManager(planner: planner,
+                              maxProbes: configuration.maxProbes, state: state, pins: pins, clock: configuration.clock,
                               logger: Logger(label: "traceplane.probes"), budgets: budgets, report: { await capabilities.current })
     }
 
@@ -104,18 +119,23 @@ public final class TracingCore: Sendable {
         switch state.load() {
         case .none:
             logger.info("no saved probes in \(state.directory)")
+            if pins != nil { _ = await probes.restore(PersistedState(savedAt: Date(), probes: [])) }
         case .corrupt(let reason, let keptAt):
             logger.error("the state file \(state.path) is corrupt or unreadable (\(reason)); \(keptAt.map { "kept aside as \($0)" } ?? "left in place"); starting with no saved probes")
+            if pins != nil { _ = await probes.restore(PersistedState(savedAt: Date(), probes: [])) }
         case .loaded(let saved):
-            for outcome in await probes.restore(saved) {
+            let outcomes = await probes.restore(saved)
+            for outcome in outcomes {
                 if let probe = outcome.probe, probe.state == .active {
-                    logger.notice("restored probe \(outcome.name) via \(probe.mechanism?.rawValue ?? "?")")
+                    logger.notice("restored probe \(outcome.name) via \(probe.mechanism?.rawValue ?? "?")\(outcome.pinning.map { " (\($0))" } ?? "")")
                 } else {
                     let attempts = outcome.probe?.attempts.map { "\($0.flavour.rawValue) \($0.outcome.rawValue)\($0.errno.map { " \($0.name)" } ?? "")" } ?? []
                     logger.error("could not restore probe \(outcome.name): \(outcome.problem ?? "unknown reason")\(attempts.isEmpty ? "" : " [\(attempts.joined(separator: ", "))]")")
                 }
             }
         }
+        // Pins no saved probe claims (unknown probes, a state file that is gone) were removed.
+        for note in await probes.pinNotes { logger.warning("pins: \(note)") }
     }
 
     private func apply(_ spec: ProbeSpec) async {

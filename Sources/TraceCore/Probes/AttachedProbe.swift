@@ -23,10 +23,10 @@ public final class AttachedProbe: Sendable {
         case hub(SyscallHub.Membership)
         case detached
     }
-    private let resources: Mutex<Resources>
+    let resources: Mutex<Resources>
     private let recorded = Mutex<[AttachAttempt]>([])
     /// The symbolized stacks of `kstack`/`ustack` keys (nil without stack keys).
-    private let stackTable: StackTable?
+    let stackTable: StackTable?
     /// Its events on their way to subscribers (nil without an `events` spec).
     public let events: ProbeEvents?
     /// Whether its programs can sample and suspend (spec `budget`, serve --max-cpu-percent):

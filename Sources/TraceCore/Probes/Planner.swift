@@ -15,10 +15,12 @@ public struct Planner: Sendable {
     public let budgetsEveryProbe: Bool
 
     /// `hubSlots`: probes each shared syscall hook can hold (the agent passes its probe limit).
-    public init(backend: any KernelBackend, reaper: Reaper = .shared, hubSlots: Int = 256, budgetsEveryProbe: Bool = false) {
+    /// `pinRoot`: the pin directory (`serve --pin-dir`), where the shared hooks pin themselves.
+    public init(backend: any KernelBackend, reaper: Reaper = .shared, hubSlots: Int = 256, budgetsEveryProbe: Bool = false,
+                pinRoot: String? = nil) {
         attacher = ObjectAttacher(backend: backend, reaper: reaper)
         self.budgetsEveryProbe = budgetsEveryProbe
-        hubs = SyscallHubs(attacher: attacher, slots: hubSlots)
+        hubs = SyscallHubs(attacher: attacher, slots: hubSlots, pinRoot: pinRoot)
     }
 
     /// Attaches `spec` with the first flavour that works, or fails with every attempt.

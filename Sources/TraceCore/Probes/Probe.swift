@@ -30,9 +30,12 @@ public struct Probe: Sendable, Codable, Hashable {
     public var stateReason: String?
     /// What the probe costs and how its budget holds it, for budgeted probes.
     public var cost: BudgetStatus?
+    /// With `serve --pin-dir`, how the agent's start-up restored it: `adopted` (its pinned
+    /// maps and links, counting on), or `replaced: why` (attached anew). Nil otherwise.
+    public var restore: String? = nil
 
     enum CodingKeys: String, CodingKey {
-        case name, spec, state, mechanism, attempts, generation, cost
+        case name, spec, state, mechanism, attempts, generation, cost, restore
         case stateReason = "state_reason"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
@@ -52,6 +55,7 @@ public struct Probe: Sendable, Codable, Hashable {
         try c.encode(expiresAt, forKey: .expiresAt)
         try c.encode(generation, forKey: .generation)
         try c.encodeIfPresent(cost, forKey: .cost)
+        try c.encodeIfPresent(restore, forKey: .restore)
     }
 }
 

@@ -28,6 +28,10 @@ public actor ProbeManager {
         /// Monotonic expiry, which a wall clock step does not move.
         var deadline: Duration?
         var generation: Int
+        /// Its manifest, while its attachment is pinned (`--pin-dir`).
+        var pinned: PinManifest?
+        /// How the last start-up restored it with `--pin-dir`: `adopted`, or `replaced: why`.
+        var restore: String?
 
         func view(name: String, budget: BudgetStatus? = nil) -> Probe {
             var state: ProbeState = probe == nil ? .failed : .active
@@ -38,10 +42,12 @@ public actor ProbeManager {
                 case .suspended: state = .suspended
                 }
             }
-            return Probe(name: name, spec: spec, state: state, mechanism: probe?.flavour,
-                         attempts: probe?.attempts ?? failedAttempts,
-                         createdAt: createdAt, updatedAt: updatedAt, expiresAt: expiresAt, generation: generation,
-                         stateReason: state == .throttled || state == .suspended ? budget?.reason : nil, cost: budget)
+            var view = Probe(name: name, spec: spec, state: state, mechanism: probe?.flavour,
+                             attempts: probe?.attempts ?? failedAttempts,
+                             createdAt: createdAt, updatedAt: updatedAt, expiresAt: expiresAt, generation: generation,
+                             stateReason: state == .throttled || state == .suspended ? budget?.reason : nil, cost: budget)
+            view.restore = restore
+            return view
         }
     }
 
@@ -51,7 +57,12 @@ public actor ProbeManager {
         public var probe: Probe?
         /// Why it was not restored as active (expired while the agent was down, or no mechanism attached).
         public var problem: String?
+        /// With `--pin-dir`: `adopted`, or `replaced: why` (nil without pinning).
+        public var pinning: String?
     }
+
+    /// What start-up with `--pin-dir` did besides restoring probes (pins and manifests removed or kept aside).
+    public private(set) var pinNotes: [String] = []
 
     public nonisolated let maxProbes: Int
     private let planner: Planner
@@ -62,6 +73,8 @@ public actor ProbeManager {
     private let state: StateStore?
     /// Enforces budgets on the probes built with budget control (nil: no budgets).
     public nonisolated let budgets: BudgetController?
+    /// Pinned state (`--pin-dir`); nil: nothing is pinned.
+    private let pins: ProbePinning?
 
     /// Committed probes: what reads see and what is on disk.
     private var entries: [String: Entry] = [:]
@@ -85,11 +98,14 @@ public actor ProbeManager {
     /// - Parameter report: the current capability report (syscall prefix, task storage,
     ///   disabled mechanisms); nil while capabilities are not probed yet.
     /// - Parameter state: where desired probes are saved before a change is acknowledged (nil: nowhere).
-    public init(planner: Planner, maxProbes: Int = 256, state: StateStore? = nil, clock: any ProbeClock = SystemClock(),
-                logger: Logger = Logger(label: "traceplane.probes"), budgets: BudgetController? = nil,
-                report: @escaping @Sendable () async -> CapabilityReport?) {
+    /// - Parameter pins: pinned state (`--pin-dir`): attachments are pinned and their
+    ///   manifests written before a change is acknowledged, and adopted at restore.
+    public init(planner: Planner, maxProbes: Int = 256, state: StateStore? = nil, pins: ProbePinning? = nil,
+                clock: any ProbeClock = SystemClock(), logger: Logger = Logger(label: "traceplane.probes"),
+                budgets: BudgetController? = nil, report: @escaping @Sendable () async -> CapabilityReport?) {
         self.planner = planner
         self.budgets = budgets
+        self.pins = pins
         reaper = planner.reaper
         self.maxProbes = maxProbes
         self.state = state
@@ -205,8 +221,22 @@ public actor ProbeManager {
                 kept.spec = spec
                 kept.generation += 1
                 kept.updatedAt = clock.now()
+                if let pins, var manifest = existing.pinned {
+                    manifest.spec = spec
+                    manifest.generation = kept.generation
+                    let renewed = manifest
+                    try await offActor { () throws(ProbeError) in try pins.write(renewed) }
+                    kept.pinned = renewed
+                }
             }
-            try await commit(name, .set(kept))
+            do {
+                try await commit(name, .set(kept))
+            } catch {
+                if let pins, outcome == .replaced, existing.pinned != nil {
+                    await offActor { pins.restoreManifest(existing.pinned, name: name) }
+                }
+                throw error
+            }
             // A PUT that changes the spec resumes a throttled or suspended probe, with the
             // budget it gives; one that only renews the lease (a controller's heartbeat)
             // leaves the budget's state alone.
@@ -218,12 +248,17 @@ public actor ProbeManager {
                                 generation: existing.generation + 1)
         leased(&replacement, spec.ttlSeconds)
         do {
+            replacement.pinned = try await pin(attached, name: name, spec: spec, generation: replacement.generation)
             try await commit(name, .set(replacement))
         } catch {
-            attached.detach(reaper: reaper)
+            await discard(attached, pinned: replacement.pinned, name: name, restoring: existing.pinned)
             throw error
         }
-        // The old attachment goes only once the new one works and is saved: a failed replace keeps it.
+        // The old attachment goes only once the new one works and is saved: a failed replace
+        // keeps it. Its pins go first (they would keep its links attached).
+        if let pins, let old = existing.pinned, old.directory != replacement.pinned?.directory {
+            await offActor { pins.unpin(old) }
+        }
         existing.probe?.detach(reaper: reaper, reason: .replaced)
         budgets?.track(name, probe: attached, spec: spec.budget)
         return (view(name, replacement), .replaced)
@@ -236,6 +271,7 @@ public actor ProbeManager {
         guard let entry = entries[name] else { throw Self.notFound(name) }
         try await commit(name, .remove)
         budgets?.untrack(name)
+        if let pins { await offActor { pins.forget(name) } }
         entry.probe?.detach(reaper: reaper)
     }
 
@@ -243,6 +279,21 @@ public actor ProbeManager {
     /// and remaining TTL. A probe that no longer attaches is kept as `failed` with its attempts.
     public func restore(_ saved: PersistedState) async -> [RestoreOutcome] {
         var outcomes: [RestoreOutcome] = []
+        var adoptions: [String: ProbePinning.Adoption] = [:]
+        if let pins {
+            // Adopt first, before anything attaches: a replaced probe's slot in an adopted
+            // shared hook must be unlisted before its new attachment is counted.
+            let now = clock.now()
+            let host = planner.host
+            let candidates = saved.probes.compactMap { item -> ProbePinning.Candidate? in
+                guard let name = item.spec.name, item.expiresAt.map({ $0 > now }) ?? true,
+                      let spec = try? Self.normalize(item.spec, host: host) else { return nil }
+                return ProbePinning.Candidate(name: name, generation: item.generation, spec: spec)
+            }
+            let (adopted, notes) = await offActor { pins.adopt(candidates) }
+            adoptions = adopted
+            pinNotes = notes
+        }
         for item in saved.probes {
             guard let name = item.spec.name else { continue }
             await lock(name)
@@ -250,7 +301,8 @@ public actor ProbeManager {
             if shuttingDown { break }
             let now = clock.now()
             if let expiry = item.expiresAt, expiry <= now {
-                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "its TTL expired while the agent was down"))
+                outcomes.append(RestoreOutcome(name: name, probe: nil, problem: "its TTL expired while the agent was down",
+                                               pinning: pins == nil ? nil : "removed: its TTL expired while the agent was down"))
                 continue
             }
             if entries[name] != nil || entries.count + creating >= maxProbes {
@@ -266,21 +318,41 @@ public actor ProbeManager {
                               deadline: item.expiresAt.map { clock.uptime() + .seconds($0.timeIntervalSince(now)) },
                               generation: item.generation)
             var problem: String?
-            do {
-                entry.probe = try await plan(spec)
-            } catch {
-                entry.failedAttempts = error.attempts
-                problem = error.detail
+            switch adoptions[name] {
+            case .adopted(let probe, let manifest)?:
+                entry.probe = probe
+                entry.pinned = manifest
+                entry.restore = "adopted"
+                logger.notice("probe \(name): adopted its pinned \(manifest.object == .hub ? "slot \(manifest.hub?.slot ?? -1) of the shared hook" : "object") (generation \(manifest.generation), layout \(manifest.layoutVersion))")
+            case .replaced(let why)?:
+                entry.restore = "replaced: " + (why ?? "nothing was pinned for it")
+                if let why { logger.warning("probe \(name): its pins were not adopted (\(why)); attaching it anew") }
+                fallthrough
+            case nil:
+                do {
+                    let probe = try await plan(spec)
+                    entry.probe = probe
+                    if pins != nil {
+                        do { entry.pinned = try await pin(probe, name: name, spec: spec, generation: entry.generation) } catch {
+                            // Attached but not pinned: it counts until the agent stops, and is detached then.
+                            logger.error("probe \(name): \(error.detail)")
+                            entry.restore = (entry.restore ?? "replaced") + "; not pinned: \(error.detail)"
+                        }
+                    }
+                } catch {
+                    entry.failedAttempts = error.attempts
+                    problem = error.detail
+                }
             }
             if shuttingDown {
-                entry.probe?.detach(reaper: reaper)
+                if entry.pinned != nil { entry.probe?.release() } else { entry.probe?.detach(reaper: reaper) }
                 continue
             }
             // Restoring changes nothing the disk does not already say; a later save brings
             // the rest (remaining TTLs are the same instants).
             entries[name] = entry
             if let probe = entry.probe { budgets?.track(name, probe: probe, spec: spec.budget) }
-            outcomes.append(RestoreOutcome(name: name, probe: view(name, entry), problem: problem))
+            outcomes.append(RestoreOutcome(name: name, probe: view(name, entry), problem: problem, pinning: entry.restore))
         }
         rescheduleExpiry()
         await saveOrRecover()
@@ -289,12 +361,15 @@ public actor ProbeManager {
 
     /// Detaches everything (shutdown) and refuses later changes. The saved desired state is
     /// left as it is, so a restart with the same state directory brings the probes back.
+    /// With pinned state, pinned probes are let go of instead: they stay attached and
+    /// counting in the kernel until the next start adopts them.
     public func removeAll() {
         shuttingDown = true
         for (name, entry) in entries {
             budgets?.untrack(name)
-            entry.probe?.detach(reaper: reaper, reason: .shutdown)
+            if pins != nil, entry.pinned != nil { entry.probe?.release() } else { entry.probe?.detach(reaper: reaper, reason: .shutdown) }
         }
+        pins?.releaseHubs()
         entries.removeAll()
         budgets?.stop()
         expiryTask?.cancel()
@@ -347,7 +422,9 @@ public actor ProbeManager {
                                  errno: failure.errno)
             }
             if shuttingDown {
-                if case .set(let entry) = change { entry.probe?.detach(reaper: reaper) }
+                if case .set(let entry) = change {
+                    if entry.pinned != nil { entry.probe?.release() } else { entry.probe?.detach(reaper: reaper) }
+                }
                 return
             }
         }
@@ -433,6 +510,7 @@ public actor ProbeManager {
             guard let deadline = entry.deadline, deadline <= now else { continue }
             entries[name] = nil
             budgets?.untrack(name)
+            if let pins { await offActor { pins.forget(name) } }
             entry.probe?.detach(reaper: reaper, reason: .expired)
             logger.info("probe \(name) expired (ttl_seconds \(entry.spec.ttlSeconds ?? 0)) and was detached")
             changed = true
@@ -459,13 +537,49 @@ public actor ProbeManager {
         var entry = Entry(spec: spec, probe: attached, createdAt: now, updatedAt: now, generation: 1)
         leased(&entry, spec.ttlSeconds)
         do {
+            entry.pinned = try await pin(attached, name: name, spec: spec, generation: entry.generation)
             try await commit(name, .set(entry))
         } catch {
-            attached.detach(reaper: reaper)
+            await discard(attached, pinned: entry.pinned, name: name, restoring: nil)
             throw error
         }
         budgets?.track(name, probe: attached, spec: spec.budget)
         return view(name, entry)
+    }
+
+    // MARK: - Pinning
+
+    /// Pins a new attachment and writes its manifest (nil without `--pin-dir`); on failure
+    /// the attachment is detached and nothing of it stays pinned.
+    private func pin(_ probe: AttachedProbe, name: String, spec: ProbeSpec, generation: Int) async throws(ProbeError) -> PinManifest? {
+        guard let pins else { return nil }
+        return try await offActor { () throws(ProbeError) -> PinManifest in
+            try pins.pin(probe, name: name, spec: spec, generation: generation)
+        }
+    }
+
+    /// Undoes a change that was not made: the new attachment's pins go (before its links),
+    /// the manifest the probe had before comes back, and the attachment is detached.
+    private func discard(_ probe: AttachedProbe, pinned: PinManifest?, name: String, restoring previous: PinManifest?) async {
+        if let pins {
+            await offActor {
+                if let pinned, pinned.directory != previous?.directory { pins.unpin(pinned) }
+                pins.restoreManifest(previous, name: name)
+            }
+        }
+        probe.detach(reaper: reaper)
+    }
+
+    /// Runs blocking file-system work (bpffs, fsync) off the actor's executor.
+    private func offActor<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await BlockingWork.attach.run(work)
+    }
+
+    private func offActor<T: Sendable>(_ work: @escaping @Sendable () throws(ProbeError) -> T) async throws(ProbeError) -> T {
+        let result = await BlockingWork.attach.run { () -> Result<T, ProbeError> in
+            do throws(ProbeError) { return .success(try work()) } catch { return .failure(error) }
+        }
+        return try result.get()
     }
 
     private func plan(_ spec: ProbeSpec) async throws(ProbeError) -> AttachedProbe {

@@ -29,6 +29,8 @@ public final class SyscallHub: Sendable {
     /// 608 bytes per slot and CPU; `procs`: 8 KiB per slot).
     public let slots: Int
     let attacher: ObjectAttacher
+    /// Where the hub's maps, programs and links are pinned (`serve --pin-dir`); nil: nowhere.
+    let pinDirectory: String?
 
     struct Loaded {
         var object: any LoadedObject
@@ -62,15 +64,16 @@ public final class SyscallHub: Sendable {
         }
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let joining = Mutex(())
 
-    init(descriptor: FlavourDescriptor, slots: Int, attacher: ObjectAttacher) {
+    init(descriptor: FlavourDescriptor, slots: Int, attacher: ObjectAttacher, pinDirectory: String? = nil) {
         precondition(descriptor.strategy == .sharedSyscallHook, "no shared hook for \(descriptor.id)")
         precondition(slots >= 1 && slots <= 65_536, "hub slots out of range: \(slots)")
         self.descriptor = descriptor
         self.slots = slots
         self.attacher = attacher
+        self.pinDirectory = pinDirectory
     }
 
     /// A probe's place in the hub. Leaving twice, or after the hub was dropped, does nothing.
@@ -148,6 +151,7 @@ public final class SyscallHub: Sendable {
                 switch attacher.attach(descriptor, hubInput) {
                 case .failure(let failed): return .failure(failed)
                 case .success(let made):
+                    if let failed = pinLoaded(made, facts: input.facts) { return .failure(failed) }
                     // Joins are serialized and only a join loads, so nobody loaded meanwhile.
                     state.withLock {
                         $0.loaded = Loaded(object: made.object, links: made.links, attachments: made.recipe.attachments,
@@ -384,6 +388,8 @@ public final class SyscallHub: Sendable {
     }
 
     private func drop(_ s: inout State) {
+        // Unpinned first: the pins would keep the links attached after ours are closed.
+        if let pinDirectory, s.loaded != nil { PinStore.removeTree(pinDirectory) }
         if let loaded = s.loaded { attacher.reaper.dispose(links: loaded.links, objects: [loaded.object]) }
         s.loaded = nil
         s.parked = []
@@ -457,9 +463,11 @@ public final class SyscallHub: Sendable {
 public final class SyscallHubs: Sendable {
     private let hubs: [FlavourDescriptor.ID: SyscallHub]
 
-    init(attacher: ObjectAttacher, slots: Int) {
-        hubs = Dictionary(uniqueKeysWithValues: FlavourCatalog.all.filter { $0.strategy == .sharedSyscallHook }.map {
-            ($0.id, SyscallHub(descriptor: $0, slots: slots, attacher: attacher))
+    /// `pinRoot`: the pin directory; each hub pins itself in `<pinRoot>/.hub-<flavour>/`.
+    init(attacher: ObjectAttacher, slots: Int, pinRoot: String? = nil) {
+        hubs = Dictionary(uniqueKeysWithValues: FlavourCatalog.all.filter { $0.strategy == .sharedSyscallHook }.map { descriptor in
+            (descriptor.id, SyscallHub(descriptor: descriptor, slots: slots, attacher: attacher,
+                                       pinDirectory: pinRoot.map { PinStore.hubDirectory(root: $0, descriptor.id) }))
         })
     }
 
