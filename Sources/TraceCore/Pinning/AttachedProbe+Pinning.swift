@@ -25,6 +25,7 @@ extension AttachedProbe {
         guard case .own(let object, let links) = pinShape else { return }
         try object.pin(in: directory)
         for (index, link) in links.enumerated() { try link.pin(at: "\(directory)/\(PinName.link(index))") }
+        markPinned()
     }
 
     /// Lets go of the probe without detaching anything: its pins keep it attached and
@@ -183,7 +184,8 @@ extension SyscallHub {
                 events = ProbeEvents(ring: ring, spec: spec, plan: candidate.plan, layout: .hub, kind: "call")
             }
             let probe = AttachedProbe(descriptor: descriptor, hub: membership, boundTo: "syscall nr \(membership.nr), slot \(membership.slot)",
-                                      plan: candidate.plan, reportsAggregate: candidate.spec.aggregate != nil, events: events)
+                                      plan: candidate.plan, reportsAggregate: candidate.spec.aggregate != nil, events: events,
+                                      budgeted: candidate.manifest.budgeted)
             probe.attempts = candidate.manifest.attempts
             results[candidate.name] = .success(probe)
         }

@@ -49,6 +49,9 @@ public struct PinManifest: Sendable, Codable, Hashable {
     /// How many links it attached (pinned as `link.0` …).
     public var links: Int
     public var taskStorage: Bool
+    /// Whether its programs were built with budget control (they sample and read the
+    /// budget map): a build that would build it the other way does not adopt it.
+    public var budgeted: Bool
     public var boundTo: String?
     public var hub: HubSlot?
     /// The attempts of the attach that made the pins (shown again once adopted).
@@ -58,7 +61,7 @@ public struct PinManifest: Sendable, Codable, Hashable {
     public var pinnedAt: Date
 
     enum CodingKeys: String, CodingKey {
-        case name, generation, flavour, object, directory, programs, links, hub, attempts, spec
+        case name, generation, flavour, object, directory, programs, links, hub, attempts, spec, budgeted
         case manifestVersion = "manifest_version"
         case layoutVersion = "layout_version"
         case bpfObject = "bpf_object"
@@ -68,14 +71,20 @@ public struct PinManifest: Sendable, Codable, Hashable {
     }
 
     /// Why the pins this manifest describes may not be adopted for `saved` (nil: they may,
-    /// if every pin is present). `spec` is the saved spec, normalized.
-    public func mismatch(saved generation: Int, spec: ProbeSpec, layoutVersion current: Int = PinLayout.version) -> String? {
+    /// if every pin is present). `spec` is the saved spec, normalized; `budgeted`, whether
+    /// this agent builds it with budget control (a `budget`, or `serve --max-cpu-percent`).
+    public func mismatch(saved generation: Int, spec: ProbeSpec, budgeted expected: Bool,
+                         layoutVersion current: Int = PinLayout.version) -> String? {
         if manifestVersion != Self.currentVersion { return "manifest version \(manifestVersion), this build reads \(Self.currentVersion)" }
         if layoutVersion != current { return "layout version \(layoutVersion) pinned, this build uses \(current)" }
         if FlavourDescriptor.ID(rawValue: flavour) == nil { return "flavour \(flavour) is unknown to this build" }
         if spec.name != name { return "the manifest names probe '\(name)'" }
         if self.generation != generation { return "generation \(self.generation) pinned, \(generation) saved" }
         if self.spec != spec { return "the saved spec differs from the pinned one" }
+        if budgeted != expected {
+            return budgeted ? "it was pinned with budget control and this agent builds it without (no budget, no --max-cpu-percent)"
+                            : "it was pinned without budget control and this agent builds it with (--max-cpu-percent)"
+        }
         switch object {
         case .own where directory == nil: return "the manifest names no pin directory"
         case .hub where hub == nil: return "the manifest names no hub slot"

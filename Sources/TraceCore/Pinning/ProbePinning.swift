@@ -27,7 +27,7 @@ public final class ProbePinning: Sendable {
     func pin(_ probe: AttachedProbe, name: String, spec: ProbeSpec, generation: Int) throws(ProbeError) -> PinManifest {
         var manifest = PinManifest(manifestVersion: PinManifest.currentVersion, layoutVersion: PinLayout.version, name: name,
                                    generation: generation, flavour: probe.descriptor.id.rawValue, object: .own, bpfObject: LatencyBPF.object.name,
-                                   directory: nil, programs: [], links: 0, taskStorage: probe.taskStorage, boundTo: probe.boundTo, hub: nil,
+                                   directory: nil, programs: [], links: 0, taskStorage: probe.taskStorage, budgeted: probe.budgeted, boundTo: probe.boundTo, hub: nil,
                                    attempts: probe.attempts, spec: spec, pinnedAt: Date())
         var made: String?
         do throws(KernelError) {
@@ -140,7 +140,8 @@ public final class ProbePinning: Sendable {
                 if let spec = try? ProbeManager.normalize(read.spec, host: planner.host) { read.spec = spec }
                 manifest = read
             }
-            if let why = manifest.mismatch(saved: candidate.generation, spec: candidate.spec) {
+            let budgeted = candidate.spec.budget != nil || planner.budgetsEveryProbe
+            if let why = manifest.mismatch(saved: candidate.generation, spec: candidate.spec, budgeted: budgeted) {
                 adoptions[name] = .replaced(why: why)
                 continue
             }
@@ -227,8 +228,10 @@ public final class ProbePinning: Sendable {
         }
         let probe = AttachedProbe(descriptor: descriptor, object: adopted.object, links: adopted.links, taskStorage: manifest.taskStorage,
                                   boundTo: manifest.boundTo, plan: plan,
-                                  reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events)
+                                  reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events,
+                                  budgeted: manifest.budgeted)
         probe.attempts = manifest.attempts
+        probe.markPinned()
         return .success(probe)
     }
 }

@@ -38,6 +38,10 @@ public final class AttachedProbe: Sendable {
     /// Suspended by its budget with its programs detached (own object: no links; hub: the
     /// slot is not listed).
     private let parkedState = Mutex(false)
+    /// Pinned on bpffs (`serve --pin-dir`): a pinned link stays attached whatever the agent
+    /// closes, so a suspended pinned probe is stopped by the flag in its budget map (its
+    /// programs run and return at once) instead of being detached.
+    private let pinnedState = Mutex(false)
 
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
          plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, budgeted: Bool = false,
@@ -140,13 +144,26 @@ public final class AttachedProbe: Sendable {
     /// Whether the programs are detached by the budget (see ``park(reaper:)``).
     public var isParked: Bool { parkedState.withLock { $0 } }
 
+    /// Marks the probe's own object and links as pinned (see ``pinnedState``).
+    func markPinned() { pinnedState.withLock { $0 = true } }
+
+    /// Whether its links are held by pins: its own, or its shared hook's.
+    var isPinned: Bool {
+        if pinnedState.withLock({ $0 }) { return true }
+        if case .hub(let membership) = resources.withLock({ $0 }) { return membership.hub.pinDirectory != nil }
+        return false
+    }
+
     /// Detaches the programs but keeps the maps (counts, keys, events): a suspended probe
     /// then costs the host nothing, not even the hook's dispatch. For a slot of the shared
     /// syscall hook, the slot is taken out of the hook's table (and the hook detached when
     /// no listed slot is left).
     public func park(reaper: Reaper) throws(KernelError) {
+        let pinned = isPinned
         try parkedState.withLock { parked throws(KernelError) in
             guard !parked else { return }
+            // Pinned: the budget map's `suspended` flag (set before this) stops it.
+            if pinned { parked = true; return }
             let links = resources.withLock { r -> [any AttachedLink]? in
                 switch r {
                 case .own(let object, let links):
@@ -169,8 +186,10 @@ public final class AttachedProbe: Sendable {
     /// Attaches the programs again after ``park(reaper:)``; on failure nothing is attached
     /// and the probe stays parked.
     public func unpark(reaper: Reaper) throws(KernelError) {
+        let pinned = isPinned
         try parkedState.withLock { parked throws(KernelError) in
             guard parked else { return }
+            if pinned { parked = false; return }
             switch resources.withLock({ $0 }) {
             case .own(let object, _):
                 var links: [any AttachedLink] = []

@@ -323,6 +323,11 @@ public actor ProbeManager {
                 entry.probe = probe
                 entry.pinned = manifest
                 entry.restore = "adopted"
+                // Its counts began when it was pinned, not now.
+                entry.updatedAt = manifest.pinnedAt
+                // The budget starts over, as the controller does: every call recorded until
+                // it measures again (the counts so far stay estimates, already scaled).
+                if probe.budgeted { try? probe.setBudget(sampleEvery: 1, suspended: false) }
                 logger.notice("probe \(name): adopted its pinned \(manifest.object == .hub ? "slot \(manifest.hub?.slot ?? -1) of the shared hook" : "object") (generation \(manifest.generation), layout \(manifest.layoutVersion))")
             case .replaced(let why)?:
                 entry.restore = "replaced: " + (why ?? "nothing was pinned for it")
