@@ -100,7 +100,7 @@ let package = Package(
         // The real agent wiring on the real kernel, over real HTTP (root).
         .testTarget(
             name: "AgentIntegrationTests",
-            dependencies: ["TraceAPI", "TraceCore", "TraceCoreTestSupport", "CLibBPF"],
+            dependencies: ["TraceAPI", "TraceCore", "TraceCoreTestSupport", "CLibBPF", "CBPFLayouts", "CKernelOracle"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -29,11 +29,12 @@ final class AgentProcess: Sendable {
         return dir.appendingPathComponent("traceplane").path
     }
 
-    /// Starts `traceplane serve ARGS`. Does not wait for readiness.
-    init(_ arguments: [String]) throws {
+    /// Starts `traceplane serve ARGS` (of `executable`: another build of the agent; nil:
+    /// this build's). Does not wait for readiness.
+    init(_ arguments: [String], executable: String? = nil) throws {
         let process = Process()
         self.process = process
-        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.executableURL = URL(fileURLWithPath: executable ?? Self.executable)
         process.arguments = ["serve"] + arguments
         let pipe = Pipe()
         process.standardOutput = pipe

@@ -848,3 +848,82 @@ long oracle_getppid_on_cpu(int cpu, long n)
 	sched_setaffinity(0, sizeof(old), &old);
 	return n;
 }
+
+// MARK: pinned maps
+
+/// Possible CPUs, from /sys/devices/system/cpu/possible ("0-3", "0,2-5"): the per-CPU
+/// value count of a per-CPU map. -errno when it cannot be read.
+static int oracle_possible_cpus(void)
+{
+    char line[256];
+    int rc = oracle_read_line("/sys/devices/system/cpu/possible", line, sizeof(line));
+    if (rc < 0)
+        return rc;
+    int highest = -1;
+    for (char *p = line; *p;) {
+        char *end;
+        long first = strtol(p, &end, 10);
+        if (end == p)
+            break;
+        long last = first;
+        if (*end == '-')
+            last = strtol(end + 1, &end, 10);
+        if (last > highest)
+            highest = (int)last;
+        p = *end == ',' ? end + 1 : end;
+        if (*p == '\n')
+            break;
+    }
+    return highest < 0 ? -EINVAL : highest + 1;
+}
+
+int oracle_pinned_map_u64s(const char *path, uint32_t key, size_t offset, size_t count, uint64_t *out)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.pathname = (uint64_t)(uintptr_t)path;
+    attr.file_flags = BPF_F_RDONLY;
+    int fd = oracle_sys_bpf(BPF_OBJ_GET, &attr);
+    if (fd < 0)
+        return fd;
+    struct bpf_map_info info;
+    int rc = oracle_obj_info(fd, &info, sizeof(info));
+    if (rc < 0)
+        goto out;
+    if (info.key_size != sizeof(uint32_t) || offset + count * sizeof(uint64_t) > info.value_size) {
+        rc = -EINVAL;
+        goto out;
+    }
+    int percpu = info.type == BPF_MAP_TYPE_PERCPU_ARRAY || info.type == BPF_MAP_TYPE_PERCPU_HASH ||
+                 info.type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+    int cpus = percpu ? oracle_possible_cpus() : 1;
+    if (cpus < 0) {
+        rc = cpus;
+        goto out;
+    }
+    size_t stride = percpu ? ((size_t)info.value_size + 7) / 8 * 8 : info.value_size;
+    unsigned char *values = calloc((size_t)cpus, stride);
+    if (!values) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    memset(&attr, 0, sizeof(attr));
+    attr.map_fd = (uint32_t)fd;
+    attr.key = (uint64_t)(uintptr_t)&key;
+    attr.value = (uint64_t)(uintptr_t)values;
+    rc = oracle_sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr);
+    if (rc == 0) {
+        memset(out, 0, count * sizeof(uint64_t));
+        for (int cpu = 0; cpu < cpus; cpu++) {
+            for (size_t i = 0; i < count; i++) {
+                uint64_t word;
+                memcpy(&word, values + (size_t)cpu * stride + offset + i * sizeof(uint64_t), sizeof(word));
+                out[i] += word;
+            }
+        }
+    }
+    free(values);
+out:
+    close(fd);
+    return rc;
+}

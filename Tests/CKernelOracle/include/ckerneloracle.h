@@ -134,4 +134,11 @@ int oracle_uprobe_target(int x);
 /* `n` getppid syscalls from this thread pinned to CPU `cpu` (then unpinned): n, or -errno. */
 long oracle_getppid_on_cpu(int cpu, long n);
 
+/* Reads the map pinned at `path` on bpffs (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD,
+   BPF_MAP_LOOKUP_ELEM): at u32 key `key`, the `count` u64 words from byte `offset` of the
+   value, summed over every possible CPU for a per-CPU map, into `out`. Returns 0, -ENOENT
+   for a key with no value, -EINVAL when the map's keys are not u32 or the words lie beyond
+   its value, or another -errno. */
+int oracle_pinned_map_u64s(const char *path, uint32_t key, size_t offset, size_t count, uint64_t *out);
+
 #endif
