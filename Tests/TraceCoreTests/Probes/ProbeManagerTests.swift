@@ -81,7 +81,7 @@ struct ProbeManagerTests {
         _ = try await manager.put(name: "busy", spec: spec("busy", ttl: 10))
         let gate = kernel.holdLoads()
         let replacing = Task { try await manager.put(name: "busy", spec: spec("busy", ttl: 10, pid: 99)) }
-        #expect(await gate.waitForLoad(seconds: 10))
+        #expect(await gate.waitForLoad(seconds: 60))
         let runs = await manager.expiryRuns
         clock.advance(by: .seconds(11))
         for _ in 0..<500 { await Task.yield() }
@@ -281,7 +281,7 @@ struct ProbeManagerTests {
         let loadsBefore = kernel.loadedSpecs.count
         let gate = kernel.holdLoads()
         let restoring = Task { await manager.restore(saved) }
-        #expect(await gate.waitForLoad(seconds: 10))
+        #expect(await gate.waitForLoad(seconds: 60))
         await manager.removeAll()
         gate.open()
         _ = await restoring.value
