@@ -219,6 +219,110 @@ struct PinnedStateTests {
         await stop(agent)
     }
 
+    /// A probe's metrics JSON.
+    func metrics(_ agent: AgentProcess, _ name: String) throws -> [String: Any] {
+        let reply = try request(agent, "GET", "/v1/probes/\(name)/metrics")
+        return try #require(reply.json, "metrics of \(name): \(reply.status) \(reply.body)")
+    }
+
+    func state(_ agent: AgentProcess, _ name: String) throws -> String? {
+        try request(agent, "GET", "/v1/probes/\(name)").json?["state"] as? String
+    }
+
+    /// The libc.so.6 python3 maps (from its /proc/self/maps).
+    static func pythonLibc() throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", "print(next(l.split()[-1] for l in open('/proc/self/maps') if l.rstrip().endswith('/libc.so.6')))"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let path = output.trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(process.terminationStatus == 0 && path.hasPrefix("/"), "python3 maps no libc.so.6: \(output)")
+        return path
+    }
+
+    /// `n` getppid() calls through libc from a python3 process (the uprobe's workload).
+    static func pythonGetppid(_ n: Int) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", "import os\nfor _ in range(\(n)): os.getppid()"]
+        try process.run()
+        process.waitUntilExit()
+        try #require(process.terminationStatus == 0)
+    }
+
+    @Test("Every kind of probe is adopted after SIGTERM: a uprobe, a profile, a keyed tracepoint target, an events probe and a budgeted probe that was suspended; each counts on exactly where it was")
+    func everyKindIsAdopted() async throws {
+        defer { cleanUp() }
+        let before = KernelCensus.programIDs()
+        let libc = try Self.pythonLibc()
+        let specs: [(String, String)] = [
+            ("up", #"{"target":{"type":"uprobe","path":"\#(libc)","symbol":"getppid"},"filter":{"comm":"python3"}}"#),
+            ("prof", #"{"target":{"type":"profile","frequency_hz":49}}"#),
+            ("switches", #"{"target":{"type":"tracepoint","name":"sched:sched_switch"},"aggregate":{"by":["comm"]}}"#),
+            ("slow", #"{"target":{"type":"syscall","name":"nanosleep"},"mechanisms":["tracepoint"],"filter":{"comm":"tp-sleeper"},"events":{"min_latency_ns":1000000}}"#),
+            ("bud", #"{"target":{"type":"syscall","name":"getppid"},"filter":{"comm":"\#(BudgetAPITests.comm)"},"budget":{"max_events_per_second":1000}}"#),
+        ]
+        var agent = try await start(["--budget-hold-off", "120"])
+        for (name, spec) in specs {
+            let reply = try request(agent, "PUT", "/v1/probes/\(name)", spec)
+            #expect(reply.status == 201, "\(name): \(reply.status) \(reply.body)")
+        }
+        try Self.pythonGetppid(1_000)
+        try sleep(20)
+        let loop = try BudgetAPITests.loop(["--seconds", "3", "--spin", "500"])
+        var suspended = false
+        for _ in 0..<100 where !suspended {
+            try await Task.sleep(for: .milliseconds(50))
+            suspended = try state(agent, "bud") == "suspended"
+        }
+        _ = try BudgetAPITests.result(loop)
+        #expect(suspended, "the budgeted probe was never suspended")
+        let up = try metrics(agent, "up")["calls"] as? Int
+        #expect(up == 1_000, "uprobe: \(String(describing: up)) calls, python made 1,000")
+        let slow = try metrics(agent, "slow")
+        #expect(slow["calls"] as? Int == 20 && (slow["events"] as? [String: Any])?["emitted"] as? Int == 20, "\(slow)")
+        let profile = try metrics(agent, "prof")["calls"] as? Int ?? 0
+        let switches = try metrics(agent, "switches")["calls"] as? Int ?? 0
+        #expect(profile > 0 && switches > 0)
+        let budgeted = try metrics(agent, "bud")["calls"] as? Int ?? -1
+        // Suspended by the flag in its (pinned) budget map: nothing more is recorded.
+        _ = try BudgetAPITests.result(try BudgetAPITests.loop(["--calls", "10000"]))
+        #expect(try metrics(agent, "bud")["calls"] as? Int == budgeted, "a suspended pinned probe recorded calls")
+        await stop(agent)
+
+        // While the agent is down: the pins keep every probe counting (the budgeted one
+        // stays suspended: its map's flag is pinned with it).
+        try Self.pythonGetppid(1_000)
+        try sleep(20)
+        _ = try BudgetAPITests.result(try BudgetAPITests.loop(["--calls", "10000"]))
+
+        agent = try await start(["--budget-hold-off", "120"])
+        for (name, _) in specs {
+            let restored = try restore(agent, name)
+            #expect(restored == "adopted", "\(name): \(String(describing: restored))")
+        }
+        #expect(try metrics(agent, "up")["calls"] as? Int == 2_000)
+        let slowAfter = try metrics(agent, "slow")
+        #expect(slowAfter["calls"] as? Int == 40 && (slowAfter["events"] as? [String: Any])?["emitted"] as? Int == 40, "\(slowAfter)")
+        #expect(try metrics(agent, "prof")["calls"] as? Int ?? 0 > profile)
+        #expect(try metrics(agent, "switches")["calls"] as? Int ?? 0 > switches)
+        // The budget starts over: active, every call recorded again.
+        #expect(try state(agent, "bud") == "active")
+        #expect(try metrics(agent, "bud")["calls"] as? Int == budgeted, "calls recorded while suspended and down")
+        _ = try BudgetAPITests.result(try BudgetAPITests.loop(["--calls", "500"]))
+        #expect(try metrics(agent, "bud")["calls"] as? Int == budgeted + 500)
+
+        for (name, _) in specs { #expect(try request(agent, "DELETE", "/v1/probes/\(name)").status == 204) }
+        #expect(pinned(pinDir).isEmpty, "left pinned after DELETE: \(pinned(pinDir))")
+        let leaked = await KernelCensus.settledPrograms(excluding: before)
+        #expect(leaked.isEmpty, "programs of ours still loaded after DELETE: \(leaked.map(KernelCensus.programName))")
+        await stop(agent)
+    }
+
     @Test("A corrupt manifest is kept aside and reported; the probe is attached anew (restore says why) and the agent stays up")
     func corruptManifest() async throws {
         defer { cleanUp() }

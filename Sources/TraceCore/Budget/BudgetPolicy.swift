@@ -218,7 +218,7 @@ public struct BudgetPolicy: Sendable, Hashable {
         suspendedAt = now
         parked = true
         return move(to: .suspended, sampleEvery: sampleEvery, now: now,
-                    reason: reason + "; suspended (programs detached), measured again after \(Self.seconds(holdOff)) and resumed once under half of the budget")
+                    reason: reason + "; suspended (recording nothing), measured again after \(Self.seconds(holdOff)) and resumed once under half of the budget")
     }
 
     /// Probing found the probe still over half its budget: detached again, for twice as long.
@@ -227,7 +227,7 @@ public struct BudgetPolicy: Sendable, Hashable {
         suspendedAt = now
         parked = true
         probingSince = nil
-        let text = reason + "; suspended (programs detached), measured again after \(Self.seconds(holdOff))"
+        let text = reason + "; suspended (recording nothing), measured again after \(Self.seconds(holdOff))"
         self.reason = text
         lastChange = now
         return Transition(from: .suspended, to: .suspended, sampleEvery: sampleEvery, reason: text, parked: true)

@@ -50,7 +50,7 @@ struct BudgetPolicyTests {
         let t2 = p.step(now: Self.at(4), measured: Self.m(1_000_000, 15.64), limits: Self.cpu1)
         let suspended = try #require(t2)
         #expect(suspended.to == .suspended && suspended.parked && suspended.counted && p.parked)
-        #expect(p.reason?.contains("suspended (programs detached)") == true)
+        #expect(p.reason?.contains("suspended (recording nothing)") == true)
         // Parked: nothing before the hold-off (10 s).
         let t3 = p.step(now: Self.at(13), measured: Self.m(0, nil), limits: Self.cpu1)
         #expect(t3 == nil)
