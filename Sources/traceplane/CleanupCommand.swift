@@ -6,7 +6,7 @@ import TraceCore
 struct Cleanup: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Remove every probe and shared hook pinned by `serve --pin-dir` (they detach once unpinned).",
-        discussion: "Run it while no agent uses the directory: a running agent's pinned probes would be detached under it.")
+        discussion: "Refused while an agent uses the directory (it holds the directory's lock): its pinned probes would be detached under it.")
 
     @Option(help: "The pin directory (on bpffs) that `serve --pin-dir` used.")
     var pinDir: String = "/sys/fs/bpf/traceplane"
@@ -24,6 +24,12 @@ struct Cleanup: ParsableCommand {
             do { try PinStore.checkFileSystem(root, mountMissing: false) } catch {
                 throw StartupError("refusing to clean up: \(error)")
             }
+            // An agent running on it holds its lock: its probes would be detached under it.
+            let lock: Int32
+            do { lock = try PinStore.lock(root) } catch {
+                throw StartupError("refusing to clean up: \(error); stop that agent first (its DELETEs unpin too)")
+            }
+            defer { close(lock) }
             let entries = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).sorted()
             for entry in entries {
                 let gone = PinStore.removeTree("\(root)/\(entry)")

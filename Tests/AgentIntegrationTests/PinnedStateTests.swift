@@ -422,13 +422,20 @@ struct PinnedStateTests {
         await stop(agent)
     }
 
-    @Test("traceplane cleanup removes what a killed agent left pinned (and says what), refuses a directory that is not on bpffs, and is safe when there is none")
+    @Test("traceplane cleanup removes what a killed agent left pinned (and says what), refuses while an agent uses the directory (so does a second agent) and a directory that is not on bpffs, and is safe when there is none")
     func cleanupCommand() async throws {
         defer { cleanUp() }
         let before = KernelCensus.programIDs()
         let agent = try await start()
         #expect(try request(agent, "PUT", "/v1/probes/via-hub", Self.hubProbe).status == 201)
         #expect(try request(agent, "PUT", "/v1/probes/own-object", Self.ownProbe).status == 201)
+        // While the agent runs, the directory is its own: cleanup and a second agent refuse.
+        let busy = try Self.runCLI(["cleanup", "--pin-dir", pinDir])
+        #expect(busy.status != 0 && busy.output.contains("in use by another TracePlane agent"), "cleanup while running: \(busy.output)")
+        let second = try Self.runCLI(["serve", "--listen", "127.0.0.1:0", "--state-dir", stateDir + "/second", "--pin-dir", pinDir])
+        #expect(second.status != 0 && second.output.contains("in use by another TracePlane agent"), "a second agent: \(second.output)")
+        #expect(try request(agent, "GET", "/v1/probes/own-object").json?["state"] as? String == "active")
+        #expect(pinned(pinDir).contains("own-object/g1/link_0"), "the second agent touched the pins: \(pinned(pinDir))")
         await kill9(agent)
         #expect(!pinned(pinDir).isEmpty)
         let run = try Self.runCLI(["cleanup", "--pin-dir", pinDir, "--state-dir", stateDir])

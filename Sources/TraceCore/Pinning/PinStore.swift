@@ -11,6 +11,9 @@ import Glibc
 public final class PinStore: Sendable {
     public let root: String
     public let manifests: String
+    /// The pin directory, open and flock(2)ed exclusively while this store lives: a second
+    /// agent on the same directory would remove the first one's pins as unknown.
+    private let lockFD: Int32
 
     /// Checks that `root` is on bpffs (mounting bpffs at /sys/fs/bpf when `root` is under it
     /// and nothing is mounted there), creates it and the manifest directory.
@@ -21,8 +24,33 @@ public final class PinStore: Sendable {
         try Self.checkFileSystem(root, mountMissing: mountMissing)
         try Self.makeDirectories(root)
         self.root = root
+        lockFD = try Self.lock(root)
         manifests = Self.normalized(stateDirectory) + "/pins"
-        try Self.makeDirectories(manifests)
+        do { try Self.makeDirectories(manifests) } catch {
+            close(lockFD)
+            throw error
+        }
+    }
+
+    deinit { close(lockFD) }
+
+    /// Opens `root` and takes its exclusive lock, or says who holds it.
+    ///
+    /// - Throws: ``StateError`` when another process holds the lock or `root` cannot be opened.
+    public static func lock(_ root: String) throws(StateError) -> Int32 {
+        let fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw StateError(description: "cannot open \(root): \(Errno.current.message)") }
+        var rc: Int32
+        repeat { rc = flock(fd, LOCK_EX | LOCK_NB) } while rc != 0 && errno == EINTR
+        if rc != 0 {
+            let error = Errno.current
+            close(fd)
+            if error == .EAGAIN {
+                throw StateError(description: "\(root) is in use by another TracePlane agent (it holds the directory's lock); each agent needs its own --pin-dir")
+            }
+            throw StateError(description: "cannot lock \(root): \(error.message)")
+        }
+        return fd
     }
 
     static let standardMount = "/sys/fs/bpf"
