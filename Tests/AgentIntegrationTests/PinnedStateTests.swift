@@ -198,7 +198,20 @@ struct PinnedStateTests {
 
         await stop(agent)
         let down = try sleepWhileDown(5_000, reported: first, "after SIGTERM")
+        // What an agent killed between pinning a replacement and saving it leaves: another
+        // generation's pins, which no manifest names. The restart removes them.
+        try FileManager.default.createDirectory(atPath: "\(pinDir)/own-object/g7", withIntermediateDirectories: false)
+        let stray = oracle_pin_new_map("\(pinDir)/own-object/g7/map_stats", "tp_stray")
+        try #require(stray > 0, "pinning a stray map: \(String(cString: strerror(-stray)))")
         agent = try await start()
+        #expect(!pinned(pinDir).contains { $0.hasPrefix("own-object/g7") }, "a stray generation stays pinned: \(pinned(pinDir))")
+        #expect(agent.log.contains("probe own-object: pins of g7 removed"), "not reported: \(agent.log)")
+        var strayGone = false
+        for _ in 0..<50 where !strayGone {
+            strayGone = oracle_map_exists(UInt32(stray)) == 0
+            if !strayGone { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(strayGone, "the stray map \(stray) still exists")
         #expect(try restore(agent, "via-hub") == "adopted")
         #expect(try restore(agent, "own-object") == "adopted")
         let second = try expectExact(agent, calls: 15_000, expected: down, "after SIGTERM, 5,000 calls while down, and a restart")

@@ -927,3 +927,41 @@ out:
     close(fd);
     return rc;
 }
+
+int oracle_pin_new_map(const char *path, const char *name)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_type = BPF_MAP_TYPE_ARRAY;
+    attr.key_size = 4;
+    attr.value_size = 8;
+    attr.max_entries = 1;
+    strncpy(attr.map_name, name, sizeof(attr.map_name) - 1);
+    int fd = oracle_sys_bpf(BPF_MAP_CREATE, &attr);
+    if (fd < 0)
+        return fd;
+    struct bpf_map_info info;
+    int rc = oracle_obj_info(fd, &info, sizeof(info));
+    if (rc == 0) {
+        memset(&attr, 0, sizeof(attr));
+        attr.pathname = (uint64_t)(uintptr_t)path;
+        attr.bpf_fd = (uint32_t)fd;
+        rc = oracle_sys_bpf(BPF_OBJ_PIN, &attr);
+    }
+    close(fd);
+    return rc < 0 ? rc : (int)info.id;
+}
+
+int oracle_map_exists(uint32_t id)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_id = id;
+    int fd = oracle_sys_bpf(BPF_MAP_GET_FD_BY_ID, &attr);
+    if (fd == -ENOENT)
+        return 0;
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return 1;
+}

@@ -177,9 +177,21 @@ public final class ProbePinning: Sendable {
                 }
             }
         }
-        // What is not adopted goes: pins first, then manifests.
+        // What is not adopted goes: pins first, then manifests. An adopted probe keeps only
+        // the pins its manifest names: an agent killed between pinning a replacement and
+        // saving it leaves that replacement's generation pinned (attached and counting),
+        // and nothing else would ever remove it.
         for (name, adoption) in adoptions {
-            if case .replaced = adoption { forget(name) }
+            switch adoption {
+            case .replaced: forget(name)
+            case .adopted(_, let manifest):
+                let keep = manifest.object == .own ? manifest.directory.map(PinName.escaped) : nil
+                for entry in PinStore.list(store.probeDirectory(name)) where entry != keep {
+                    let removed = PinStore.removeTree("\(store.probeDirectory(name))/\(entry)")
+                    notes.append("probe \(name): pins of \(entry) removed, its manifest names \(keep ?? "no own object") (\(removed.count) entries)")
+                }
+                store.removeIfEmpty(name)
+            }
         }
         let saved = Set(candidates.map(\.name))
         for name in store.pinnedProbes() where !saved.contains(name) {

@@ -141,4 +141,12 @@ long oracle_getppid_on_cpu(int cpu, long n);
    its value, or another -errno. */
 int oracle_pinned_map_u64s(const char *path, uint32_t key, size_t offset, size_t count, uint64_t *out);
 
+/* Creates a one-entry array map named `name` and pins it at `path` (BPF_MAP_CREATE,
+   BPF_OBJ_PIN); the fd is closed, so the pin alone holds the map. Returns the map's id, or
+   -errno. */
+int oracle_pin_new_map(const char *path, const char *name);
+
+/* 1 when a map with id `id` still exists (BPF_MAP_GET_FD_BY_ID), 0 when not, -errno. */
+int oracle_map_exists(uint32_t id);
+
 #endif
