@@ -9,9 +9,10 @@
 #   chromium                            tests: a real browser renders the flame graph SVG
 #   fonts-dejavu-core                   a font for it (installed without recommends, chromium brings none)
 #   binutils                            tests: readelf and nm, oracles for the ELF symbolizer
+#   protobuf-compiler                   tests: protoc --decode, an independent decoder of the protobuf exposition
 # The Swift 6 toolchain (with its clang that targets bpf) must already be on PATH.
 set -euo pipefail
-packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv chromium fonts-dejavu-core binutils "$@")
+packages=(libbpf-dev libelf-dev zlib1g-dev libmicrohttpd-dev bpftool curl openssl pkg-config prometheus python3-venv chromium fonts-dejavu-core binutils protobuf-compiler "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,11 +6,11 @@ import TraceCore
 public struct AgentAPI: Sendable {
     public let capabilities: CapabilityStore
     public let probes: ProbeManager
-    public let metrics: (@Sendable () async -> HTTPResponse)?
+    public let metrics: (@Sendable (_ accept: String?) async -> HTTPResponse)?
     /// Extra readiness beyond probed capabilities (e.g. saved probes restored); nil: none.
     public let startupDone: (@Sendable () -> Bool)?
 
-    public init(capabilities: CapabilityStore, probes: ProbeManager, metrics: (@Sendable () async -> HTTPResponse)? = nil,
+    public init(capabilities: CapabilityStore, probes: ProbeManager, metrics: (@Sendable (_ accept: String?) async -> HTTPResponse)? = nil,
                 startupDone: (@Sendable () -> Bool)? = nil) {
         self.capabilities = capabilities
         self.probes = probes
@@ -100,7 +100,7 @@ public struct AgentAPI: Sendable {
             await Self.events(request, name: params["name"] ?? "", probes: probes)
         }
         if let metrics {
-            router.get("/metrics", { _, _ in await metrics() })
+            router.get("/metrics", { request, _ in await metrics(request.headers["Accept"]) })
         }
         return router
     }

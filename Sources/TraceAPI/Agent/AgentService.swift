@@ -66,7 +66,7 @@ public final class AgentService: Service {
                                           build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"),
                                           stateTracked: core.state != nil, maxSeriesPerProbe: configuration.maxSeriesPerProbe)
         let started = self.started
-        let api = AgentAPI(capabilities: core.capabilities, probes: core.probes, metrics: { await exporter.scrape() },
+        let api = AgentAPI(capabilities: core.capabilities, probes: core.probes, metrics: { await exporter.scrape(accept: $0) },
                            startupDone: { started.isFulfilled })
         let responder: any HTTPResponder = configuration.tokens.enabled
             ? BearerAuth(tokens: configuration.tokens, next: api.router()) : api.router()

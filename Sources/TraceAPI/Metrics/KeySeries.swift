@@ -45,6 +45,11 @@ struct KeySeries {
     /// The kept keys by calls (descending), then the fold if any.
     let groups: [Group]
     let hasHistogram: Bool
+    /// The finite bounds of ``bounds``, as numbers.
+    let uppers: [Int64]
+    /// Whether the histogram can be a native one exactly: log2, and no value is negative
+    /// (the kernel keeps every negative value in one slot, which no native bucket matches).
+    let nativeEligible: Bool
     /// Whether the value is a latency in nanoseconds, exported in seconds.
     let seconds: Bool
     let hasErrors: Bool
@@ -57,6 +62,8 @@ struct KeySeries {
         seconds = table.valueIsLatency
         hasErrors = errors
         let uppers = table.histogram.map { Self.finiteBounds($0, of: table.entries) } ?? []
+        self.uppers = uppers
+        nativeEligible = table.histogram.map { !$0.linear } == true && table.entries.allSatisfy { $0.buckets.allSatisfy { $0.lower >= 0 } }
         bounds = uppers.map { [seconds] in LabelSet(["le": Self.boundText($0, seconds: seconds)]) }
 
         let keys = Self.distinctKeys(table.entries)
@@ -182,7 +189,7 @@ struct KeySeries {
     // MARK: - Rendering
 
     /// One counter sample per group: its calls or its errors.
-    func writeCounter(_ counter: KeyPath<Group, UInt64>, identity: LabelSet, into writer: inout ExpositionWriter) {
+    func writeCounter<W: MetricsSink>(_ counter: KeyPath<Group, UInt64>, identity: LabelSet, into writer: inout W) {
         for group in groups {
             writer.sample()
             writer.labels(identity)
@@ -193,7 +200,7 @@ struct KeySeries {
 
     /// Cumulative buckets, `+Inf`, `_sum` and `_count` of each group. `+Inf` and `_count` are
     /// both the total of the key's buckets, so they always agree.
-    func writeValue(identity: LabelSet, into writer: inout ExpositionWriter) {
+    func writeValue<W: MetricsSink>(identity: LabelSet, into writer: inout W) {
         for group in groups {
             var cumulative: UInt64 = 0
             for (bound, count) in zip(bounds, group.bins) {
@@ -218,6 +225,28 @@ struct KeySeries {
             writer.labels(identity)
             writer.labels(group.labels)
             writer.value(total)
+        }
+    }
+
+    /// One native histogram (schema 0) per group, for ``nativeEligible`` tables: the bin of
+    /// bound 1 (slot 0) is the zero bucket, the bin of bound 2^(s+1)-1 (slot s) bucket s+1,
+    /// and the bin past every bound (slots 62 and up, to Int64.max) bucket 63.
+    func writeNative<W: MetricsSink>(identity: LabelSet, into writer: inout W) {
+        let indices: [Int] = uppers.map { $0 <= 1 ? 0 : Int64.bitWidth - 1 - ($0 &+ 1).leadingZeroBitCount }
+        for group in groups {
+            var zero: UInt64 = 0
+            var byIndex: [(index: Int, count: UInt64)] = []
+            for (i, count) in group.bins.enumerated() where count > 0 {
+                let index = i < indices.count ? indices[i] : 63
+                if index == 0 { zero &+= count } else { byIndex.append((index, count)) }
+            }
+            var counts: [UInt64] = []
+            let first = byIndex.first?.index ?? 0
+            if let last = byIndex.last?.index {
+                counts = [UInt64](repeating: 0, count: last - first + 1)
+                for (index, count) in byIndex { counts[index - first] &+= count }
+            }
+            writer.nativeHistogram([identity, group.labels], zeroCount: zero, firstIndex: first, counts: counts, sum: Double(group.sum))
         }
     }
 }

@@ -95,7 +95,7 @@ public struct MetricsSnapshot: Sendable {
     ///   `traceplane_build_info{version,libbpf_version,swift_version}`.
     /// - Last, `traceplane_scrape_duration_seconds` (gauge): the time from `scrapeStarted`
     ///   to that line, i.e. this scrape's map reads and rendering.
-    public func render(into writer: inout ExpositionWriter, scrapeStarted: ContinuousClock.Instant) {
+    public func render<W: MetricsSink>(into writer: inout W, scrapeStarted: ContinuousClock.Instant) {
         let identities = probes.map { p in
             LabelSet(["probe": p.metrics.name, "target": p.metrics.target, "mechanism": p.metrics.mechanism.rawValue])
         }
@@ -135,6 +135,15 @@ public struct MetricsSnapshot: Sendable {
             Self.renderHistogram(latency, identity: identity, into: &writer)
         }
 
+        if writer.servesNativeHistograms {
+            writer.family("traceplane_probe_latency_nanoseconds", type: .histogram,
+                          help: "Latency of traced calls in nanoseconds, as a native histogram of schema 0: the kernel's log2 slot s (2^s to 2^(s+1)-1 ns) is bucket s+1, slot 0 (0-1 ns) the zero bucket. Exact; in seconds it could not be (1e-9 is no power of two). Tracepoint probes have none.")
+            for (probe, identity) in zip(probes, identities) {
+                guard let latency = probe.metrics.latencyNanoseconds else { continue }
+                Self.renderNativeHistogram(latency, identity: identity, into: &writer)
+            }
+        }
+
         writer.family("traceplane_probe_bpf_run_seconds_total", type: .counter,
                       help: "Time the kernel spent running the probe's BPF programs (kernel BPF stats, on while the agent runs).")
         for (probe, identity) in zip(probes, identities) {
@@ -171,8 +180,16 @@ public struct MetricsSnapshot: Sendable {
 
         writer.family("traceplane_probe_key_value", type: .histogram,
                       help: "The aggregate's value per key, from the in-kernel histogram: seconds for latency, else the value's own unit. le is the inclusive upper bound of a slot; log2 buckets run from the lowest to the highest slot any key of the probe has values in.")
-        for case let (keys?, identity) in zip(keyed, identities) where keys.hasHistogram {
+        let native = writer.servesNativeHistograms
+        for case let (keys?, identity) in zip(keyed, identities) where keys.hasHistogram && !(native && keys.nativeEligible) {
             keys.writeValue(identity: identity, into: &writer)
+        }
+        if native {
+            writer.family("traceplane_probe_key_value_native", type: .histogram,
+                          help: "The aggregate's value per key as a native histogram of schema 0, in the kernel's unit (nanoseconds for latency, else the value's own): log2 slot s is bucket s+1, slot 0 the zero bucket. Log2 histograms with no negative value; the others stay in traceplane_probe_key_value.")
+            for case let (keys?, identity) in zip(keyed, identities) where keys.hasHistogram && keys.nativeEligible {
+                keys.writeNative(identity: identity, into: &writer)
+            }
         }
 
         writer.family("traceplane_probe_dropped_keys_total", type: .counter,
@@ -362,7 +379,7 @@ public struct MetricsSnapshot: Sendable {
 
     /// Cumulative buckets over the fixed slot set, `+Inf`, `_sum` and `_count`. `+Inf` and
     /// `_count` are both the total of the kernel's buckets, so they always agree.
-    static func renderHistogram(_ latency: ProbeMetrics.Latency, identity: LabelSet, into writer: inout ExpositionWriter) {
+    static func renderHistogram<W: MetricsSink>(_ latency: ProbeMetrics.Latency, identity: LabelSet, into writer: inout W) {
         var cumulative: UInt64 = 0
         var next = latency.buckets.startIndex
         for slot in 0..<latencyBucketSlots {
@@ -386,6 +403,29 @@ public struct MetricsSnapshot: Sendable {
         writer.sample(.count)
         writer.labels(identity)
         writer.value(total)
+    }
+
+    /// One native histogram (schema 0) of the kernel's log2 slots: slot 0 is the zero
+    /// bucket, slot s ≥ 1 (2^s to 2^(s+1)-1 ns) bucket s+1, i.e. (2^s, 2^(s+1)].
+    static func renderNativeHistogram<W: MetricsSink>(_ latency: ProbeMetrics.Latency, identity: LabelSet, into writer: inout W) {
+        var zero: UInt64 = 0
+        var first = Int.max, last = Int.min
+        for bucket in latency.buckets where bucket.count > 0 {
+            let slot = Self.slot(of: bucket)
+            if slot == 0 { zero &+= bucket.count } else {
+                first = min(first, slot + 1)
+                last = max(last, slot + 1)
+            }
+        }
+        var counts: [UInt64] = []
+        if first <= last {
+            counts = [UInt64](repeating: 0, count: last - first + 1)
+            for bucket in latency.buckets where bucket.count > 0 {
+                let slot = Self.slot(of: bucket)
+                if slot > 0 { counts[slot + 1 - first] &+= bucket.count }
+            }
+        }
+        writer.nativeHistogram([identity], zeroCount: zero, firstIndex: first <= last ? first : 0, counts: counts, sum: Double(latency.sum))
     }
 
     /// The log2 slot of a kernel bucket: 0 for [0, 1], else log2 of its lower bound.

@@ -1,3 +1,4 @@
+import Foundation
 import TraceCore
 
 /// Serves `GET /metrics`: collects a ``MetricsSnapshot`` from the agent and renders it in
@@ -33,16 +34,74 @@ public struct PrometheusExporter: Sendable {
         self.build = build
     }
 
-    /// One scrape: a 200 response with the exposition.
-    public func scrape() async -> HTTPResponse {
+    /// The exposition formats a scrape can get.
+    public enum Format: Sendable, Hashable {
+        /// The text format 0.0.4 (classic histograms only).
+        case text
+        /// Length-delimited protobuf MetricFamily messages, with native histograms.
+        case protobuf
+    }
+
+    /// One scrape: a 200 response with the exposition, in the format `accept` prefers.
+    public func scrape(accept: String? = nil) async -> HTTPResponse {
         let started = ContinuousClock.now
         let snapshot = await collect()
         // About 4 KiB per probe (a latency histogram is ~40 lines) plus the agent's own series,
         // and at least one line of ~128 bytes per exported key.
         let keyLines = snapshot.probes.reduce(0) { $0 + min($1.metrics.aggregate?.entries.count ?? 0, maxSeriesPerProbe) }
-        var writer = ExpositionWriter(capacity: 8_192 + snapshot.probes.count * 4_096 + keyLines * 128)
-        snapshot.render(into: &writer, scrapeStarted: started)
-        return HTTPResponse(status: .ok, headers: ["Content-Type": Self.contentType], body: writer.bytes)
+        let capacity = 8_192 + snapshot.probes.count * 4_096 + keyLines * 128
+        switch Self.format(accept: accept) {
+        case .text:
+            var writer = ExpositionWriter(capacity: capacity)
+            snapshot.render(into: &writer, scrapeStarted: started)
+            return HTTPResponse(status: .ok, headers: ["Content-Type": Self.contentType], body: writer.bytes)
+        case .protobuf:
+            var writer = ProtobufExpositionWriter(capacity: capacity / 4)
+            snapshot.render(into: &writer, scrapeStarted: started)
+            return HTTPResponse(status: .ok, headers: ["Content-Type": ProtobufExpositionWriter.contentType], body: writer.finish())
+        }
+    }
+
+    /// The format an `Accept` header asks for: protobuf when it accepts
+    /// `application/vnd.google.protobuf` with `proto=io.prometheus.client.MetricFamily` and
+    /// `encoding=delimited` at a higher quality than the text format (`text/plain`,
+    /// `text/*` or `*/*`), or when it accepts only protobuf; the text format otherwise
+    /// (absent header, `*/*`, a tie, or neither acceptable: scrapers that ask for nothing
+    /// we have still get text, as before).
+    public static func format(accept: String?) -> Format {
+        guard let accept else { return .text }
+        var protobuf = 0.0, text = 0.0, textSpecificity = 0
+        for range in accept.split(separator: ",") {
+            var parts = range.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !parts.isEmpty else { continue }
+            let media = parts.removeFirst().lowercased()
+            var q = 1.0, proto: String?, encoding: String?, valid = true
+            for parameter in parts {
+                let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard pair.count == 2 else { continue }
+                switch pair[0].lowercased() {
+                case "q":
+                    if let value = Double(pair[1]), value >= 0, value <= 1 { q = value } else { valid = false }
+                case "proto": proto = pair[1]
+                case "encoding": encoding = pair[1].lowercased()
+                default: break
+                }
+            }
+            guard valid else { continue }
+            switch media {
+            case "application/vnd.google.protobuf":
+                if proto == "io.prometheus.client.MetricFamily", encoding == "delimited" { protobuf = max(protobuf, q) }
+            case "text/plain", "text/*", "*/*":
+                // The most specific range sets the quality (RFC 9110 §12.5.1).
+                let specificity = media == "text/plain" ? 3 : media == "text/*" ? 2 : 1
+                if specificity > textSpecificity || (specificity == textSpecificity && q > text) {
+                    text = q
+                    textSpecificity = specificity
+                }
+            default: break
+            }
+        }
+        return protobuf > 0 && protobuf > text ? .protobuf : .text
     }
 
     /// Reads everything a scrape exposes.
