@@ -129,6 +129,94 @@ struct PrometheusScrapeTests {
     }
 }
 
+extension PrometheusScrapeTests {
+    @Test("A real Prometheus with native histograms scrapes the protobuf exposition: the probe's native histogram has the kernel's exact buckets, and its median agrees with the classic histogram's")
+    func nativeHistograms() async throws {
+        guard let prometheusBinary = Tooling.find("prometheus") else {
+            Issue.record("prometheus is not installed: install the Debian package `prometheus` (scripts/install-deps.sh lists it)")
+            return
+        }
+        let agent = try await MetricsAgent()
+        var prometheus: PrometheusServer?
+        do {
+            let put = try await agent.request("PUT", "/v1/probes/prom-native", body: Data(#"{"target":{"type":"syscall","name":"nanosleep"},"filter":{"comm":"tp-sleeper"}}"#.utf8))
+            #expect(put.status == 201)
+            let keyed = try await agent.request("PUT", "/v1/probes/prom-native-keys", body: Data(#"{"target":{"type":"syscall","name":"nanosleep"},"mechanisms":["tracepoint"],"filter":{"comm":"tp-sleeper"},"aggregate":{"by":["comm"]}}"#.utf8))
+            #expect(keyed.status == 201)
+            let server = try PrometheusServer.start(binary: prometheusBinary, scraping: agent.server.port, features: ["native-histograms"])
+            prometheus = server
+            // Scraped empty first, then 3 × 100 sleeps of 1.1 ms and 2.2 ms over a few scrapes.
+            var up: Double?
+            for _ in 0..<60 where up != 1 {
+                try await Task.sleep(for: .milliseconds(500))
+                up = try? await server.query("up{job=\"traceplane\"}")
+            }
+            #expect(up == 1, "Prometheus never scraped the agent\n\(server.log())")
+            for round in 0..<3 {
+                try Sleeper(["burst", "70", "1100000"]).run()
+                try Sleeper(["burst", "30", "2200000"]).run()
+                if round < 2 { try await Task.sleep(for: .seconds(1)) }
+            }
+            let reply = try await agent.get("/v1/probes/prom-native/metrics")
+            let json = try #require(try JSONSerialization.jsonObject(with: reply.body) as? [String: Any])
+            let calls = try #require(json["calls"] as? Int)
+            #expect(calls == 300)
+            let kernel = (json["latency_ns"] as? [String: Any])?["buckets"] as? [[String: Any]] ?? []
+            // The kernel's slot [2^s, 2^(s+1)-1] is native bucket s+1: (2^s, 2^(s+1)].
+            var expected: [String: Int] = [:]
+            for bucket in kernel {
+                let lower = bucket["lower"] as? Int ?? -1
+                let key = lower <= 1 ? "zero" : "\(lower)-\(lower * 2)"
+                expected[key, default: 0] += bucket["count"] as? Int ?? 0
+            }
+            var native: [String: Int] = [:]
+            var nativeCount: Int?
+            for _ in 0..<40 {
+                let result = try await server.samples("traceplane_probe_latency_nanoseconds{probe=\"prom-native\"}") ?? []
+                if let histogram = (result.first?["histogram"] as? [Any])?.last as? [String: Any] {
+                    nativeCount = Int(histogram["count"] as? String ?? "")
+                    native = [:]
+                    for bucket in histogram["buckets"] as? [[Any]] ?? [] {
+                        guard bucket.count == 4, let lower = Double(bucket[1] as? String ?? ""), let upper = Double(bucket[2] as? String ?? ""),
+                              let count = Int(bucket[3] as? String ?? "") else { continue }
+                        native[lower <= 0 && upper <= 1 ? "zero" : "\(Int(lower))-\(Int(upper))", default: 0] += count
+                    }
+                    if nativeCount == calls { break }
+                }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+            print("kernel buckets \(expected.sorted { $0.key < $1.key }), Prometheus native \(native.sorted { $0.key < $1.key })")
+            #expect(nativeCount == calls, "the native histogram's count \(String(describing: nativeCount)), the kernel's \(calls)\n\(server.log())")
+            #expect(native == expected, "native buckets \(native), kernel \(expected)")
+            // The keyed probe's per-key native histogram: every call under comm tp-sleeper.
+            let perKey = try await server.samples("traceplane_probe_key_value_native{probe=\"prom-native-keys\",comm=\"tp-sleeper\"}") ?? []
+            let keyHistogram = (perKey.first?["histogram"] as? [Any])?.last as? [String: Any]
+            #expect(keyHistogram?["count"] as? String == "300", "per-key native histogram: \(perKey)")
+            // Both from the same scrapes (the protobuf exposition keeps the classic family):
+            // the same increases, so the medians differ only by the 1 ns between the bucket
+            // bounds (classic le is 2^(s+1)-1 ns, native 2^(s+1) ns).
+            try await Task.sleep(for: .seconds(2))
+            let nativeMedian = try await server.query("histogram_quantile(0.5, rate(traceplane_probe_latency_nanoseconds{probe=\"prom-native\"}[20s])) / 1e9")
+            let classicMedian = try await server.query("histogram_quantile(0.5, rate(traceplane_probe_latency_seconds_bucket{probe=\"prom-native\"}[20s]))")
+            print("median: native \(String(describing: nativeMedian)) s, classic \(String(describing: classicMedian)) s")
+            let n = try #require(nativeMedian, "no native median\n\(server.log())")
+            let c = try #require(classicMedian, "no classic median\n\(server.log())")
+            #expect(n > 0.001 && n < 0.0042, "the median of 1.1 ms and 2.2 ms sleeps: \(n) s")
+            #expect(abs(n - c) <= max(2e-9, c * 1e-3), "native median \(n) s, classic \(c) s")
+            // Everyone else still gets the text format, unchanged (promtool checks it in promtoolIsClean).
+            let text = try await agent.get("/metrics")
+            #expect(text.contentType == PrometheusExporter.contentType)
+            #expect(!String(decoding: text.body, as: UTF8.self).contains("traceplane_probe_latency_nanoseconds"))
+        } catch {
+            prometheus?.stop()
+            await agent.stop()
+            throw error
+        }
+        prometheus?.stop()
+        await agent.stop()
+    }
+}
+
 /// The agent as `traceplane serve` wires it: kernel BPF stats on through an fd, libbpf
 /// backend, capability store, probe manager, API router with the Prometheus exporter, and
 /// an HTTP server on 127.0.0.1:0 whose request counter the exporter reads.
@@ -150,7 +238,7 @@ private final class MetricsAgent: Sendable {
         let requests = HTTPRequestCounter()
         let exporter = PrometheusExporter(probes: manager, capabilities: store, requests: requests,
                                           build: BuildInfo(libbpfVersion: "\(libbpf_major_version()).\(libbpf_minor_version())"))
-        let api = AgentAPI(capabilities: store, probes: manager, metrics: { await exporter.scrape() })
+        let api = AgentAPI(capabilities: store, probes: manager, metrics: { await exporter.scrape(accept: $0) })
         let server = HTTPServer(configuration: .init(host: "127.0.0.1", port: 0), responder: api.router(), requestCounter: requests)
         try server.start()
         self.store = store
@@ -286,7 +374,7 @@ private final class PrometheusServer {
         self.port = port
     }
 
-    static func start(binary: String, scraping agentPort: Int) throws -> PrometheusServer {
+    static func start(binary: String, scraping agentPort: Int, features: [String] = []) throws -> PrometheusServer {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("traceplane-prom-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = """
@@ -308,7 +396,7 @@ private final class PrometheusServer {
             "--config.file=\(directory.path)/prometheus.yml",
             "--storage.tsdb.path=\(directory.path)/data",
             "--web.listen-address=127.0.0.1:\(port)",
-        ]
+        ] + features.map { "--enable-feature=\($0)" }
         _ = FileManager.default.createFile(atPath: directory.appendingPathComponent("prometheus.log").path, contents: nil)
         let log = try FileHandle(forWritingTo: directory.appendingPathComponent("prometheus.log"))
         process.standardOutput = log
@@ -333,6 +421,19 @@ private final class PrometheusServer {
               let text = value[1] as? String
         else { return nil }
         return Double(text)
+    }
+
+    /// Every sample of an instant query's vector result (nil when the query failed).
+    func samples(_ promQL: String) async throws -> [[String: Any]]? {
+        var components = URLComponents(string: "http://127.0.0.1:\(port)/api/v1/query")!
+        components.queryItems = [URLQueryItem(name: "query", value: promQL)]
+        let reply = try await HTTPReply.fetch("GET", components.url!)
+        guard reply.status == 200,
+              let json = try JSONSerialization.jsonObject(with: reply.body) as? [String: Any],
+              json["status"] as? String == "success",
+              let data = json["data"] as? [String: Any]
+        else { return nil }
+        return data["result"] as? [[String: Any]]
     }
 
     /// The server's log, for failure messages.
