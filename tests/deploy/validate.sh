@@ -6,7 +6,7 @@
 #   2. the Kubernetes manifests: kubernetes-validate (PyPI, installed into the gitignored
 #      .venv-deploy/) in strict mode, so unknown fields are errors;
 #   3. the Prometheus config: promtool check config (Debian package `prometheus`), and its
-#      recording rules: promtool check rules, then promtool test rules on synthetic series.
+#      rules and alerts: promtool check rules, then promtool test rules on synthetic series.
 # Usage: tests/deploy/validate.sh [path/to/traceplane]   (default: .build/debug/traceplane)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -45,7 +45,8 @@ fi
 
 echo "--- prometheus: deploy/prometheus/prometheus.yml, rules.yml"
 promtool check rules deploy/prometheus/rules.yml
-promtool test rules tests/deploy/rules.test.yml
+# The pod joins (rules.test.yml), the latency quantiles and the alerts.
+promtool test rules tests/deploy/*.test.yml
 # The credentials file is a path inside the Prometheus pod; promtool insists it exists.
 # Debian's promtool is built without Kubernetes service discovery; then the scrape job is
 # checked with a static target in its place, and the kubernetes_sd_configs block by
