@@ -130,7 +130,7 @@ struct PrometheusScrapeTests {
 }
 
 extension PrometheusScrapeTests {
-    @Test("A real Prometheus with native histograms scrapes the protobuf exposition: the probe's native histogram has the kernel's exact buckets, and its median agrees with the classic histogram's")
+    @Test("A real Prometheus with native histograms scrapes the protobuf exposition: the probe's native histogram has the kernel's exact buckets, its median agrees with the classic histogram's, and the shipped recording rules record it per probe and per key")
     func nativeHistograms() async throws {
         guard let prometheusBinary = Tooling.find("prometheus") else {
             Issue.record("prometheus is not installed: install the Debian package `prometheus` (scripts/install-deps.sh lists it)")
@@ -143,7 +143,12 @@ extension PrometheusScrapeTests {
             #expect(put.status == 201)
             let keyed = try await agent.request("PUT", "/v1/probes/prom-native-keys", body: Data(#"{"target":{"type":"syscall","name":"nanosleep"},"mechanisms":["tracepoint"],"filter":{"comm":"tp-sleeper"},"aggregate":{"by":["comm"]}}"#.utf8))
             #expect(keyed.status == 201)
-            let server = try PrometheusServer.start(binary: prometheusBinary, scraping: agent.server.port, features: ["native-histograms"])
+            // With the shipped rules: their native paths run here on real native histograms
+            // (promtool 2.42 cannot write native series into its rule tests).
+            let rules = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("deploy/prometheus/rules.yml").path
+            let server = try PrometheusServer.start(binary: prometheusBinary, scraping: agent.server.port, features: ["native-histograms"],
+                                                    ruleFiles: [rules])
             prometheus = server
             // Scraped empty first, then 3 × 100 sleeps of 1.1 ms and 2.2 ms over a few scrapes.
             var up: Double?
@@ -203,6 +208,19 @@ extension PrometheusScrapeTests {
             let c = try #require(classicMedian, "no classic median\n\(server.log())")
             #expect(n > 0.001 && n < 0.0042, "the median of 1.1 ms and 2.2 ms sleeps: \(n) s")
             #expect(abs(n - c) <= max(2e-9, c * 1e-3), "native median \(n) s, classic \(c) s")
+            // The shipped recording rules, evaluated on the native series: the same median,
+            // in seconds per probe and in nanoseconds per key.
+            var recorded: Double?, recordedKey: Double?
+            for _ in 0..<20 where recorded == nil || recordedKey == nil {
+                try await Task.sleep(for: .seconds(1))
+                recorded = try await server.query("traceplane:probe_latency_seconds:p50{probe=\"prom-native\"}")
+                recordedKey = try await server.query("traceplane:probe_key_value:p50{probe=\"prom-native-keys\",comm=\"tp-sleeper\"}")
+            }
+            print("recorded p50: per probe \(String(describing: recorded)) s, per key \(String(describing: recordedKey)) ns")
+            let r = try #require(recorded, "traceplane:probe_latency_seconds:p50 recorded nothing\n\(server.log())")
+            let rk = try #require(recordedKey, "traceplane:probe_key_value:p50 recorded nothing\n\(server.log())")
+            #expect(abs(r - n) <= n * 0.02, "recorded p50 \(r) s, the native median \(n) s")
+            #expect(abs(rk / 1e9 - n) <= n * 0.02, "recorded key p50 \(rk) ns, the native median \(n) s")
             // Everyone else still gets the text format, unchanged (promtool checks it in promtoolIsClean).
             let text = try await agent.get("/metrics")
             #expect(text.contentType == PrometheusExporter.contentType)
@@ -374,15 +392,16 @@ private final class PrometheusServer {
         self.port = port
     }
 
-    static func start(binary: String, scraping agentPort: Int, features: [String] = []) throws -> PrometheusServer {
+    static func start(binary: String, scraping agentPort: Int, features: [String] = [], ruleFiles: [String] = []) throws -> PrometheusServer {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("traceplane-prom-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let rules = ruleFiles.isEmpty ? "" : "rule_files:\n" + ruleFiles.map { "  - '\($0)'\n" }.joined()
         let config = """
             global:
               scrape_interval: 1s
               scrape_timeout: 1s
               evaluation_interval: 1s
-            scrape_configs:
+            \(rules)scrape_configs:
               - job_name: traceplane
                 static_configs:
                   - targets: ['127.0.0.1:\(agentPort)']
