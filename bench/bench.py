@@ -135,13 +135,14 @@ class Agent:
             time.sleep(0.05)
         raise SystemExit("the agent did not become ready in 30 s")
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, headers=None):
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
             try:
                 data = json.dumps(body).encode() if body is not None else None
-                self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+                sent = ({"Content-Type": "application/json"} if data else {}) | dict(headers or {})
+                self.conn.request(method, path, body=data, headers=sent)
                 r = self.conn.getresponse()
                 return r.status, r.read()
             except (http.client.HTTPException, ConnectionError):
@@ -838,6 +839,17 @@ def cgroup_configs(pool, pid, cgroup):
     ]
 
 
+PROTOBUF_ACCEPT = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,"
+                   "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+
+
+def body_text(agent):
+    """A text scrape's body."""
+    status, body = agent.call("GET", "/metrics")
+    assert status == 200
+    return body.decode(errors="replace")
+
+
 def keyed_control_plane(args, binary, loop_binary):
     """Section 4b: `GET /metrics` and the agent's memory with `--key-probes` probes of
     `--keys` keys each, on a fresh agent.
@@ -894,6 +906,27 @@ def keyed_control_plane(args, binary, loop_binary):
         out["key_series"] = sum(1 for line in text.splitlines() if line.startswith("traceplane_probe_key_"))
         out["series"] = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
         out["scraped"] = agent.memory()
+        # The same probes with a latency histogram per key: text and protobuf scrapes
+        # alternated, so that both see the same load (issue 20: protobuf costs at most the
+        # text scrape and at most a quarter of its bytes, with native histograms).
+        for name in names:
+            agent.delete_probe(name)
+        for name, target in zip(names, targets):
+            agent.put_probe(name, target, pid=loop.pid, aggregate={"by": ["tid"]})
+        # Each thread makes every getter 50 times: each key's histogram spreads over a few
+        # slots, as a real key's does (one call per key would be one bucket each).
+        loop.measure(f"threads{args.keys}x50", 1, 1)
+        hist = {"text_ms": [], "proto_ms": [], "text_bytes": 0, "proto_bytes": 0}
+        for _ in range(args.scrapes):
+            for kind, accept in (("text", None), ("proto", PROTOBUF_ACCEPT)):
+                t0 = time.perf_counter()
+                status, body = agent.call("GET", "/metrics", headers={"Accept": accept} if accept else None)
+                hist[f"{kind}_ms"].append((time.perf_counter() - t0) * 1000)
+                assert status == 200
+                hist[f"{kind}_bytes"] = len(body)
+        hist["text_series"] = sum(1 for line in body_text(agent).splitlines() if line and not line.startswith("#"))
+        hist["keys"] = [agent.metrics(n, top=1)["aggregate"]["total_keys"] for n in names]
+        out["histograms"] = hist
         for name in names:
             agent.delete_probe(name)
         t_deleted = time.perf_counter()
@@ -1578,6 +1611,15 @@ def write_report(path, args, meta, over, scal, cp, kcp, tools, stk=None, ev=None
         invalid = "" if kcp["keys_ok"] else f" (**not {kcp['keys']} keys per probe**: see 4b)"
         ksm = median(kcp["scrape_ms"])
         rows.append((f"`/metrics` with {size}: median ≤ 20 ms", f"{fmt(ksm, 2)} ms{invalid}", verdict(ksm <= 20 and kcp["keys_ok"])))
+        hist = kcp.get("histograms")
+        if hist:
+            ratio = median(hist["proto_ms"]) / median(hist["text_ms"])
+            rows.append((f"protobuf `/metrics` with {size} (latency histograms): cost ≤ the text scrape's",
+                         f"{fmt(median(hist['proto_ms']), 2)} ms vs {fmt(median(hist['text_ms']), 2)} ms ({ratio:.2f}×)",
+                         verdict(ratio <= 1)))
+            share = hist["proto_bytes"] / hist["text_bytes"]
+            rows.append((f"protobuf `/metrics` with {size}: ≤ ¼ of the text's bytes",
+                         f"{hist['proto_bytes']} vs {hist['text_bytes']} bytes ({share:.3f}×)", verdict(share <= 0.25)))
         krss = max(kcp[k][0] for k in ("created", "loaded", "scraped"))
         rows.append((f"RSS ≤ 60 MB with {size}", f"{fmt(krss, 1)} MB (largest sample){invalid}", verdict(krss <= 60 and kcp["keys_ok"])))
     if stk:
@@ -1796,6 +1838,15 @@ def write_keyed_control(w, kcp):
     js = kcp["json_ms"]
     w(f"| `GET /v1/probes/{{name}}/metrics?top={kcp['keys']}`, each probe once (ms) | {fmt(median(js), 2)} | "
       f"{fmt(pct(js, 99), 2)} | {fmt(min(js), 2)} | {fmt(max(js), 2)} | {len(js)} |")
+    hist = kcp.get("histograms")
+    if hist:
+        tm, pm = hist["text_ms"], hist["proto_ms"]
+        w(f"| the same probes with a latency histogram per key (`{{\"by\": [\"tid\"]}}`, {span(hist['keys'])} keys each, 50 calls per key): "
+          f"text `GET /metrics` ({hist['text_bytes']} bytes, {hist['text_series']} samples) (ms) | {fmt(median(tm), 2)} | "
+          f"{fmt(pct(tm, 99), 2)} | {fmt(min(tm), 2)} | {fmt(max(tm), 2)} | {len(tm)} |")
+        w(f"| the same, protobuf with native histograms (Prometheus' `Accept`; {hist['proto_bytes']} bytes, "
+          f"{hist['proto_bytes'] / hist['text_bytes']:.3f}× the text's) (ms) | {fmt(median(pm), 2)} | {fmt(pct(pm, 99), 2)} | "
+          f"{fmt(min(pm), 2)} | {fmt(max(pm), 2)} | {len(pm)} |")
     if not kcp["key_series"]:
         w("\nThis build's `/metrics` renders no `traceplane_probe_key_*` series: the time above is that of a scrape "
           "of the per-probe families while these key tables are in the kernel.")

@@ -10,7 +10,8 @@
 //                         user and kernel stacks for profilers to sample
 // threadsK starts K threads that each make every one of GETTERS once and wait until all K
 // have (so their K tids are distinct): K keys for probes keyed by tid on any of these
-// syscalls, none of which the serve loop's own thread makes.
+// syscalls, none of which the serve loop's own thread makes. threadsKxM: each makes every
+// getter M times (so that each key's latency histogram spreads over a few slots).
 // switch ping-pongs one byte over two pipes with a second thread N times and prints ns per
 // context switch (both threads' switches, from getrusage(RUSAGE_THREAD)): run on one CPU
 // (the partner inherits the caller's affinity), every hand-over is a sched_switch.
@@ -37,14 +38,17 @@
     X(sched_getparam, 0, scratch, 0) X(getitimer, 0, scratch, 0)
 
 static pthread_barrier_t getters_done;
+static long getter_repeats = 1;
 
 static void *call_getters(void *unused)
 {
     char scratch[1024] __attribute__((aligned(16)));
     (void)unused;
+    for (long i = 0; i < getter_repeats; i++) {
 #define CALL(name, a, b, c) syscall(SYS_##name, (long)(a), (long)(b), (long)(c));
-    GETTERS(CALL)
+        GETTERS(CALL)
 #undef CALL
+    }
     pthread_barrier_wait(&getters_done);
     return NULL;
 }
@@ -170,8 +174,11 @@ static int measure(int fd, const char *what, long n, int rounds)
     double results[64];
     long threads = 0;
     if (strncmp(what, "threads", 7) == 0) {
-        threads = atol(what + 7);
+        char *end;
+        threads = strtol(what + 7, &end, 10);
         if (threads < 1 || threads > 4096) return 2;
+        getter_repeats = *end == 'x' ? strtol(end + 1, NULL, 10) : 1;
+        if (getter_repeats < 1 || getter_repeats > 1000000) return 2;
     }
     if (n < 1 || rounds < 1) return 2;
     if (rounds > 64) rounds = 64;

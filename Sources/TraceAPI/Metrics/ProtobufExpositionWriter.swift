@@ -43,6 +43,10 @@ public struct ProtobufExpositionWriter: MetricsSink {
         var count: UInt64 = 0
     }
     private var classic: Classic?
+    /// The last label sets encoded, by their place in a sample (see ``labels(_:)``).
+    private var cache: [(rendered: [UInt8], encoded: [UInt8])] = [([], []), ([], [])]
+    /// Reused for histogram messages.
+    private var scratch: [UInt8] = []
 
     public init(capacity: Int = 4_096) {
         output = []
@@ -85,7 +89,21 @@ public struct ProtobufExpositionWriter: MetricsSink {
 
     public mutating func labels(_ set: LabelSet) {
         precondition(suffix != nil, "Labels outside a sample.")
-        Self.forEachPair(set.rendered) { name, value in addLabel(name, value) }
+        // A probe's identity starts every one of its samples: its encoding is kept (slot
+        // 0); the set after it (a key's labels) gets slot 1, and `le` is never kept.
+        let slot = labelFields.isEmpty ? 0 : 1
+        if cache[slot].rendered == set.rendered {
+            labelFields += cache[slot].encoded
+            return
+        }
+        let start = labelFields.count
+        var le: Double?
+        Self.appendLabelPairs(rendered: set.rendered, takingLE: suffix == .bucket, le: &le, to: &labelFields)
+        if let le {
+            self.le = le
+        } else {
+            cache[slot] = (set.rendered, Array(labelFields[start...]))
+        }
     }
 
     public mutating func value(_ value: UInt64) { end(Double(value), count: value) }
@@ -101,11 +119,21 @@ public struct ProtobufExpositionWriter: MetricsSink {
     public mutating func nativeHistogram(_ labels: [LabelSet], zeroCount: UInt64, firstIndex: Int, counts: [UInt64], sum: Double) {
         precondition(open && familyType == .histogram && suffix == nil, "A native histogram belongs in a histogram family, between samples.")
         flushClassic()
-        var fields: [UInt8] = []
-        for set in labels {
-            Self.forEachPair(set.rendered) { name, value in Self.appendLabelPair(name, value, to: &fields) }
+        labelFields.removeAll(keepingCapacity: true)
+        for (i, set) in labels.enumerated() {
+            let slot = min(i, 1)
+            if cache[slot].rendered == set.rendered {
+                labelFields += cache[slot].encoded
+            } else {
+                let start = labelFields.count
+                var le: Double?
+                Self.appendLabelPairs(rendered: set.rendered, takingLE: false, le: &le, to: &labelFields)
+                cache[slot] = (set.rendered, Array(labelFields[start...]))
+            }
         }
-        var histogram: [UInt8] = []
+        var histogram = scratch
+        histogram.removeAll(keepingCapacity: true)
+        defer { scratch = histogram }
         let total = counts.reduce(zeroCount, &+)
         Self.appendVarintField(1, total, to: &histogram)
         Self.appendDoubleField(2, sum, to: &histogram)
@@ -142,12 +170,19 @@ public struct ProtobufExpositionWriter: MetricsSink {
             Self.appendMessageField(12, message, to: &histogram)
         }
         if !deltas.isEmpty {
-            var packed: [UInt8] = []
-            for delta in deltas { Self.appendVarint(Self.zigzag(delta), to: &packed) }
-            Self.appendMessageField(13, packed, to: &histogram)
+            var size = 0
+            for delta in deltas { size += Self.varintSize(Self.zigzag(delta)) }
+            histogram.append(13 << 3 | 2)
+            Self.appendVarint(UInt64(size), to: &histogram)
+            for delta in deltas { Self.appendVarint(Self.zigzag(delta), to: &histogram) }
         }
-        Self.appendMessageField(7, histogram, to: &fields)
-        Self.appendMessageField(4, fields, to: &metrics)
+        // Metric { labels, histogram (7) }.
+        metrics.append(4 << 3 | 2)
+        Self.appendVarint(UInt64(labelFields.count + 1 + Self.varintSize(UInt64(histogram.count)) + histogram.count), to: &metrics)
+        metrics += labelFields
+        metrics.append(7 << 3 | 2)
+        Self.appendVarint(UInt64(histogram.count), to: &metrics)
+        metrics += histogram
     }
 
     // MARK: - Samples
@@ -166,17 +201,19 @@ public struct ProtobufExpositionWriter: MetricsSink {
         switch suffix {
         case .none:
             flushClassic()
-            var fields = labelFields
-            var message: [UInt8] = []
-            Self.appendDoubleField(1, value, to: &message)
-            let field: Int = switch familyType {
+            let field: UInt8 = switch familyType {
             case .counter: 3
             case .gauge: 2
             case .untyped: 5
             case .histogram: preconditionFailure("A histogram's samples are _bucket, _sum or _count.")
             }
-            Self.appendMessageField(field, message, to: &fields)
-            Self.appendMessageField(4, fields, to: &metrics)
+            // Metric { labels, <field> { value: double } }: the value message is 9 bytes.
+            metrics.append(4 << 3 | 2)
+            Self.appendVarint(UInt64(labelFields.count + 11), to: &metrics)
+            metrics += labelFields
+            metrics.append(field << 3 | 2)
+            metrics.append(9)
+            Self.appendDoubleField(1, value, to: &metrics)
         case .bucket, .sum, .count:
             if classic?.labels != labelFields {
                 flushClassic()
@@ -216,9 +253,9 @@ public struct ProtobufExpositionWriter: MetricsSink {
         flushClassic()
         open = false
         guard !metrics.isEmpty else { return }
-        var family: [UInt8] = []
-        Self.appendBytesField(1, Array(familyName.utf8), to: &family)
-        Self.appendBytesField(2, Array(familyHelp.utf8), to: &family)
+        var header: [UInt8] = []
+        Self.appendBytesField(1, Array(familyName.utf8), to: &header)
+        Self.appendBytesField(2, Array(familyHelp.utf8), to: &header)
         let type: UInt64 = switch familyType {
         case .counter: 0
         case .gauge: 1
@@ -226,45 +263,76 @@ public struct ProtobufExpositionWriter: MetricsSink {
         case .histogram: 4
         }
         // Written even when 0 (COUNTER), so that every family states its type.
-        Self.appendVarint(UInt64(3 << 3), to: &family)
-        Self.appendVarint(type, to: &family)
-        family += metrics
+        Self.appendVarint(UInt64(3 << 3), to: &header)
+        Self.appendVarint(type, to: &header)
+        Self.appendVarint(UInt64(header.count + metrics.count), to: &output)
+        output += header
+        output += metrics
         metrics.removeAll(keepingCapacity: true)
-        Self.appendVarint(UInt64(family.count), to: &output)
-        output += family
     }
 
     // MARK: - Labels rendered for the text format, read back
 
     static let leName = Array("le".utf8)
 
-    /// Calls `body` with each name and unescaped value of a rendered label set
-    /// (`a="x",b="y\"z"`: ``LabelSet/rendered``).
-    static func forEachPair(_ rendered: [UInt8], _ body: (_ name: [UInt8], _ value: [UInt8]) -> Void) {
-        var i = 0
-        let n = rendered.count
-        var name: [UInt8] = []
-        var value: [UInt8] = []
-        while i < n {
-            name.removeAll(keepingCapacity: true)
-            value.removeAll(keepingCapacity: true)
-            while i < n, rendered[i] != UInt8(ascii: "=") {
-                name.append(rendered[i])
-                i += 1
-            }
-            i += 2 // ="
-            while i < n, rendered[i] != UInt8(ascii: "\"") {
-                if rendered[i] == UInt8(ascii: "\\"), i + 1 < n {
-                    i += 1
-                    value.append(rendered[i] == UInt8(ascii: "n") ? UInt8(ascii: "\n") : rendered[i])
-                } else {
-                    value.append(rendered[i])
+    /// Appends the LabelPair fields (Metric field 1) of a rendered label set
+    /// (`a="x",b="y\"z"`: ``LabelSet/rendered``), unescaping values on the way; with
+    /// `takingLE`, an `le` pair is not written but parsed into `le`.
+    static func appendLabelPairs(rendered: [UInt8], takingLE: Bool, le: inout Double?, to out: inout [UInt8]) {
+        rendered.withUnsafeBufferPointer { p in
+            let n = p.count
+            var i = 0
+            while i < n {
+                let nameStart = i
+                while i < n, p[i] != UInt8(ascii: "=") { i += 1 }
+                let nameEnd = i
+                i += 2 // ="
+                let valueStart = i
+                var escapes = 0
+                while i < n, p[i] != UInt8(ascii: "\"") {
+                    if p[i] == UInt8(ascii: "\\") {
+                        escapes += 1
+                        i += 2
+                    } else {
+                        i += 1
+                    }
                 }
-                i += 1
+                let valueEnd = min(i, n)
+                i += 2 // ",
+                let nameLength = nameEnd - nameStart
+                if takingLE, nameLength == 2, p[nameStart] == UInt8(ascii: "l"), p[nameStart + 1] == UInt8(ascii: "e") {
+                    le = parseBound(Array(p[valueStart..<valueEnd]))
+                    continue
+                }
+                let valueLength = valueEnd - valueStart - escapes
+                let pairLength = 2 + varintSize(UInt64(nameLength)) + nameLength + varintSize(UInt64(valueLength)) + valueLength
+                out.append(1 << 3 | 2)
+                appendVarint(UInt64(pairLength), to: &out)
+                out.append(1 << 3 | 2)
+                appendVarint(UInt64(nameLength), to: &out)
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: p[nameStart..<nameEnd]))
+                out.append(2 << 3 | 2)
+                appendVarint(UInt64(valueLength), to: &out)
+                if escapes == 0 {
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: p[valueStart..<valueEnd]))
+                } else {
+                    var j = valueStart
+                    while j < valueEnd {
+                        if p[j] == UInt8(ascii: "\\"), j + 1 < valueEnd {
+                            out.append(p[j + 1] == UInt8(ascii: "n") ? UInt8(ascii: "\n") : p[j + 1])
+                            j += 2
+                        } else {
+                            out.append(p[j])
+                            j += 1
+                        }
+                    }
+                }
             }
-            i += 2 // ",
-            body(name, value)
         }
+    }
+
+    static func varintSize(_ value: UInt64) -> Int {
+        value < 0x80 ? 1 : (64 - value.leadingZeroBitCount + 6) / 7
     }
 
     /// An `le` value as the text format writes it (a decimal or `+Inf`).
