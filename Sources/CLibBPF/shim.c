@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/bpf.h>
 
@@ -312,6 +313,28 @@ double tp_stats_bias_ns(int runs)
     if (info.run_cnt == 0)
         return -ENODATA; /* stats are off */
     return (double)info.run_time_ns / (double)info.run_cnt;
+}
+
+__attribute__((noinline, used, visibility("default"))) int tp_budget_calibration_target(int x)
+{
+    __asm__ volatile("" : : "r"(x) : "memory");
+    return x + 1;
+}
+
+double tp_budget_calibration_loop(int kind, long n)
+{
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    if (kind == 0) {
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getppid);
+    } else {
+        volatile int sink = 0;
+        for (long i = 0; i < n; i++)
+            sink = tp_budget_calibration_target(sink);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    return (double)(end.tv_sec - start.tv_sec) * 1e9 + (double)(end.tv_nsec - start.tv_nsec);
 }
 
 int tp_malloc_bound_retention(int mmap_threshold, int arena_max)

@@ -61,6 +61,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds between the short (100 ms) BPF stats windows that measure each budgeted probe's cost per call.")
     var budgetStatsInterval: Int = 5
 
+    @Option(help: ArgumentHelp("Where budgets get each probe's cost per call: auto (BPF stats windows; each flavour's calibration where BPF_ENABLE_STATS is refused) or calibration (always the calibration, no stats windows).",
+                               discussion: "A calibration measures, once per flavour, the time a budgeted probe of that flavour adds to calls the agent makes itself (getppid, raw_syscalls:sys_enter, or a function of its own binary for uprobes)."))
+    var budgetCost: String = "auto"
+
     @OptionGroup var kernel: KernelOptions
 
     func run() async throws {
@@ -86,6 +90,10 @@ struct Serve: AsyncParsableCommand {
         budgets.policy.holdOff = .seconds(budgetHoldOff)
         budgets.statsInterval = .seconds(budgetStatsInterval)
         budgets.statsAlwaysOn = bpfStats
+        guard let costSource = BudgetController.Configuration.CostSource(rawValue: budgetCost) else {
+            throw ValidationError("--budget-cost must be auto or calibration")
+        }
+        budgets.costSource = costSource
         let configuration = AgentService.Configuration(
             core: CoreConfiguration(maxProbes: maxProbes, disabledMechanisms: try kernel.disabled(), stateDirectory: stateDir,
                                     pinDirectory: pinDir, probeFile: probeFile, budgets: budgets),

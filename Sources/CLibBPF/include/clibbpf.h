@@ -80,6 +80,13 @@ int tp_enable_runtime_stats(void);
  * -errno. */
 double tp_stats_bias_ns(int runs);
 
+/* The calibration of budgets where BPF stats are refused (BudgetCalibrator): `n` calls
+ * of one kind from the calling thread, timed with CLOCK_MONOTONIC; returns nanoseconds in
+ * all. Kind 0: getppid(2); kind 1: tp_budget_calibration_target() (the uprobe target). */
+double tp_budget_calibration_loop(int kind, long n);
+/* A function that does nothing, never inlined, for uprobes to be calibrated on. */
+int tp_budget_calibration_target(int x);
+
 /// Names the calling thread (prctl PR_SET_NAME; the kernel keeps 15 bytes). 0 or -errno.
 /// Self-tests call from a renamed thread to check that processes are named after their leader.
 int tp_set_thread_name(const char *name);

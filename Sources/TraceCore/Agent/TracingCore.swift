@@ -44,6 +44,8 @@ public final class TracingCore: Sendable {
     public let backend: any KernelBackend
     public let capabilities: CapabilityStore
     public let probes: ProbeManager
+    /// The planner the probe manager attaches with (budget calibration attaches with it too).
+    let planner: Planner
     public let state: StateStore?
     /// Pinned state (`--pin-dir`), nil when nothing is pinned.
     public let pins: ProbePinning?
@@ -72,6 +74,7 @@ public final class TracingCore: Sendable {
         }
         let planner = Planner(backend: backend, reaper: reaper, hubSlots: configuration.maxProbes,
                               budgetsEveryProbe: budgets.budgetsEveryProbe, pinRoot: store?.root)
+        self.planner = planner
         pins = store.map { ProbePinning(store: $0, planner: planner, logger: Logger(label: "traceplane.pins")) }
         probes = ProbeManager(planner: planner,
                               maxProbes: configuration.maxProbes, state: state, pins: pins, clock: configuration.clock,
@@ -83,6 +86,9 @@ public final class TracingCore: Sendable {
     @discardableResult
     public func start() async -> CapabilityReport {
         let report = await capabilities.refresh()
+        // Where BPF stats are refused (or serve --budget-cost calibration), budgets measure
+        // each flavour's cost by calibration, on this kernel's capabilities.
+        probes.budgets?.setCalibrator(BudgetCalibrator(planner: planner, report: report))
         let usable = report.mechanisms.filter { $0.status == .supported }.map(\.name).joined(separator: ", ")
         logger.notice("capabilities probed in \(Int(report.durationMilliseconds)) ms: \(usable) supported")
         if let state { await restore(from: state) }

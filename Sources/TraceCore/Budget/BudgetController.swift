@@ -11,9 +11,17 @@ public protocol BudgetedProbe: AnyObject, Sendable {
     func setBudget(sampleEvery: UInt32, suspended: Bool) throws(KernelError)
     func park(reaper: Reaper) throws(KernelError)
     func unpark(reaper: Reaper) throws(KernelError)
+    /// The flavour a calibration measures the probe's cost by (nil: none).
+    var calibrationFlavour: FlavourDescriptor.ID? { get }
 }
 
-extension AttachedProbe: BudgetedProbe {}
+extension BudgetedProbe {
+    public var calibrationFlavour: FlavourDescriptor.ID? { nil }
+}
+
+extension AttachedProbe: BudgetedProbe {
+    public var calibrationFlavour: FlavourDescriptor.ID? { descriptor.id }
+}
 
 /// A probe's measured cost and budget state, as `GET /v1/probes/{name}` shows it (`cost`).
 public struct BudgetStatus: Sendable, Codable, Hashable {
@@ -29,7 +37,9 @@ public struct BudgetStatus: Sendable, Codable, Hashable {
     public var cpuPercent: Double?
     /// BPF run time per call at the current setting, from the latest BPF stats window.
     public var nanosecondsPerCall: Double?
-    /// `bpf_stats` (windows of BPF_ENABLE_STATS), or why there is no measured cost.
+    /// `bpf_stats` (windows of BPF_ENABLE_STATS), `calibration: …` (the flavour's cost
+    /// measured by the time its hook adds to calls, where stats are refused or serve
+    /// --budget-cost calibration asks), or why there is no measured cost.
     public var source: String
     /// When the latest BPF stats window ended (RFC 3339).
     public var measuredAt: String?
@@ -88,6 +98,14 @@ public final class BudgetController: Sendable {
         public var policy = BudgetPolicy.Settings()
         /// BPF stats are on for the agent's lifetime (serve --bpf-stats): no windows needed.
         public var statsAlwaysOn = false
+        /// Where the cost per call comes from (serve --budget-cost).
+        public var costSource: CostSource = .auto
+        public enum CostSource: String, Sendable, CaseIterable {
+            /// BPF stats windows, or the flavour's calibration where stats are refused.
+            case auto
+            /// Always the flavour's calibration (no stats windows).
+            case calibration
+        }
         public init(maxCPUPercent: Double? = nil) { self.maxCPUPercent = maxCPUPercent }
     }
 
@@ -104,6 +122,8 @@ public final class BudgetController: Sendable {
         var measuredAt: Date?
         var limits = BudgetPolicy.Limits()
         var transitions: [String: Int] = [:]
+        /// What the cost came from: nil (BPF stats), or the calibration's description.
+        var calibrated: String?
     }
 
     struct State {
@@ -116,6 +136,9 @@ public final class BudgetController: Sendable {
         var windowTime: Duration = .zero
         /// What BPF stats added to each run in the latest window (ns), taken off the costs.
         var statsBias: Double = 0
+        /// Calibrations by flavour, measured once each (success or why not).
+        var calibrations: [FlavourDescriptor.ID: Result<BudgetCalibration, BudgetCalibrationError>] = [:]
+        var calibrator: (any BudgetCalibrating)?
         var running = false
         var stopped = false
     }
@@ -133,6 +156,12 @@ public final class BudgetController: Sendable {
         self.reaper = reaper
         self.clock = clock
         self.logger = logger
+    }
+
+    /// Gives the controller what measures flavours where BPF stats are refused (the agent
+    /// sets it once capabilities are known).
+    public func setCalibrator(_ calibrator: any BudgetCalibrating) {
+        state.withLock { $0.calibrator = calibrator }
     }
 
     /// Whether every probe is budgeted (serve --max-cpu-percent).
@@ -188,7 +217,8 @@ public final class BudgetController: Sendable {
             return BudgetStatus(state: t.policy.state, reason: t.policy.reason, sampleEvery: t.policy.sampleEvery, parked: t.policy.parked,
                                 eventsPerSecond: t.policy.parked ? nil : t.rate,
                                 cpuPercent: t.policy.parked ? 0 : t.cost.flatMap { c in t.rate.map { $0 * c / 1e7 } }, nanosecondsPerCall: t.cost,
-                                source: s.unavailable.map { "unavailable: \($0)" } ?? "bpf_stats", measuredAt: t.measuredAt.map(ReportJSON.rfc3339),
+                                source: t.calibrated ?? s.unavailable.map { "unavailable: \($0)" } ?? "bpf_stats",
+                                measuredAt: t.measuredAt.map(ReportJSON.rfc3339),
                                 maxCPUPercent: t.limits.maxCPUPercent, maxEventsPerSecond: t.limits.maxEventsPerSecond,
                                 transitions: t.transitions)
         }
@@ -244,7 +274,11 @@ public final class BudgetController: Sendable {
     func windowDue() -> Bool {
         let now = clock.uptime()
         return state.withLock { s in
-            guard !s.tracked.isEmpty, s.unavailable == nil else { return false }
+            guard !s.tracked.isEmpty else { return false }
+            // Calibrated costs are known once measured: only a probe without one is due.
+            if s.unavailable != nil || configuration.costSource == .calibration {
+                return s.tracked.values.contains { $0.cost == nil }
+            }
             guard let last = s.lastWindow else { return true }
             if now - last >= configuration.statsInterval { return true }
             return now - last >= .seconds(1) && s.tracked.values.contains { $0.cost == nil }
@@ -265,12 +299,17 @@ public final class BudgetController: Sendable {
     /// divided by the calls each probe saw.
     func window() {
         var fd: Int32 = -1
+        if configuration.costSource == .calibration {
+            calibratedWindow(because: "serve --budget-cost calibration")
+            return
+        }
         if !configuration.statsAlwaysOn {
             fd = tp_enable_runtime_stats()
             if fd < 0 {
                 let why = "BPF_ENABLE_STATS refused (\(Errno(rawValue: -fd).name))"
                 let first = state.withLock { s -> Bool in defer { s.unavailable = why }; return s.unavailable == nil }
-                if first { logger.warning("budgets: \(why): no cost per call can be measured; max_cpu_percent is not enforced, max_events_per_second is") }
+                if first { logger.warning("budgets: \(why): costs per call come from each flavour's calibration instead") }
+                calibratedWindow(because: why)
                 return
             }
         }
@@ -323,6 +362,49 @@ public final class BudgetController: Sendable {
                     t.last = (b, end)
                 }
                 t.policy.measured(nanosecondsPerCall: cost)
+                s.tracked[name] = t
+            }
+        }
+    }
+
+    /// Costs from calibrations instead of BPF stats: each flavour measured once (the first
+    /// time a probe of it needs a cost), then every probe's cost at its current setting is
+    /// c(N) = floor + (full - floor) / N, the floor while suspended.
+    func calibratedWindow(because why: String) {
+        let (needed, calibrator) = state.withLock { s -> ([FlavourDescriptor.ID], (any BudgetCalibrating)?) in
+            let flavours = Set(s.tracked.values.compactMap { $0.cost == nil ? $0.probe?.calibrationFlavour : nil })
+            return (flavours.filter { s.calibrations[$0] == nil }.sorted { $0.rawValue < $1.rawValue }, s.calibrator)
+        }
+        var measured: [FlavourDescriptor.ID: Result<BudgetCalibration, BudgetCalibrationError>] = [:]
+        for flavour in needed {
+            let result = calibrator?.calibrate(flavour) ?? .failure(BudgetCalibrationError(description: "no calibration is available yet"))
+            switch result {
+            case .success(let c):
+                logger.notice("budgets: \(flavour.rawValue) calibrated (\(why)): \(BudgetPolicy.number(c.full)) ns per recorded call, \(BudgetPolicy.number(c.floor)) ns per call not recorded")
+            case .failure(let error):
+                logger.warning("budgets: \(flavour.rawValue) could not be calibrated: \(error); only max_events_per_second is enforced on its probes")
+            }
+            // Without a calibrator yet (capabilities not probed), try again later.
+            if calibrator != nil { measured[flavour] = result }
+        }
+        let date = clock.now()
+        state.withLock { s in
+            for (flavour, result) in measured { s.calibrations[flavour] = result }
+            s.lastWindow = clock.uptime()
+            for (name, var t) in s.tracked where t.cost == nil {
+                guard let flavour = t.probe?.calibrationFlavour, case .success(let c)? = s.calibrations[flavour] else {
+                    if let flavour = t.probe?.calibrationFlavour, case .failure(let error)? = s.calibrations[flavour] {
+                        t.calibrated = "unavailable: \(why); calibration: \(error)"
+                        s.tracked[name] = t
+                    }
+                    continue
+                }
+                let n = Double(t.policy.sampleEvery)
+                let cost = t.policy.state == .suspended ? c.floor : c.floor + max(0, c.full - c.floor) / n
+                t.cost = cost
+                t.measuredAt = date
+                t.calibrated = "calibration: \(flavour.rawValue) measured by the agent (\(why)), \(BudgetPolicy.number(c.full)) ns per recorded call, \(BudgetPolicy.number(c.floor)) ns per call not recorded"
+                t.policy.measured(nanosecondsPerCall: cost, source: "calibration")
                 s.tracked[name] = t
             }
         }

@@ -102,8 +102,13 @@ public struct BudgetPolicy: Sendable, Hashable {
         holdOff = settings.holdOff
     }
 
-    /// Notes a cost per call measured at the current setting (a BPF stats window).
-    public mutating func measured(nanosecondsPerCall cost: Double) {
+    /// What the costs come from, as reasons name it (`BPF stats`, `calibration`).
+    public private(set) var costSource = "BPF stats"
+
+    /// Notes a cost per call measured at the current setting (a BPF stats window, or a
+    /// calibration: `source`).
+    public mutating func measured(nanosecondsPerCall cost: Double, source: String = "BPF stats") {
+        costSource = source
         switch state {
         case .suspended: floorCost = cost
         case .active: fullCost = cost
@@ -163,7 +168,7 @@ public struct BudgetPolicy: Sendable, Hashable {
             }
             guard let p = limits.maxCPUPercent, let cpu = m.cpuPercent else { return nil }
             if cpu > p {
-                let measuredText = "costs \(Self.percent(cpu)) of a CPU (\(Self.number(m.eventsPerSecond)) calls/s × \(Self.number(m.nanosecondsPerCall ?? 0)) ns, BPF stats)"
+                let measuredText = "costs \(Self.percent(cpu)) of a CPU (\(Self.number(m.eventsPerSecond)) calls/s × \(Self.number(m.nanosecondsPerCall ?? 0)) ns, \(costSource))"
                 // The projection says how far to go; a measurement over the limit at a setting
                 // the projection thought enough goes one step further all the same.
                 let projected = smallestSampling(rate: m.eventsPerSecond, limit: 0.7 * p, current: m.nanosecondsPerCall)

@@ -173,7 +173,10 @@ public final class AttachedProbe: Sendable {
                 }
             }
             if let links {
-                reaper.dispose(links: links, objects: [])
+                // Closed here, not by the reaper: an unpark soon after must not find the
+                // old link still attached (a perf tracepoint refuses the same program
+                // twice: EEXIST). The budget's thread can wait the RCU grace period.
+                for link in links { link.close() }
             } else if case .hub(let membership) = resources.withLock({ $0 }) {
                 try membership.park(true)
             } else {

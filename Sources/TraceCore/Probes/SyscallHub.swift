@@ -353,7 +353,9 @@ public final class SyscallHub: Sendable {
     private func detachLinksIfAllParked(_ s: inout State) {
         guard var loaded = s.loaded, !loaded.links.isEmpty, !loaded.attachments.isEmpty,
               !s.members.isEmpty, s.members.keys.allSatisfy(s.parked.contains) else { return }
-        attacher.reaper.dispose(links: loaded.links, objects: [])
+        // Closed now, not by the reaper: attaching them again on the next unpark must not
+        // find the old ones still attached.
+        for link in loaded.links { link.close() }
         loaded.links = []
         s.loaded = loaded
     }
