@@ -116,6 +116,43 @@ struct BudgetAPITests {
         await agent.stop()
     }
 
+    @Test("serve --budget-cost calibration (what the agent does where BPF_ENABLE_STATS is refused): no stats windows, the flavour calibrated once, and the ~1M calls/s loop throttled on that cost; the status says where the cost came from")
+    func calibratedCost() async throws {
+        var budgets = BudgetController.Configuration()
+        budgets.costSource = .calibration
+        let agent = try await AgentHarness(budgets: budgets)
+        do {
+            let loop = try Self.loop(["--seconds", "8", "--spin", "500"])
+            try await Task.sleep(for: .milliseconds(300))
+            let put = try await agent.request("PUT", "/v1/probes/budget-calibrated", json: """
+                {"target":{"type":"syscall","name":"getppid"},"filter":{"comm":"\(Self.comm)"},"budget":{"max_cpu_percent":1}}
+                """)
+            #expect(put.status == 201, "\(String(decoding: put.body, as: UTF8.self))")
+            // Throttled (or suspended), with the cost at that setting known again.
+            var probe: [String: Any] = [:]
+            for _ in 0..<120 {
+                probe = try await Self.probe(agent, "budget-calibrated")
+                let known = (probe["cost"] as? [String: Any])?["ns_per_call"] as? Double != nil
+                if probe["state"] as? String != "active", known { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect((probe["state_reason"] as? String ?? "").contains(", calibration)"), "\(probe)")
+            let cost = try #require(probe["cost"] as? [String: Any], "\(probe)")
+            let source = cost["source"] as? String ?? ""
+            print("calibrated: state \(probe["state"] ?? "-"), \(cost)")
+            #expect(source.hasPrefix("calibration: syscallHubBTF measured by the agent (serve --budget-cost calibration)"), "\(source)")
+            #expect((cost["ns_per_call"] as? Double ?? 0) > 0, "\(cost)")
+            #expect(["throttled", "suspended"].contains(probe["state"] as? String ?? ""), "not throttled on the calibrated cost: \(probe)")
+            #expect(agent.manager.budgets?.windows.count == 0, "BPF stats windows were taken")
+            loop.terminate()
+            loop.waitUntilExit()
+        } catch {
+            await agent.stop()
+            throw error
+        }
+        await agent.stop()
+    }
+
     @Test("max_events_per_second: suspended while over it (programs detached: nothing runs), measured again after the hold-off and resumed once the loop stops")
     func suspendsAndResumes() async throws {
         var budgets = BudgetController.Configuration()
