@@ -444,6 +444,39 @@ struct PinnedStateTests {
         await stop(agent)
     }
 
+    @Test("A newer build with the same layout version adopts the pins of this one and counts on exactly; this build adopts them back (two builds: -DTRACEPLANE_NEWER_BUILD_TEST)")
+    func sameLayoutUpgrade() async throws {
+        defer { cleanUp() }
+        let newer = try Self.variantBuild(flag: "TRACEPLANE_NEWER_BUILD_TEST", directory: "newer-build")
+        var agent = try await start()
+        #expect(try request(agent, "PUT", "/v1/probes/via-hub", Self.hubProbe).status == 201)
+        #expect(try request(agent, "PUT", "/v1/probes/own-object", Self.ownProbe).status == 201)
+        try sleep(200)
+        _ = try expectExact(agent, calls: 200, "before the upgrade")
+        await stop(agent)
+
+        agent = try await start(executable: newer)
+        let version = try request(agent, "GET", "/metrics").body.split(separator: "\n").first { $0.hasPrefix("traceplane_build_info{") }
+        #expect(version?.contains(#"version="0.1.1-dev""#) == true, "not the newer build: \(String(describing: version))")
+        for name in ["via-hub", "own-object"] {
+            let restored = try restore(agent, name)
+            #expect(restored == "adopted", "\(name) after the upgrade: \(String(describing: restored))")
+        }
+        try sleep(100)
+        _ = try expectExact(agent, calls: 300, "after the upgrade and 100 more calls")
+        await stop(agent)
+
+        // And back (a roll-back): this build adopts what the newer one pinned.
+        agent = try await start()
+        #expect(try restore(agent, "via-hub") == "adopted")
+        #expect(try restore(agent, "own-object") == "adopted")
+        _ = try expectExact(agent, calls: 300, "after the roll-back")
+        #expect(try request(agent, "DELETE", "/v1/probes/via-hub").status == 204)
+        #expect(try request(agent, "DELETE", "/v1/probes/own-object").status == 204)
+        #expect(pinned(pinDir).isEmpty, "left pinned after DELETE: \(pinned(pinDir))")
+        await stop(agent)
+    }
+
     @Test("traceplane cleanup removes what a killed agent left pinned (and says what), refuses while an agent uses the directory (so does a second agent) and a directory that is not on bpffs, and is safe when there is none")
     func cleanupCommand() async throws {
         defer { cleanUp() }
@@ -517,20 +550,25 @@ struct PinnedStateTests {
     /// The agent built with `-DTRACEPLANE_LAYOUT_BUMP_TEST` into `.build/layout-bump`
     /// (incremental after the first time). A build that fails fails the test.
     static func layoutBumpBuild() throws -> String {
+        try variantBuild(flag: "TRACEPLANE_LAYOUT_BUMP_TEST", directory: "layout-bump")
+    }
+
+    /// The agent built with `-D<flag>` into `.build/<directory>`.
+    static func variantBuild(flag: String, directory: String) throws -> String {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
         let swift = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "swift"
-        let buildPath = "\(root)/.build/layout-bump"
+        let buildPath = "\(root)/.build/\(directory)"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [swift, "build", "--package-path", root, "--build-path", buildPath, "--product", "traceplane",
-                             "-Xswiftc", "-DTRACEPLANE_LAYOUT_BUMP_TEST"]
+                             "-Xswiftc", "-D\(flag)"]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        try #require(process.terminationStatus == 0, "the layout-bump build failed (\(process.terminationStatus)): \(output.suffix(3000))")
+        try #require(process.terminationStatus == 0, "the \(directory) build failed (\(process.terminationStatus)): \(output.suffix(3000))")
         let executable = "\(buildPath)/debug/traceplane"
         try #require(FileManager.default.isExecutableFile(atPath: executable), "no \(executable) after the build: \(output.suffix(2000))")
         return executable

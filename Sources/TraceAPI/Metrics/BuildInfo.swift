@@ -1,7 +1,12 @@
 /// What `traceplane_build_info` reports: the agent, libbpf and Swift versions.
 public struct BuildInfo: Sendable, Hashable {
     /// The agent's version.
+    #if TRACEPLANE_NEWER_BUILD_TEST
+    /// A newer build with the same map layouts, for the upgrade test (`-Xswiftc -DTRACEPLANE_NEWER_BUILD_TEST`).
+    public static let traceplaneVersion = "0.1.1-dev"
+    #else
     public static let traceplaneVersion = "0.1.0-dev"
+    #endif
 
     /// The Swift compiler this binary was built with (major.minor).
     public static let swiftCompilerVersion: String = {
