@@ -25,7 +25,10 @@ stage "unit and HTTP tests"
 swift test --skip-build --skip TraceCoreKernelTests --skip AgentIntegrationTests
 
 stage "real-kernel and real-server tests (serialized: they count the process's BPF fds)"
-swift test --skip-build --no-parallel --filter TraceCoreKernelTests --filter AgentIntegrationTests
+swift test --skip-build --no-parallel --filter TraceCoreKernelTests --filter AgentIntegrationTests --skip 'AgentIntegrationTests\.Fault'
+
+stage "fault suite: a hostile host (state disk, limits, mounts, processes, signals, clock; serialized, alone)"
+swift test --skip-build --no-parallel --filter 'AgentIntegrationTests\.Fault'
 
 stage "API conformance: schemathesis against the real agent (all checks, stateful)"
 tests/api/run-schemathesis.sh

@@ -30,12 +30,19 @@ final class AgentProcess: Sendable {
     }
 
     /// Starts `traceplane serve ARGS` (of `executable`: another build of the agent; nil:
-    /// this build's). Does not wait for readiness.
-    init(_ arguments: [String], executable: String? = nil) throws {
+    /// this build's), run through `wrapper` when given (`["/usr/bin/prlimit", "--nofile=64", "--"]`,
+    /// `unshare`, …: the agent then is the wrapper's child or its exec). Does not wait for readiness.
+    init(_ arguments: [String], executable: String? = nil, wrapper: [String] = []) throws {
         let process = Process()
         self.process = process
-        process.executableURL = URL(fileURLWithPath: executable ?? Self.executable)
-        process.arguments = ["serve"] + arguments
+        let agent = executable ?? Self.executable
+        if let first = wrapper.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(wrapper.dropFirst()) + [agent, "serve"] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: agent)
+            process.arguments = ["serve"] + arguments
+        }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

@@ -5,8 +5,8 @@ import TraceCore
 import TraceCoreTestSupport
 
 /// The real agent with `--state-dir` on a small tmpfs that fills up (root: it mounts).
-@Suite(.serialized, .enabled(if: RootRequirement.check("StateDurabilityTests") || RootRequirement.mustRun, "needs root to mount a tmpfs"))
-struct StateDurabilityTests {
+@Suite(.serialized, .enabled(if: RootRequirement.check("FaultStateTests") || RootRequirement.mustRun, "needs root to mount a tmpfs"))
+struct FaultStateTests {
     let dir = NSTemporaryDirectory() + "traceplane-state-\(UUID().uuidString)"
 
     init() throws {
