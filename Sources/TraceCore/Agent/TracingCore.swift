@@ -142,6 +142,7 @@ public final class TracingCore: Sendable {
         }
         // Pins no saved probe claims (unknown probes, a state file that is gone) were removed.
         for note in await probes.pinNotes { logger.warning("pins: \(note)") }
+        await probes.watchStateFile()
     }
 
     private func apply(_ spec: ProbeSpec) async {

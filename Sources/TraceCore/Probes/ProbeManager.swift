@@ -90,6 +90,9 @@ public actor ProbeManager {
     private var shuttingDown = false
     private var expiryTask: Task<Void, Never>?
     private var recoveryTask: Task<Void, Never>?
+    private var stateWatch: Task<Void, Never>?
+    /// What ``watchStateFile(every:)`` last found wrong with the state file (logged once).
+    private var stateDamage: String?
     /// How often expiry ran (tests check it does not spin on a held name).
     private(set) var expiryRuns = 0
     /// Attach attempts by flavour and outcome, for self-metrics.
@@ -381,6 +384,8 @@ public actor ProbeManager {
         expiryTask = nil
         recoveryTask?.cancel()
         recoveryTask = nil
+        stateWatch?.cancel()
+        stateWatch = nil
     }
 
     // MARK: - Per-name locks
@@ -463,6 +468,31 @@ public actor ProbeManager {
         guard let state, !shuttingDown else { return }
         let ticket = state.submit(snapshot())
         do { try await ticket.value() } catch { startRecovery() }
+    }
+
+    /// Checks the state file every `interval` and saves the committed state again when it
+    /// was removed (alone or with its directory) or replaced (by another file, a directory,
+    /// a FIFO): what was acknowledged must stay on disk, not only in memory. A save that
+    /// then fails (a directory in the way) refuses changes and retries, as any failed save.
+    public func watchStateFile(every interval: Duration = .seconds(2)) {
+        guard state != nil, stateWatch == nil, !shuttingDown else { return }
+        stateWatch = Task { [clock, weak self] in
+            while !Task.isCancelled {
+                do { try await clock.sleep(until: clock.uptime() + interval) } catch { return }
+                await self?.checkStateFile()
+            }
+        }
+    }
+
+    private func checkStateFile() async {
+        guard let state, !shuttingDown, recoveryTask == nil else { return }
+        guard let damage = state.damage() else {
+            stateDamage = nil
+            return
+        }
+        if damage != stateDamage { logger.warning("state: \(damage); saving the desired probes again") }
+        stateDamage = damage
+        await saveOrRecover()
     }
 
     /// Saves again every second until a save works, so the disk catches up by itself once

@@ -110,25 +110,72 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Reads the state file. A corrupt or unreadable file is moved aside, never dropped.
+    /// Reads the state file. A corrupt or unreadable file is moved aside, never dropped; so
+    /// is anything at its path that is not a regular file (a FIFO is not read: opening it
+    /// would wait for a writer forever).
     public func load() -> Loaded {
-        guard FileManager.default.fileExists(atPath: path) else { return .none }
-        let reason: String
-        if let data = FileManager.default.contents(atPath: path) {
-            do {
-                let state = try ReportJSON.decoder().decode(PersistedState.self, from: data)
-                guard state.version == 1 else { throw StateError(description: "unknown state version \(state.version)") }
-                return .loaded(state)
-            } catch {
-                reason = "cannot be decoded: \(error)"
-            }
-        } else {
-            reason = "cannot be read: \(Errno.current.message)"
+        var info = stat()
+        guard lstat(path, &info) == 0 else {
+            if errno == ENOENT { return .none }
+            return moveAside("cannot be examined: \(Errno.current.message)")
         }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            return moveAside("is not a regular file but \(Self.kind(info.st_mode))")
+        }
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return moveAside("cannot be read: \(Errno.current.message)") }
+        let data = FileHandle(fileDescriptor: fd, closeOnDealloc: true).readDataToEndOfFile()
+        do {
+            let state = try ReportJSON.decoder().decode(PersistedState.self, from: data)
+            guard state.version == 1 else { throw StateError(description: "unknown state version \(state.version)") }
+            remember(info)
+            return .loaded(state)
+        } catch {
+            return moveAside("cannot be decoded: \(error)")
+        }
+    }
+
+    private func moveAside(_ reason: String) -> Loaded {
         let stamp = ReportJSON.rfc3339(Date()).replacingOccurrences(of: ":", with: "")
         let aside = "\(path).corrupt-\(stamp)"
         if rename(path, aside) == 0 { return .corrupt(reason: reason, keptAt: aside) }
         return .corrupt(reason: reason + "; moving it aside failed: \(Errno.current.message)", keptAt: nil)
+    }
+
+    static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: "a directory"
+        case S_IFIFO: "a FIFO"
+        case S_IFLNK: "a symbolic link"
+        case S_IFSOCK: "a socket"
+        case S_IFCHR, S_IFBLK: "a device"
+        default: "not a regular file"
+        }
+    }
+
+    /// The file this store wrote (or loaded) last: its device and inode.
+    private let written = Mutex<(dev: UInt64, ino: UInt64)?>(nil)
+
+    private func remember(_ info: stat) {
+        written.withLock { $0 = (UInt64(info.st_dev), UInt64(info.st_ino)) }
+    }
+
+    /// What happened to the state file since this store last wrote or loaded it, if anything
+    /// did: removed (with its directory or alone), replaced by something that is not a
+    /// regular file, or replaced by another file. Nil while it is intact, and before the
+    /// first save of a store that found no file. The caller saves again.
+    public func damage() -> String? {
+        guard let last = written.withLock({ $0 }) else { return nil }
+        var info = stat()
+        guard lstat(path, &info) == 0 else {
+            if errno == ENOENT {
+                return access(directory, F_OK) == 0 ? "\(path) was removed" : "the state directory \(directory) was removed"
+            }
+            return "\(path) cannot be examined: \(Errno.current.message)"
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else { return "\(path) was replaced by \(Self.kind(info.st_mode))" }
+        guard UInt64(info.st_dev) == last.dev, UInt64(info.st_ino) == last.ino else { return "\(path) was replaced by another file" }
+        return nil
     }
 
     /// Queues `state` as the newest desired state, now, in the caller's order; the ticket
@@ -227,11 +274,36 @@ public final class StateStore: Sendable {
             throw StateSaveError(errno: nil, description: "cannot encode the state: \(error)")
         }
         try DurableFile.replace(path, with: data, directory: directory)
+        var info = stat()
+        if lstat(path, &info) == 0 { remember(info) }
     }
 }
 
 /// Replacing a small file so that a crash leaves the old or the new content, never a mix.
 enum DurableFile {
+    /// Creates `directory` and any missing parents (mode 0700), each made durable by an
+    /// fsync of its parent: a re-created directory whose entry is lost in a crash would
+    /// lose the file saved in it.
+    static func makeDirectory(_ directory: String) throws(StateSaveError) {
+        var missing: [String] = []
+        var current = directory
+        while !current.isEmpty, current != "/", access(current, F_OK) != 0 {
+            missing.append(current)
+            current = (current as NSString).deletingLastPathComponent
+        }
+        for dir in missing.reversed() {
+            if mkdir(dir, 0o700) != 0, errno != EEXIST {
+                let code = errno
+                throw StateSaveError(errno: Errno(rawValue: code), description: "cannot create \(dir): \(Errno(rawValue: code).name) (\(Errno(rawValue: code).message))")
+            }
+            let parent = open((dir as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if parent >= 0 {
+                _ = fsync(parent)
+                close(parent)
+            }
+        }
+    }
+
     /// Writes `data` to a temporary file, fsyncs it, renames it over `path`, and fsyncs
     /// `directory`. A directory that disappeared is created again.
     static func replace(_ path: String, with data: Data, directory: String) throws(StateSaveError) {
@@ -240,7 +312,8 @@ enum DurableFile {
         }
         let temp = "\(path).tmp-\(getpid())"
         var fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        if fd < 0, errno == ENOENT, mkdir(directory, 0o700) == 0 {
+        if fd < 0, errno == ENOENT {
+            try makeDirectory(directory)
             fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         }
         guard fd >= 0 else { throw failure("cannot create \(temp)", errno) }

@@ -4,7 +4,10 @@ import Testing
 import TraceCore
 import TraceCoreTestSupport
 
-/// The real agent with `--state-dir` on a small tmpfs that fills up (root: it mounts).
+/// The fault suite, state directory: the real agent with `--state-dir` on a file system that
+/// fills up, turns read-only, or loses the directory or the file (root: it mounts). Never a
+/// 2xx without a durable save; recovery by itself when the fault goes; nothing acknowledged
+/// lost (a restart brings back exactly what was acknowledged).
 @Suite(.serialized, .enabled(if: RootRequirement.check("FaultStateTests") || RootRequirement.mustRun, "needs root to mount a tmpfs"))
 struct FaultStateTests {
     let dir = NSTemporaryDirectory() + "traceplane-state-\(UUID().uuidString)"
@@ -43,6 +46,12 @@ struct FaultStateTests {
     func savedNames(_ state: String) throws -> [String] {
         let data = try #require(FileManager.default.contents(atPath: state + "/probes.json"))
         return try ReportJSON.decoder().decode(PersistedState.self, from: data).probes.compactMap(\.spec.name)
+    }
+
+    /// The saved names, or nil while there is no readable state file (records no issue).
+    func savedNow(_ state: String) -> [String]? {
+        guard let data = FileManager.default.contents(atPath: state + "/probes.json") else { return nil }
+        return (try? ReportJSON.decoder().decode(PersistedState.self, from: data))?.probes.compactMap(\.spec.name)
     }
 
     func metric(_ base: String, _ name: String) throws -> Double? {
@@ -108,5 +117,154 @@ struct FaultStateTests {
         #expect(restored.map { $0["name"] as? String } == ["kept", "new"])
         second.signal(SIGTERM)
         #expect(await second.waitForExit() == 0)
+    }
+
+    func start(_ state: String) async throws -> (AgentProcess, String) {
+        let agent = try AgentProcess(["--listen", "127.0.0.1:0", "--state-dir", state])
+        let listening = await agent.waitForListening()
+        #expect(listening, "agent did not start: \(agent.log)")
+        guard listening else { throw CancellationError() }
+        #expect(await agent.waitForOutput(matching: "ready: [0-9]+ probes") != nil, "\(agent.log)")
+        return (agent, "http://127.0.0.1:\(agent.port)")
+    }
+
+    func put(_ base: String, _ name: String, _ syscall: String = "getppid") throws -> CurlClient.Reply {
+        try CurlClient.run("PUT", "\(base)/v1/probes/\(name)", json: #"{"target":{"type":"syscall","name":"\#(syscall)"},"mechanisms":["tracepoint"]}"#)
+    }
+
+    func listed(_ base: String) throws -> [String] {
+        let probes = try #require(CurlClient.run("GET", "\(base)/v1/probes").json?["probes"] as? [[String: Any]])
+        return probes.compactMap { $0["name"] as? String }
+    }
+
+    /// Stops `agent` and starts another on `state`: what comes back is what was durable.
+    func restartedNames(_ agent: AgentProcess, _ state: String) async throws -> [String] {
+        agent.signal(SIGTERM)
+        #expect(await agent.waitForExit() == 0)
+        let (second, base) = try await start(state)
+        let names = try listed(base)
+        second.signal(SIGTERM)
+        #expect(await second.waitForExit() == 0)
+        return names
+    }
+
+    @Test("A read-only remount mid-run: 503 state-not-saved (EROFS) with Retry-After, nothing changed (kernel included), /readyz 503; writable again: it recovers by itself")
+    func readOnlyRemount() async throws {
+        try mountTmpfs(kib: 1024)
+        defer { unmount() }
+        let state = dir + "/state"
+        let (agent, base) = try await start(state)
+        #expect(try put(base, "kept").status == 201)
+        #expect(try savedNames(state) == ["kept"])
+        let before = KernelCensus.objects()
+
+        #expect(mount("tmpfs", dir, "tmpfs", UInt(MS_REMOUNT | MS_RDONLY), "size=1024k,mode=0700") == 0, "remount ro: \(String(cString: strerror(errno)))")
+        var remounted = true
+        defer { if remounted { _ = mount("tmpfs", dir, "tmpfs", UInt(MS_REMOUNT), "size=1024k,mode=0700") } }
+        let refused = try put(base, "new", "getpgid")
+        #expect(refused.status == 503, "\(refused.status) \(refused.body)")
+        #expect(refused.headers.lowercased().contains("retry-after: 5"), "\(refused.headers)")
+        #expect(refused.json?["type"] as? String == "https://traceplane.dev/problems/state-not-saved")
+        #expect(refused.json?["errno"] as? String == "EROFS", "\(refused.body)")
+        let replace = try CurlClient.run("PUT", "\(base)/v1/probes/kept", json: #"{"target":{"type":"syscall","name":"getppid"},"mechanisms":["tracepoint"],"labels":{"v":"2"}}"#)
+        #expect(replace.status == 503, "\(replace.body)")
+        #expect(try CurlClient.run("DELETE", "\(base)/v1/probes/kept").status == 503)
+        #expect(try listed(base) == ["kept"])
+        let kept = try #require(CurlClient.run("GET", "\(base)/v1/probes/kept").json)
+        #expect((kept["labels"] as? [String: String])?["v"] == nil, "the refused replacement must not have been applied: \(kept)")
+        let leftover = await KernelCensus.settledObjects(since: before)
+        #expect(leftover.isEmpty, "refused changes left objects in the kernel: \(leftover)")
+        let ready = try CurlClient.run("GET", "\(base)/readyz")
+        #expect(ready.status == 503 && ready.body.contains("EROFS"), "\(ready.body)")
+
+        #expect(mount("tmpfs", dir, "tmpfs", UInt(MS_REMOUNT), "size=1024k,mode=0700") == 0)
+        remounted = false
+        #expect(await agent.waitForOutput(matching: #"works again \(it failed from"#) != nil, "\(agent.log)")
+        #expect(try CurlClient.run("GET", "\(base)/readyz").status == 200)
+        #expect(try put(base, "new", "getpgid").status == 201)
+        #expect(try savedNames(state) == ["kept", "new"])
+        #expect(try await restartedNames(agent, state) == ["kept", "new"])
+    }
+
+    @Test("The state directory deleted mid-run (and its parent): the agent notices within seconds, makes them again and saves everything acknowledged; later changes are saved there")
+    func directoryDeleted() async throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let state = dir + "/nested/state"
+        try FileManager.default.createDirectory(atPath: dir + "/nested", withIntermediateDirectories: true)
+        let (agent, base) = try await start(state)
+        #expect(try put(base, "a").status == 201)
+        #expect(try put(base, "b", "getpgid").status == 201)
+
+        try FileManager.default.removeItem(atPath: state)
+        #expect(await agent.waitForOutput(matching: "state: the state directory \(state) was removed; saving the desired probes again") != nil, "\(agent.log)")
+        #expect(try await eventually { self.savedNow(state) == ["a", "b"] }, "the state was not saved again: \(agent.log)")
+
+        try FileManager.default.removeItem(atPath: dir + "/nested")
+        #expect(try await eventually { self.savedNow(state) == ["a", "b"] }, "the state was not saved again after its parent went: \(agent.log)")
+        var info = stat()
+        #expect(stat(state, &info) == 0 && info.st_mode & 0o777 == 0o700, "made again with mode 0700")
+        #expect(try put(base, "c", "getpid").status == 201)
+        #expect(try savedNames(state) == ["a", "b", "c"])
+        #expect(try await restartedNames(agent, state) == ["a", "b", "c"])
+    }
+
+    @Test("The state file replaced by a directory mid-run: saves fail (EISDIR), changes get 503 and nothing changes; the directory removed: it saves by itself")
+    func fileReplacedByDirectory() async throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let state = dir + "/state"
+        let (agent, base) = try await start(state)
+        #expect(try put(base, "a").status == 201)
+        try FileManager.default.removeItem(atPath: state + "/probes.json")
+        try FileManager.default.createDirectory(atPath: state + "/probes.json/inside", withIntermediateDirectories: true)
+        #expect(await agent.waitForOutput(matching: "probes.json was replaced by a directory") != nil
+                    || agent.log.contains("probes.json was removed"), "\(agent.log)")
+        #expect(try await eventually { (try? CurlClient.run("GET", "\(base)/readyz").status) == 503 })
+        let refused = try put(base, "b", "getpgid")
+        #expect(refused.status == 503 && refused.json?["errno"] as? String == "EISDIR", "\(refused.status) \(refused.body)")
+        #expect(try listed(base) == ["a"])
+
+        try FileManager.default.removeItem(atPath: state + "/probes.json")
+        #expect(await agent.waitForOutput(matching: #"works again \(it failed from"#) != nil, "\(agent.log)")
+        #expect(try savedNames(state) == ["a"])
+        #expect(try put(base, "b", "getpgid").status == 201)
+        #expect(try await restartedNames(agent, state) == ["a", "b"])
+    }
+
+    @Test("The state file replaced by a FIFO: mid-run it is saved over; at start-up it is moved aside without being opened (no hang)")
+    func fileReplacedByFIFO() async throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let state = dir + "/state"
+        let (agent, base) = try await start(state)
+        #expect(try put(base, "a").status == 201)
+        try FileManager.default.removeItem(atPath: state + "/probes.json")
+        #expect(mkfifo(state + "/probes.json", 0o600) == 0)
+        #expect(await agent.waitForOutput(matching: "probes.json was replaced by a FIFO; saving") != nil
+                    || agent.log.contains("probes.json was removed"), "\(agent.log)")
+        #expect(try await eventually { self.savedNow(state) == ["a"] }, "\(agent.log)")
+        agent.signal(SIGTERM)
+        #expect(await agent.waitForExit() == 0)
+
+        // A FIFO at start-up: reading it would wait for a writer forever.
+        try FileManager.default.removeItem(atPath: state + "/probes.json")
+        #expect(mkfifo(state + "/probes.json", 0o600) == 0)
+        let (second, base2) = try await start(state)
+        #expect(second.log.contains("is not a regular file but a FIFO"), "\(second.log)")
+        let aside = try FileManager.default.contentsOfDirectory(atPath: state).filter { $0.hasPrefix("probes.json.corrupt-") }
+        #expect(aside.count == 1, "\(aside)")
+        #expect(try listed(base2) == [])
+        #expect(try put(base2, "b", "getpgid").status == 201)
+        #expect(try savedNames(state) == ["b"])
+        second.signal(SIGTERM)
+        #expect(await second.waitForExit() == 0)
+    }
+
+    /// Polls `condition` every 100 ms for up to `seconds`.
+    func eventually(_ seconds: Double = 15, _ condition: @escaping () throws -> Bool) async throws -> Bool {
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < end {
+            if try condition() { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return try condition()
     }
 }
