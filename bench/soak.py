@@ -117,6 +117,7 @@ class Record:
         self.latency = collections.defaultdict(list)
         self.server_errors = []                   # (kind, path, status, retry-after, excerpt)
         self.retry_503 = 0
+        self.retry_examples = []
         self.transport_errors = collections.Counter()
 
     def add(self, kind, path, status, headers, body, seconds):
@@ -128,13 +129,15 @@ class Record:
             if status >= 500:
                 if status == 503 and headers.get("retry-after"):
                     self.retry_503 += 1
+                    if len(self.retry_examples) < 5:
+                        self.retry_examples.append((kind, path, body[:300].decode(errors="replace")))
                 else:
                     self.server_errors.append((kind, path, status, headers.get("retry-after"), body[:300].decode(errors="replace")))
 
     def error(self, kind, path, exc):
         with self.lock:
             self.counts[(kind, type(exc).__name__)] += 1
-            self.transport_errors[f"{kind}: {type(exc).__name__}: {str(exc)[:120]}"] += 1
+            self.transport_errors[f"{kind} `{path.split('?')[0]}`: {type(exc).__name__}: {str(exc)[:120]}"] += 1
 
 
 def timed(agent, rec, kind, method, path, body=None, headers=None, timeout=60):
@@ -270,9 +273,51 @@ def label_of(body):
         return None
 
 
+class Pause:
+    """Checkpoints: the coordinator asks every churn thread to park; each deletes what it
+    owns, parks, and waits until released."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.requested = False
+        self.parked = 0
+        self.epoch = 0
+
+    def request(self):
+        with self.cond:
+            self.requested = True
+
+    def wait_parked(self, n, timeout):
+        with self.cond:
+            return self.cond.wait_for(lambda: self.parked >= n, timeout)
+
+    def release(self):
+        with self.cond:
+            self.requested = False
+            self.parked = 0
+            self.epoch += 1
+            self.cond.notify_all()
+
+    def park(self, stop):
+        with self.cond:
+            self.parked += 1
+            self.cond.notify_all()
+            epoch = self.epoch
+            while self.epoch == epoch and not stop.is_set():
+                self.cond.wait(1)
+
+
+def recorded_delete(agent, rec, model, name, kind, client):
+    status, _, _, t0, t1 = timed(agent, rec, kind, "DELETE", f"/v1/probes/{name}", timeout=120)
+    model.add(name, {"method": "DELETE", "status": status, "label": None,
+                     "effect": Model.effect("DELETE", status, None), "t0": t0, "t1": t1, "client": client})
+    return status
+
+
 class ChurnClient(threading.Thread):
-    def __init__(self, index, agent, rec, model, templates, shared, stop, interval, seed):
+    def __init__(self, index, agent, rec, model, templates, shared, stop, interval, seed, pause):
         super().__init__(name=f"churn-{index}", daemon=True)
+        self.pause = pause
         self.index, self.agent, self.rec, self.model = index, agent, rec, model
         self.templates, self.shared, self.stop, self.interval = templates, shared, stop, interval
         self.rng = random.Random(seed)
@@ -299,6 +344,11 @@ class ChurnClient(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
+            if self.pause.requested:
+                for name in self.owned:   # a checkpoint: back to no churned probe at all
+                    self.do(name, "DELETE", "delete (checkpoint)", False)
+                self.pause.park(self.stop)
+                continue
             self.one()
             self.ops += 1
             self.stop.wait(self.rng.uniform(0.5, 1.5) * self.interval)
@@ -317,6 +367,9 @@ class ChurnClient(threading.Thread):
             method, kind = "DELETE", "delete"
         else:
             method, kind = "GET", "get probe"
+        self.do(name, method, kind, shared)
+
+    def do(self, name, method, kind, shared):
         spec = None
         if method == "POST":
             spec = dict(self.spec_for(name), name=name)
@@ -392,6 +445,8 @@ class Subscriber(threading.Thread):
         self.errors = collections.Counter()
         self.last_id = None
         self.statuses = collections.Counter()
+        self.after_replace = False
+        self.skipped_after_replace = 0  # events of a replacement's feed never delivered (ids before the first one seen)
 
     def run(self):
         while not self.stop.is_set():
@@ -427,8 +482,11 @@ class Subscriber(threading.Thread):
                     if event == "end":
                         reason = json.loads("\n".join(data)).get("reason") if data else None
                         self.ends[reason] += 1
+                        self.after_replace = reason == "replaced"
                         return reason
                     if event == "gap":
+                        first = False
+                        self.after_replace = False
                         self.gaps += 1
                         try:
                             self.missed += json.loads("\n".join(data)).get("missed", 0)
@@ -438,6 +496,11 @@ class Subscriber(threading.Thread):
                         self.events += 1
                         if prev is not None and ident <= prev:
                             self.order_errors += 1
+                        if first and self.after_replace:
+                            # A replacement has a feed of its own, numbered from 1.
+                            self.skipped_after_replace += ident - 1
+                        if first:
+                            self.after_replace = False
                         if first and resume_from is not None:
                             self.resumes["next id" if ident == resume_from + 1 else
                                          "ids restarted (new feed)" if ident <= resume_from else "skipped ahead"] += 1
@@ -472,15 +535,23 @@ class Replacer(threading.Thread):
     """Replaces the long-lived SSE probes every ~20 s (a changed filter), so the subscribers
     see `end: replaced` and resume."""
 
-    def __init__(self, agent, rec, model, specs, names, stop, period):
+    def __init__(self, agent, rec, model, specs, names, stop, period, pause):
         super().__init__(name="replacer", daemon=True)
+        self.pause = pause
         self.agent, self.rec, self.model, self.specs, self.names = agent, rec, model, specs, names
         self.stop, self.period = stop, period
         self.variant = 0
         self.replaced = 0
 
     def run(self):
-        while not self.stop.wait(self.period):
+        next_at = time.monotonic() + self.period
+        while not self.stop.wait(0.5):
+            if self.pause.requested:
+                self.pause.park(self.stop)
+                continue
+            if time.monotonic() < next_at:
+                continue
+            next_at += self.period
             self.variant += 1
             for name in self.names:
                 if self.stop.is_set():
@@ -728,9 +799,9 @@ def pct(values, q):
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def flatness(rows, key, warmup_s, limit):
-    """Median of the last third of the post-warm-up samples against the first third."""
-    vals = [r[key] for r in rows if r["phase"] == "run" and r["t_s"] >= warmup_s]
+def flatness(rows, key, warmup_s, limit, phase="checkpoint"):
+    """Median of the last third of the post-warm-up samples (of one phase) against the first third."""
+    vals = [r[key] for r in rows if r["phase"] == phase and r["t_s"] >= warmup_s]
     if len(vals) < 3:
         return None, None, None, False
     third = max(1, len(vals) // 3)
@@ -768,6 +839,44 @@ def plot(rows, warmup_s, path, title):
     return True
 
 
+def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, parties, stop):
+    """Parks the churn, deletes the shared names (the clients delete their own), waits until
+    only the long-lived probes are listed and the agent's BPF census holds still, takes a
+    sample, and lets the churn go on. Returns (t, paused s, settle s, settled)."""
+    t0 = time.monotonic()
+    pause.request()
+    if not pause.wait_parked(parties, 300):
+        log("checkpoint: the churn did not park within 300 s")
+    for name in shared:
+        recorded_delete(agent, rec, model, name, "delete (checkpoint)", "checkpoint")
+    t1 = time.monotonic()
+    settled = False
+    previous = None
+    while time.monotonic() - t1 < 30 and not stop.is_set():
+        try:
+            status, _, body = agent.request("GET", "/v1/probes", timeout=30)
+            names = {p["name"] for p in json.loads(body)["probes"]} if status == 200 else None
+            census = fd_census(agent.pid)[1:5]
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
+            break
+        if names == long_names and census == previous:
+            settled = True
+            break
+        previous = census
+        time.sleep(1)
+    phase = sampler.phase
+    sampler.phase = "checkpoint"
+    row = sampler.sample()
+    sampler.phase = phase
+    pause.release()
+    t2 = time.monotonic()
+    if row:
+        log(f"checkpoint at {row['t_s']:.0f} s: RSS {row['rss_kib'] / 1024:.1f} MiB, {row['fds']} fds, "
+            f"{row['bpf_progs']}/{row['bpf_maps']}/{row['bpf_links']} progs/maps/links, paused {t2 - t0:.1f} s"
+            + ("" if settled else " (did not settle in 30 s)"))
+    return (t0 - start, t2 - t0, t2 - t1, settled)
+
+
 # ---------------------------------------------------------------------------- main
 
 def main():
@@ -789,6 +898,10 @@ def main():
     # Warm-up: the first 20 % of the run (6 of 30 minutes; 36 s of 3): caches that fill
     # once (kallsyms, ELF symbol tables, malloc arenas, the hub) are allowed to grow there.
     warmup = 0.2 * duration
+    # Checkpoints: the churn pauses, every churned probe is deleted, the agent settles and
+    # one sample is taken with only the long-lived probes: equivalent states, compared for
+    # flatness (between checkpoints the number of probes alive, hence fds, moves with the churn).
+    checkpoint_period = min(120.0, max(20.0, duration / 8))
     log(f"{args.minutes:g} minutes, seed {args.seed}, out {args.out}")
 
     host_before = host_bpf()
@@ -822,13 +935,15 @@ def main():
 
         templates = spec_templates(workload.cgroups)
         shared = [f"shared-{j}" for j in range(SHARED)]
-        clients = [ChurnClient(i, agent, rec, model, templates, shared, stop_churn, args.op_interval, args.seed * 100 + i)
+        pause = Pause()
+        clients = [ChurnClient(i, agent, rec, model, templates, shared, stop_churn, args.op_interval, args.seed * 100 + i, pause)
                    for i in range(CLIENTS)]
         churn_names = shared + [n for c in clients for n in c.owned]
         sse_names = ["ll-sse-read", "ll-sse-getppid"]
         subscribers = [Subscriber(agent, n, stop_bg) for n in sse_names]
-        replacer = Replacer(agent, rec, model, long_specs, sse_names, stop_churn, 20)
-        scraper = Scraper(agent, rec, stop_bg, ["ll-kstack", "ll-profile"], lambda: list(long_specs) + churn_names)
+        replacer = Replacer(agent, rec, model, long_specs, sse_names, stop_churn, 20, pause)
+        stop_scrape = threading.Event()
+        scraper = Scraper(agent, rec, stop_scrape, ["ll-kstack", "ll-profile"], lambda: list(long_specs) + churn_names)
         sampler = Sampler(agent, start, args.sample_seconds, lambda: sum(c.ops for c in clients))
         threads = [sampler, scraper, *subscribers, replacer, *clients]
         for t in threads:
@@ -836,7 +951,14 @@ def main():
 
         end = start + duration
         last_note = 0
+        next_checkpoint = start + checkpoint_period
+        checkpoints = []   # (t, seconds paused, seconds to settle, settled)
         while time.monotonic() < end:
+            if time.monotonic() >= next_checkpoint and next_checkpoint <= end - 5 and agent.alive():
+                next_checkpoint += checkpoint_period
+                checkpoints.append(checkpoint(agent, rec, model, pause, shared, set(long_specs), sampler, start,
+                                              len(clients) + 1, stop_churn))
+                continue
             if not agent.alive():
                 crash = f"the agent exited with {agent.proc.returncode} at {time.monotonic() - start:.0f} s"
                 log(crash)
@@ -852,8 +974,11 @@ def main():
         # ---- the end: stop the churn, check the final state, delete everything
         sampler.phase = "teardown"
         stop_churn.set()
+        pause.release()
         for t in [*clients, replacer]:
             t.join(timeout=180)
+        stop_scrape.set()   # its probe-metrics and stacks scrapes would 404 once everything goes
+        scraper.join(timeout=40)
         final_probes = None
         mismatches = []
         if crash is None:
@@ -873,7 +998,6 @@ def main():
         for s in subscribers:
             s.join(timeout=10)
         stop_bg.set()
-        scraper.join(timeout=40)
         sampler.stop.set()
         sampler.join(timeout=60)
 
@@ -930,6 +1054,8 @@ def main():
     finally:
         stop_churn.set()
         stop_bg.set()
+        if "stop_scrape" in locals():
+            stop_scrape.set()
         if agent is not None and agent.alive():
             agent.proc.kill()
         removed = workload.stop()
@@ -940,6 +1066,9 @@ def main():
     # ---- the verdict
     rss = flatness(rows, "rss_kib", warmup, args.limit)
     fds = flatness(rows, "fds", warmup, args.limit)
+    rss_all = flatness(rows, "rss_kib", warmup, args.limit, phase="run")
+    fds_all = flatness(rows, "fds", warmup, args.limit, phase="run")
+    n_cp = len([r for r in rows if r["phase"] == "checkpoint" and r["t_s"] >= warmup])
 
     def fmt_flat(res, unit, scale=1):
         first, last, growth, _ = res
@@ -947,8 +1076,8 @@ def main():
             return "too few samples after warm-up"
         return f"{first / scale:.1f} → {last / scale:.1f} {unit} ({growth * 100:+.1f} %)"
 
-    verdict.append(("agent RSS flat after warm-up (≤ +5 %)", rss[3], fmt_flat(rss, "MiB", 1024)))
-    verdict.append(("agent fds flat after warm-up (≤ +5 %)", fds[3], fmt_flat(fds, "fds")))
+    verdict.append((f"agent RSS flat after warm-up (≤ +{args.limit * 100:g} %, {n_cp} checkpoints)", rss[3], fmt_flat(rss, "MiB", 1024)))
+    verdict.append((f"agent fds flat after warm-up (≤ +{args.limit * 100:g} %, {n_cp} checkpoints)", fds[3], fmt_flat(fds, "fds")))
     verdict.append(("agent holds no BPF program/map/link/perf event after the final delete", agent_left == (0, 0, 0, 0),
                     f"left (progs, maps, links, perf) {agent_left}" + (f", settled in {settled_agent:.0f} s" if settled_agent is not None else "")))
     host_text = ", ".join(f"{k}s {len(v)}" for k, v in host_left.items())
@@ -965,7 +1094,7 @@ def main():
                     f"{len(rec.server_errors)} other 5xx; {rec.retry_503} 503 with Retry-After"))
     scrape_bad = sum(scraper.bad.values())
     verdict.append(("scrapes answered and well-formed", scrape_bad == 0, f"{scrape_bad} bad: {dict(scraper.bad)}" if scrape_bad else "all good"))
-    sse_ok = all(s.events > 0 and s.order_errors == 0 for s in subscribers)
+    sse_ok = all(s.events > 0 and s.order_errors == 0 and s.connects > 1 for s in subscribers)
     verdict.append(("SSE subscribers got events in order across replaces", sse_ok,
                     "; ".join(f"{s.probe}: {s.events} events, {s.connects} connections, {s.order_errors} out of order" for s in subscribers)))
     verdict.append(("no crash; SIGTERM exits 0", crash is None, crash or f"exit {exit_code}"))
@@ -992,11 +1121,16 @@ def main():
               f"({replacer.replaced} replaces)")
     md.append(f"- scrapes: /metrics every second (text and protobuf in turn), a probe's metrics every 3 s, folded stacks every 5 s")
     md.append(f"- workload: `soak_load {args.rate}` in each of {', '.join(workload.cgroups)}")
-    md.append(f"- samples every {args.sample_seconds:g} s; warm-up: the first 20 % ({warmup:.0f} s); flatness compares the "
-              f"median of the last third of the post-warm-up samples with the median of the first third (growth only fails)\n")
+    md.append(f"- samples every {args.sample_seconds:g} s; warm-up: the first 20 % ({warmup:.0f} s); a checkpoint every "
+              f"{checkpoint_period:g} s (churn paused, every churned probe deleted, the agent settled, one sample with only "
+              f"the long-lived probes: {len(checkpoints)} checkpoints, paused {sum(c[1] for c in checkpoints):.0f} s in all, "
+              f"{sum(1 for c in checkpoints if not c[3])} not settled in 30 s). Flatness compares the median of the last third "
+              f"of the post-warm-up checkpoints with the median of the first third; only growth fails\n")
     md.append("| check | result | numbers |\n|---|---|---|")
     for what, ok, numbers in verdict:
         md.append(f"| {what} | {'pass' if ok else '**FAIL**'} | {numbers} |")
+    md.append(f"\nAll samples between checkpoints (not part of the verdict, the churn moves them): RSS {fmt_flat(rss_all, 'MiB', 1024)}, "
+              f"fds {fmt_flat(fds_all, 'fds')}.")
     mem = [r["map_memlock_bytes"] for r in rows if r["phase"] == "run"]
     if mem:
         md.append(f"\nKernel memory of the agent's maps (memlock): median {statistics.median(mem) / 2**20:.1f} MiB, "
@@ -1015,8 +1149,13 @@ def main():
     md.append("\n## SSE\n")
     for s in subscribers:
         md.append(f"- `{s.probe}`: {s.events} events over {s.connects} connections, ends {dict(s.ends)}, "
-                  f"{s.gaps} gaps ({s.missed} missed), resumes {dict(s.resumes)}, statuses {dict(s.statuses)}, "
+                  f"{s.gaps} gaps ({s.missed} missed), resumes {dict(s.resumes)}, {s.skipped_after_replace} events of "
+                  f"replacements' feeds never delivered (resumed with the old stream's Last-Event-ID), statuses {dict(s.statuses)}, "
                   f"errors {dict(s.errors)}")
+    if rec.retry_examples:
+        md.append("\n## 503 with Retry-After (first few)\n")
+        for e in rec.retry_examples:
+            md.append(f"- {e[0]} `{e[1]}`: `{e[2]}`")
     if rec.server_errors:
         md.append("\n## 5xx other than 503 with Retry-After\n")
         for e in rec.server_errors[:20]:
