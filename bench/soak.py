@@ -666,6 +666,26 @@ def fd_census(pid):
     return fds, progs, maps, links, perf, sum(memlock.values())
 
 
+def agent_prog_names(pid):
+    """Names of the BPF programs the agent holds (fds and links' programs), as a Counter."""
+    ids = []
+    base = f"/proc/{pid}/fd"
+    for fd in os.listdir(base):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                fields = {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in f.read().splitlines() if ":" in l)}
+        except OSError:
+            continue
+        if "prog_id" in fields and "link_id" not in fields and "map_id" not in fields:
+            ids.append(int(fields["prog_id"]))
+    try:
+        r = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, timeout=30)
+        names = {i["id"]: i.get("name", "?") for i in json.loads(r.stdout or "[]")}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        names = {}
+    return collections.Counter(names.get(i, f"id {i}") for i in ids)
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -820,18 +840,21 @@ def plot(rows, warmup_s, path, title):
         return False
     t = [r["t_s"] / 60 for r in rows]
     fig, (a, b) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    a.plot(t, [r["rss_kib"] / 1024 for r in rows], color="tab:blue")
+    a.plot(t, [r["rss_kib"] / 1024 for r in rows], color="tab:blue", label="RSS")
     a.set_ylabel("agent RSS (MiB)")
     b.plot(t, [r["fds"] for r in rows], color="tab:orange", label="all fds")
     b.plot(t, [r["bpf_progs"] + r["bpf_maps"] + r["bpf_links"] for r in rows], color="tab:green", label="BPF progs+maps+links")
     b.set_ylabel("agent fds")
     b.set_xlabel("minutes")
     b.legend(loc="upper left", fontsize="small")
+    cps = [r for r in rows if r["phase"] == "checkpoint"]
+    a.plot([r["t_s"] / 60 for r in cps], [r["rss_kib"] / 1024 for r in cps], "k.", label="checkpoint")
+    b.plot([r["t_s"] / 60 for r in cps], [r["fds"] for r in cps], "k.", label="checkpoint (only the long-lived probes)")
     for ax in (a, b):
         ax.axvspan(0, warmup_s / 60, color="0.9", label="warm-up")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    a.legend(["RSS", "warm-up"], loc="lower right", fontsize="small")
+    a.legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -839,10 +862,12 @@ def plot(rows, warmup_s, path, title):
     return True
 
 
-def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, parties, stop):
+def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, parties, stop, reference):
     """Parks the churn, deletes the shared names (the clients delete their own), waits until
-    only the long-lived probes are listed and the agent's BPF census holds still, takes a
-    sample, and lets the churn go on. Returns (t, paused s, settle s, settled)."""
+    only the long-lived probes are listed and the agent's BPF census is back to `reference`
+    (what it held with only them, before the churn began; the reaper detaches in the
+    background) for at most 60 s, takes a sample, and lets the churn go on.
+    Returns (t, paused s, settle s, settled, what was left when it did not settle)."""
     t0 = time.monotonic()
     pause.request()
     if not pause.wait_parked(parties, 300):
@@ -851,19 +876,23 @@ def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, par
         recorded_delete(agent, rec, model, name, "delete (checkpoint)", "checkpoint")
     t1 = time.monotonic()
     settled = False
-    previous = None
-    while time.monotonic() - t1 < 30 and not stop.is_set():
+    left = None
+    while not stop.is_set():
         try:
             status, _, body = agent.request("GET", "/v1/probes", timeout=30)
             names = {p["name"] for p in json.loads(body)["probes"]} if status == 200 else None
             census = fd_census(agent.pid)[1:5]
         except (OSError, http.client.HTTPException, ValueError, KeyError):
             break
-        if names == long_names and census == previous:
+        if names == long_names and census == reference[0]:
             settled = True
             break
-        previous = census
-        time.sleep(1)
+        if time.monotonic() - t1 > 60:
+            extra = agent_prog_names(agent.pid) - reference[1]
+            left = (f"listed {sorted(names - long_names) if names else names}, (progs, maps, links, perf) {census} "
+                    f"against {reference[0]}, programs beyond the reference {dict(extra)}")
+            break
+        time.sleep(0.5)
     phase = sampler.phase
     sampler.phase = "checkpoint"
     row = sampler.sample()
@@ -872,9 +901,9 @@ def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, par
     t2 = time.monotonic()
     if row:
         log(f"checkpoint at {row['t_s']:.0f} s: RSS {row['rss_kib'] / 1024:.1f} MiB, {row['fds']} fds, "
-            f"{row['bpf_progs']}/{row['bpf_maps']}/{row['bpf_links']} progs/maps/links, paused {t2 - t0:.1f} s"
-            + ("" if settled else " (did not settle in 30 s)"))
-    return (t0 - start, t2 - t0, t2 - t1, settled)
+            f"{row['bpf_progs']}/{row['bpf_maps']}/{row['bpf_links']} progs/maps/links, paused {t2 - t0:.1f} s, "
+            f"settled in {t2 - t1:.1f} s" + ("" if settled else f": NOT SETTLED in 60 s: {left}"))
+    return (t0 - start, t2 - t0, t2 - t1, settled, left)
 
 
 # ---------------------------------------------------------------------------- main
@@ -933,6 +962,9 @@ def main():
             model.add(name, {"method": "PUT", "status": status, "label": f"{name}-0",
                              "effect": Model.effect("PUT", status, label_of(body)), "t0": t0, "t1": t1, "client": "setup"})
 
+        # What the agent holds with only the long-lived probes: what every checkpoint settles back to.
+        time.sleep(1)
+        reference = (fd_census(agent.pid)[1:5], agent_prog_names(agent.pid))
         templates = spec_templates(workload.cgroups)
         shared = [f"shared-{j}" for j in range(SHARED)]
         pause = Pause()
@@ -957,7 +989,7 @@ def main():
             if time.monotonic() >= next_checkpoint and next_checkpoint <= end - 5 and agent.alive():
                 next_checkpoint += checkpoint_period
                 checkpoints.append(checkpoint(agent, rec, model, pause, shared, set(long_specs), sampler, start,
-                                              len(clients) + 1, stop_churn))
+                                              len(clients) + 1, stop_churn, reference))
                 continue
             if not agent.alive():
                 crash = f"the agent exited with {agent.proc.returncode} at {time.monotonic() - start:.0f} s"
@@ -1078,6 +1110,11 @@ def main():
 
     verdict.append((f"agent RSS flat after warm-up (≤ +{args.limit * 100:g} %, {n_cp} checkpoints)", rss[3], fmt_flat(rss, "MiB", 1024)))
     verdict.append((f"agent fds flat after warm-up (≤ +{args.limit * 100:g} %, {n_cp} checkpoints)", fds[3], fmt_flat(fds, "fds")))
+    unsettled = [c for c in checkpoints if not c[3]]
+    slowest = max((c[2] for c in checkpoints), default=0)
+    verdict.append(("every checkpoint back to the long-lived probes' BPF objects within 60 s", not unsettled,
+                    f"{len(checkpoints) - len(unsettled)} of {len(checkpoints)}, slowest {slowest:.1f} s"
+                    + "".join(f"; at {c[0]:.0f} s: {c[4]}" for c in unsettled[:3])))
     verdict.append(("agent holds no BPF program/map/link/perf event after the final delete", agent_left == (0, 0, 0, 0),
                     f"left (progs, maps, links, perf) {agent_left}" + (f", settled in {settled_agent:.0f} s" if settled_agent is not None else "")))
     host_text = ", ".join(f"{k}s {len(v)}" for k, v in host_left.items())
@@ -1124,7 +1161,7 @@ def main():
     md.append(f"- samples every {args.sample_seconds:g} s; warm-up: the first 20 % ({warmup:.0f} s); a checkpoint every "
               f"{checkpoint_period:g} s (churn paused, every churned probe deleted, the agent settled, one sample with only "
               f"the long-lived probes: {len(checkpoints)} checkpoints, paused {sum(c[1] for c in checkpoints):.0f} s in all, "
-              f"{sum(1 for c in checkpoints if not c[3])} not settled in 30 s). Flatness compares the median of the last third "
+              f"{sum(1 for c in checkpoints if not c[3])} not settled in 60 s). Flatness compares the median of the last third "
               f"of the post-warm-up checkpoints with the median of the first third; only growth fails\n")
     md.append("| check | result | numbers |\n|---|---|---|")
     for what, ok, numbers in verdict:
