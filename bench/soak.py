@@ -37,6 +37,7 @@ absent name is 201, a DELETE on a present one 204, ...): a disagreement is a vio
 import argparse
 import collections
 import csv
+import ctypes
 import http.client
 import json
 import os
@@ -63,12 +64,19 @@ def log(*parts):
 
 # ---------------------------------------------------------------------------- HTTP
 
+def sigterm_with_parent():
+    """In the child before exec: SIGTERM when the driver dies (PR_SET_PDEATHSIG), so a killed
+    driver leaves no agent behind (SIGTERM detaches every probe)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 class Agent:
     def __init__(self, binary, state_dir, log_path):
         self.log_path = log_path
         self.logf = open(log_path, "wb")
         self.proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir],
-                                     stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=sigterm_with_parent)
         self.pid = self.proc.pid
         self.port = None
         deadline = time.time() + 60
@@ -921,6 +929,9 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--limit", type=float, default=0.05, help="allowed growth of RSS and fds after warm-up")
     args = ap.parse_args()
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so the cleanup below runs: the agent
+    # stopped, the workload killed, the cgroups removed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     os.makedirs(args.out, exist_ok=True)
     duration = args.minutes * 60
