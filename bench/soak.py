@@ -178,7 +178,7 @@ def spec_templates(cgroups):
         ("write-events", lambda v: {"target": {"type": "syscall", "name": "write"},
                                     "filter": {"min_latency_ns": v * 100},
                                     "events": {"min_latency_ns": 0, "max_per_second": 200}}),
-        ("getppid-cgroup", lambda v: {"target": {"type": "syscall", "name": "getppid"},
+        ("read-by-cgroup", lambda v: {"target": {"type": "syscall", "name": "read"},
                                       "aggregate": {"by": ["cgroup"], "max_keys": 64 + 64 * v}}),
         ("openat-in-cgroup", lambda v: {"target": {"type": "syscall", "name": "openat"},
                                         "filter": {"cgroup": cg, "min_latency_ns": v * 100},
@@ -196,8 +196,14 @@ def spec_templates(cgroups):
 
 
 def long_lived_specs(cgroups):
+    """The long-lived probes' syscalls (close, getppid, nanosleep) are none that a churned
+    probe joins the shared hook for (read, write, openat, getpid; nanosleep only by ustack,
+    which the hook cannot key): at most six probes share a syscall on the hook, and a
+    replacement attaches before the old one goes, so a long-lived probe replaced while the
+    churn holds six would land on the next mechanism (the raw_tracepoint hook) and the
+    checkpoints would not be equivalent states."""
     return {
-        "ll-sse-read": lambda v: {"target": {"type": "syscall", "name": "read"},
+        "ll-sse-close": lambda v: {"target": {"type": "syscall", "name": "close"},
                                   "filter": {"comm": "soak_load", "min_latency_ns": v},
                                   "aggregate": {"by": ["comm", "arg:fd"]},
                                   "events": {"min_latency_ns": 0, "max_per_second": 1000}},
@@ -208,7 +214,7 @@ def long_lived_specs(cgroups):
         "ll-kstack": lambda v: {"target": {"type": "tracepoint", "name": "sched:sched_switch"},
                                 "aggregate": {"by": ["comm", "kstack"], "max_keys": 512}},
         "ll-profile": lambda v: {"target": {"type": "profile", "frequency_hz": 49}},
-        "ll-cgroup": lambda v: {"target": {"type": "syscall", "name": "write"},
+        "ll-cgroup": lambda v: {"target": {"type": "syscall", "name": "nanosleep"},
                                 "aggregate": {"by": ["cgroup", "comm"], "max_keys": 256}},
     }
 
@@ -870,6 +876,12 @@ def plot(rows, warmup_s, path, title):
     return True
 
 
+def mechanisms(agent):
+    """name -> mechanism of every probe listed."""
+    status, _, body = agent.request("GET", "/v1/probes", timeout=30)
+    return {p["name"]: p.get("mechanism") for p in json.loads(body)["probes"]} if status == 200 else {}
+
+
 def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, parties, stop, reference):
     """Parks the churn, deletes the shared names (the clients delete their own), waits until
     only the long-lived probes are listed and the agent's BPF census is back to `reference`
@@ -897,8 +909,11 @@ def checkpoint(agent, rec, model, pause, shared, long_names, sampler, start, par
             break
         if time.monotonic() - t1 > 60:
             extra = agent_prog_names(agent.pid) - reference[1]
+            mech = mechanisms(agent)
+            moved = {n: (reference[2].get(n), m) for n, m in mech.items() if reference[2].get(n) != m}
             left = (f"listed {sorted(names - long_names) if names else names}, (progs, maps, links, perf) {census} "
-                    f"against {reference[0]}, programs beyond the reference {dict(extra)}")
+                    f"against {reference[0]}, programs beyond the reference {dict(extra)}"
+                    + (f", long-lived probes on other mechanisms than at the start {moved}" if moved else ""))
             break
         time.sleep(0.5)
     phase = sampler.phase
@@ -975,14 +990,14 @@ def main():
 
         # What the agent holds with only the long-lived probes: what every checkpoint settles back to.
         time.sleep(1)
-        reference = (fd_census(agent.pid)[1:5], agent_prog_names(agent.pid))
+        reference = (fd_census(agent.pid)[1:5], agent_prog_names(agent.pid), mechanisms(agent))
         templates = spec_templates(workload.cgroups)
         shared = [f"shared-{j}" for j in range(SHARED)]
         pause = Pause()
         clients = [ChurnClient(i, agent, rec, model, templates, shared, stop_churn, args.op_interval, args.seed * 100 + i, pause)
                    for i in range(CLIENTS)]
         churn_names = shared + [n for c in clients for n in c.owned]
-        sse_names = ["ll-sse-read", "ll-sse-getppid"]
+        sse_names = ["ll-sse-close", "ll-sse-getppid"]
         subscribers = [Subscriber(agent, n, stop_bg) for n in sse_names]
         replacer = Replacer(agent, rec, model, long_specs, sse_names, stop_churn, 20, pause)
         stop_scrape = threading.Event()
