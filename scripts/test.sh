@@ -35,3 +35,6 @@ tests/api/run-schemathesis.sh
 
 stage "kernel matrix under QEMU: Debian 6.1 + 6.12 and this host (regenerates docs/kernel-matrix.md)"
 tests/qemu/run-matrix.sh
+
+stage "soak, the CI version: 3 minutes of churn, scrapes, SSE and cgroup workloads, then a verdict (bench/soak.sh; the release agent the matrix built)"
+bench/soak.sh --minutes 3 --ci --agent .build/release/traceplane --out .build/soak-ci
