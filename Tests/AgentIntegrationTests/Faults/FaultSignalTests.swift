@@ -231,8 +231,8 @@ struct FaultSignalTests {
         let before = KernelCensus.objects()
         let pipe = Pipe()
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: AgentProcess.executable)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--log-level", "debug"]
+        process.executableURL = URL(fileURLWithPath: Self.defaultSignals[0])
+        process.arguments = Array(Self.defaultSignals.dropFirst()) + [AgentProcess.executable, "serve", "--listen", "127.0.0.1:0", "--log-level", "debug"]
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
@@ -249,26 +249,39 @@ struct FaultSignalTests {
             port = Int(text[range].split(separator: ":").last ?? "") ?? 0
         }
         try #require(port > 0, "\(text)")
+        #expect(Self.disposition(process.processIdentifier, SIGPIPE) == .ignored, "SIGPIPE keeps its default action (terminate)")
         try pipe.fileHandleForReading.close()
         let base = "http://127.0.0.1:\(port)"
         // Every request logs a debug line, now written to a pipe nobody reads.
         for _ in 0..<5 { _ = try CurlClient.run("GET", "\(base)/healthz") }
-        #expect(process.isRunning, "the agent died writing its log: status \(process.terminationStatus), reason \(process.terminationReason == .uncaughtSignal ? "signal" : "exit")")
+        #expect(process.isRunning, "the agent died writing its log: \(process.isRunning ? "" : "\(process.terminationReason == .uncaughtSignal ? "signal" : "exit") \(process.terminationStatus)")")
         try #require(process.isRunning)
         #expect(try CurlClient.run("GET", "\(base)/healthz").status == 200)
         #expect(try CurlClient.run("PUT", "\(base)/v1/probes/quiet", json: #"{"target":{"type":"syscall","name":"getppid"}}"#).status == 201)
         #expect(try CurlClient.run("DELETE", "\(base)/v1/probes/quiet").status == 204)
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
-        #expect(process.terminationReason == .exit && process.terminationStatus == 0, "SIGTERM: \(process.terminationReason == .exit ? "exit" : "signal") \(process.terminationStatus)")
+        let reason = process.terminationReason == .exit ? "exit" : "signal"
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0, "SIGTERM: \(reason) \(process.terminationStatus)")
         let left = await KernelCensus.settledObjects(since: before, seconds: 30)
         #expect(left.isEmpty, "the kernel still holds \(left)")
     }
 
     // MARK: - Helpers
 
+    /// Runs the agent as a shell would start it: this test process's children inherit a
+    /// blocked signal mask (Dispatch's) and SIGPIPE ignored, which would hide what SIGHUP and
+    /// SIGPIPE do to a daemon; the wrapper resets both, then execs the agent (same pid).
+    static let defaultSignals = ["/usr/bin/python3", "-c", """
+        import os, signal, sys
+        for s in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execv(sys.argv[1], sys.argv[1:])
+        """]
+
     func startAgent(_ args: [String]) async throws -> AgentProcess {
-        let agent = try AgentProcess(["--listen", "127.0.0.1:0"] + args)
+        let agent = try AgentProcess(["--listen", "127.0.0.1:0"] + args, wrapper: Self.defaultSignals)
         try #require(await agent.waitForListening(seconds: 60), "agent did not start: \(agent.log)")
         try #require(await agent.waitForOutput(matching: "ready: [0-9]+ probes") != nil, "agent never got ready: \(agent.log)")
         return agent
@@ -460,6 +473,28 @@ struct FaultSignalTests {
                 addProgram(fd: fd, id: program)
             } else if let map = field("map_id") {
                 held.maps.insert(map)
+            }
+        }
+        // Maps of maps (the hub's per-slot key tables and rings) keep their inner maps alive:
+        // a lookup from user space answers the inner map's id.
+        var queue = Array(held.maps)
+        while let id = queue.popLast() {
+            let fd = bpf_map_get_fd_by_id(id)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var info = bpf_map_info()
+            var len = UInt32(MemoryLayout<bpf_map_info>.size)
+            guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0,
+                  info.type == BPF_MAP_TYPE_ARRAY_OF_MAPS.rawValue || info.type == BPF_MAP_TYPE_HASH_OF_MAPS.rawValue,
+                  info.key_size <= 64 else { continue }
+            var key = [UInt8](repeating: 0, count: Int(info.key_size))
+            var next = key
+            var first = true
+            while (first ? bpf_map_get_next_key(fd, nil, &next) : bpf_map_get_next_key(fd, &key, &next)) == 0 {
+                first = false
+                key = next
+                var inner: UInt32 = 0
+                if bpf_map_lookup_elem(fd, &key, &inner) == 0, inner != 0, held.maps.insert(inner).inserted { queue.append(inner) }
             }
         }
         return held
