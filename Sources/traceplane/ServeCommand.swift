@@ -68,6 +68,14 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var kernel: KernelOptions
 
     func run() async throws {
+        // A daemon outlives its terminal and its readers. SIGHUP (the terminal closed, or a
+        // `kill -HUP` meant as "reload") would otherwise terminate the agent and detach every
+        // probe: it is ignored from the start, and logged once the service runs. SIGPIPE
+        // would end it when whatever reads its log goes away: ignored, so such a write
+        // fails with EPIPE instead (HTTP writes never raise it: libmicrohttpd sends with
+        // MSG_NOSIGNAL).
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
         Self.boundMallocRetention()
         try kernel.bootstrapLogging()
         let logger = Logger(label: "traceplane")
@@ -103,6 +111,11 @@ struct Serve: AsyncParsableCommand {
 
         // The service runs until cancelled; SIGTERM or SIGINT cancels it.
         try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await SignalWaiter.each(SIGHUP) {
+                    logger.notice("received SIGHUP: ignored, the agent keeps running with its probes (SIGTERM or SIGINT stops it)")
+                }
+            }
             group.addTask {
                 do { try await service.run() } catch { throw StartupError("cannot listen on \(listen): \(error)") }
             }
@@ -210,6 +223,19 @@ enum SignalWaiter {
         }
         for await sig in stream { return sig }
         return SIGTERM
+    }
+
+    /// Calls `body` for every delivery of `signal` until the task is cancelled.
+    static func each(_ signal: Int32, _ body: @escaping @Sendable () -> Void) async {
+        let stream = AsyncStream<Int32> { continuation in
+            Glibc.signal(signal, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+            source.setEventHandler { continuation.yield(signal) }
+            source.resume()
+            let keep = SourceBox([source])
+            continuation.onTermination = { _ in keep.cancel() }
+        }
+        for await _ in stream { body() }
     }
 }
 

@@ -23,7 +23,8 @@ public actor ProbeManager {
         var failedAttempts: [AttachAttempt] = []
         var createdAt: Date
         var updatedAt: Date
-        /// Wall-clock expiry, as shown and saved.
+        /// Wall-clock expiry, as shown and saved: when the wall clock will show `deadline`
+        /// (moved when the wall clock steps, see ``followWallClock()``).
         var expiresAt: Date?
         /// Monotonic expiry, which a wall clock step does not move.
         var deadline: Duration?
@@ -120,10 +121,12 @@ public actor ProbeManager {
     // MARK: - Reads
 
     public func list() -> [Probe] {
-        entries.sorted { $0.key < $1.key }.map { view($0.key, $0.value) }
+        followWallClock()
+        return entries.sorted { $0.key < $1.key }.map { view($0.key, $0.value) }
     }
 
     public func get(_ name: String) throws(ProbeError) -> Probe {
+        followWallClock()
         guard let entry = entries[name] else { throw Self.notFound(name) }
         return view(name, entry)
     }
@@ -527,8 +530,12 @@ public actor ProbeManager {
     private func rescheduleExpiry() {
         expiryTask?.cancel()
         expiryTask = nil
+        guard !shuttingDown, entries.values.contains(where: { $0.deadline != nil }) else { return }
         let deadlines = entries.compactMap { held.contains($0.key) ? nil : $0.value.deadline }
-        guard !shuttingDown, let next = deadlines.min() else { return }
+        // At the next deadline, and every second while a probe has a TTL, to follow
+        // wall-clock steps in what is shown and saved.
+        let watch = clock.uptime() + Self.wallClockWatch
+        let next = deadlines.min().map { min($0, watch) } ?? watch
         expiryTask = Task { [clock] in
             do { try await clock.sleep(until: next) } catch { return }
             await self.expire()
@@ -539,8 +546,8 @@ public actor ProbeManager {
     /// reschedules expiry when it ends).
     func expire() async {
         expiryRuns += 1
+        var changed = followWallClock(saving: false)
         let now = clock.uptime()
-        var changed = false
         for (name, entry) in entries where !held.contains(name) {
             guard let deadline = entry.deadline, deadline <= now else { continue }
             entries[name] = nil
@@ -552,6 +559,36 @@ public actor ProbeManager {
         }
         rescheduleExpiry()
         if changed { await saveOrRecover() }
+    }
+
+    /// How often the wall clock is compared with the monotonic one while a probe has a TTL.
+    static let wallClockWatch: Duration = .seconds(1)
+    /// How far `expires_at` may be from the wall clock's now + what remains of the lease
+    /// before it is moved: well above the jitter of reading two clocks, well under a second.
+    static let wallStepTolerance: TimeInterval = 0.25
+
+    /// A TTL runs on the monotonic clock, so a wall-clock step (NTP, `date -s`) moves no
+    /// expiry; `expires_at` must still say when the wall clock will show it. Where a step
+    /// made them disagree, each `expires_at` becomes now + what remains, and the step is
+    /// logged and saved (a restart reads the saved wall time), by itself unless `saving` is
+    /// false (the caller saves). True when something moved.
+    @discardableResult
+    private func followWallClock(saving: Bool = true) -> Bool {
+        let now = clock.now()
+        let uptime = clock.uptime()
+        var step: TimeInterval?
+        for (name, entry) in entries {
+            guard let deadline = entry.deadline, let shown = entry.expiresAt else { continue }
+            let remaining = deadline - uptime
+            let due = now.addingTimeInterval(Double(remaining.components.seconds) + Double(remaining.components.attoseconds) / 1e18)
+            guard abs(due.timeIntervalSince(shown)) > Self.wallStepTolerance else { continue }
+            step = due.timeIntervalSince(shown)
+            entries[name]?.expiresAt = due
+        }
+        guard let step else { return false }
+        logger.notice("the wall clock stepped by \(String(format: "%+.3f", step)) s: expires_at follows it (TTLs run on the monotonic clock, no expiry moved)")
+        if saving, state != nil { Task { await self.saveOrRecover() } }
+        return true
     }
 
     private func leased(_ entry: inout Entry, _ ttl: Int?) {
