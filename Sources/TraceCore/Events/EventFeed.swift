@@ -197,7 +197,12 @@ public final class EventFeed: Sendable {
                 sub.queue.append(.end(reason))
                 sub.ended = true
             } else {
-                let start = lastEventID ?? (follow ? nil : (s.replay.first?.seq ?? s.lastSeq + 1) - 1)
+                // An id this feed never gave belongs to an earlier stream of the name (the
+                // probe was replaced, or the agent restarted, and numbers from 1 again):
+                // deliver this stream from its beginning, with a gap for what is gone,
+                // rather than only what comes next (which lost its first events silently).
+                let known = lastEventID.map { $0 > s.lastSeq ? 0 : $0 }
+                let start = known ?? (follow ? nil : (s.replay.first?.seq ?? s.lastSeq + 1) - 1)
                 if let after = start, after < s.lastSeq {
                     let firstKept = s.replay.first?.seq ?? s.lastSeq + 1
                     if after + 1 < firstKept {

@@ -68,16 +68,21 @@ struct EventFeedTests {
         #expect(feed.counts.missed == 0)
     }
 
-    @Test("Resuming at or past the last published event is live only")
+    @Test("Resuming at the last published event is live only; past it (an id of an earlier stream: a replaced probe, a restarted agent) replays this stream from its start")
     func resumeAtOrPastLast() {
         let feed = EventFeed(replayCapacity: 10)
         Self.publish(feed, 5)
         let atLast = feed.subscribe(after: 5)
         let pastLast = feed.subscribe(after: 99)
-        #expect(atLast.next() == nil && pastLast.next() == nil)
+        #expect(atLast.next() == nil)
+        #expect(Self.drain(pastLast) == (1...5).map(Self.event))
         Self.publish(feed, 1)
         #expect(Self.drain(atLast) == [Self.event(6)])
         #expect(Self.drain(pastLast) == [Self.event(6)])
+        // Beyond the replay buffer: the gap says exactly how many of this stream are gone.
+        let small = EventFeed(replayCapacity: 4)
+        Self.publish(small, 10)
+        #expect(Self.drain(small.subscribe(after: 24_000)) == [.gap(missed: 6)] + (7...10).map(Self.event))
     }
 
     @Test("Resuming before the replay buffer gives a gap of exactly the evicted events, then the whole replay")
