@@ -29,6 +29,10 @@ public struct Planner: Sendable {
     /// resources (EMFILE, ENFILE, ENOMEM) ends the chain: a later flavour attaching then
     /// would be chosen for the wrong reason.
     public func attach(_ spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachFailure> {
+        // The report's mounts as they are now: tracefs or cgroup2 unmounted since the probe
+        // is said so, not taken for a kernel without the tracepoint or the cgroup.
+        var report = report
+        report.kernel = host.current(report.kernel)
         // A uprobe path that cannot hold uprobes (missing, not a regular file, not ELF) is
         // refused before libbpf opens it: its open would block forever on a FIFO.
         if spec.target.type == .uprobe, let refused = spec.target.uprobeBinaryProblem() {
