@@ -57,6 +57,8 @@ public struct Planner: Sendable {
                                                                    outcome: .unsupported, stage: nil, errno: nil, message: message)],
                                           refusal: message))
         }
+        // The file as it is before libbpf opens it (for a PUT to notice it was replaced).
+        let uprobeFile = spec.target.type == .uprobe ? spec.target.path.flatMap(AttachedProbe.UprobeFile.init(path:)) : nil
         var attempts: [AttachAttempt] = []
         for descriptor in FlavourCatalog.chain(for: spec) {
             if let skipped = Self.skip(descriptor, report: report) {
@@ -69,6 +71,7 @@ public struct Planner: Sendable {
                 attempts.append(AttachAttempt(flavour: descriptor.flavour, outcome: .attached, stage: .attach, errno: nil,
                                               message: "attached via \(descriptor.via(for: spec.target.type))\(bound)"))
                 probe.attempts = attempts
+                probe.recordUprobeFile(uprobeFile)
                 return .success(probe)
             case .failure(let failed):
                 attempts.append(failed)
