@@ -77,6 +77,9 @@ public final class TargetSchemaReader: Sendable {
         self.btfPath = btfPath
     }
 
+    /// Whether tracefs is mounted where the formats are read from.
+    var tracefsMounted: Bool { LinuxHost.fsMagic(tracefs) == LinuxHost.tracefsMagic }
+
     /// Schemas kept at most; past it the cache starts over (clients can name any target).
     static let cacheLimit = 512
 
@@ -84,7 +87,10 @@ public final class TargetSchemaReader: Sendable {
         if let hit = cache.withLock({ $0[target] }) { return hit }
         guard let read = read(target) else { return nil }
         // Misses too (a function without a BTF prototype costs a parse of vmlinux BTF to
-        // find out); a tracepoint without a format is not cached (nil), it may come later.
+        // find out); a tracepoint without a format is not cached (nil), it may come later,
+        // and neither is a syscall format missing because tracefs is not mounted (it will be
+        // readable again once it is).
+        if read.arguments == nil, target.type == .syscall, !tracefsMounted { return read }
         cache.withLock { c in
             if c.count >= Self.cacheLimit { c.removeAll(keepingCapacity: true) }
             c[target] = read
@@ -100,6 +106,9 @@ public final class TargetSchemaReader: Sendable {
             let name = target.name ?? ""
             let path = "\(tracefs)/events/syscalls/sys_enter_\(name)/format"
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                if !tracefsMounted {
+                    return TargetSchema(arguments: nil, fields: nil, source: "tracefs is not mounted at \(tracefs), so the tracepoint format of syscall \(name) cannot be read (POST /v1/capabilities/refresh mounts it again)")
+                }
                 return TargetSchema(arguments: nil, fields: nil, source: "no tracepoint format for syscall \(name) (\(path))")
             }
             let fields = Self.parseFormat(text).filter { !$0.name.hasPrefix("common_") && $0.name != "__syscall_nr" }

@@ -66,7 +66,9 @@ public final class CgroupPaths: Sendable {
         let t = now()
         if let hit = state.withLock({ s in s.entries[id] }) {
             var entry = hit
-            if entry.removedAt == nil, t - entry.checked >= recheck, let root {
+            // Checked only against a mounted hierarchy: with cgroup2 unmounted nothing is
+            // there to stat, which says nothing about the cgroup (it keeps its path, not removed).
+            if entry.removedAt == nil, t - entry.checked >= recheck, let root, Self.isMounted(root) {
                 entry.checked = t
                 if Self.inode(root + (entry.path == "/" ? "" : entry.path)) != id { entry.removedAt = t }
             }
@@ -105,7 +107,9 @@ public final class CgroupPaths: Sendable {
     /// marks removed the ones it knew that are gone).
     @discardableResult
     public func refresh() -> [UInt64: String] {
-        guard let root else { return [:] }
+        // A walk of the directory left where cgroup2 was unmounted would find none of the
+        // cgroups and mark every known one removed.
+        guard let root, Self.isMounted(root) else { return [:] }
         var walked: [UInt64: String] = [:]
         Self.walk(root, relative: "/", depth: 0, into: &walked)
         let t = now()
@@ -179,6 +183,9 @@ public final class CgroupPaths: Sendable {
         guard absolute.hasPrefix(root + "/") else { return nil }
         return String(absolute.dropFirst(root.utf8.count))
     }
+
+    /// Whether cgroup2 is mounted at `root` now.
+    static func isMounted(_ root: String) -> Bool { LinuxHost.fsMagic(root) == Cgroup2Fact.superMagic }
 
     static func inode(_ path: String) -> UInt64? {
         var info = stat()

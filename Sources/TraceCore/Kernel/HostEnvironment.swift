@@ -22,6 +22,16 @@ public protocol HostEnvironment: Sendable {
 
     /// The cgroup a filter names, found under the cgroup2 mount `fact` describes.
     func matchCgroup(_ selector: CgroupSelector, fact: Cgroup2Fact) -> Result<CgroupMatch, CgroupLookupError>
+
+    /// `facts` (the capability report's, read at its probe) with the tracefs and cgroup2
+    /// mounts checked again now: one that went away since is reported missing, with why.
+    /// The planner asks before each attach, so an attempt never blames the kernel for an
+    /// unmounted file system.
+    func current(_ facts: KernelFacts) -> KernelFacts
+}
+
+extension HostEnvironment {
+    public func current(_ facts: KernelFacts) -> KernelFacts { facts }
 }
 
 /// The real Linux host.
@@ -43,6 +53,19 @@ public struct LinuxHost: HostEnvironment {
 
     public func matchCgroup(_ selector: CgroupSelector, fact: Cgroup2Fact) -> Result<CgroupMatch, CgroupLookupError> {
         CgroupPaths.shared.match(selector, fact: fact)
+    }
+
+    public func current(_ facts: KernelFacts) -> KernelFacts {
+        var facts = facts
+        let tracefs = facts.tracefs.path
+        if facts.tracefs.mounted, Self.fsMagic(tracefs) != Self.tracefsMagic {
+            facts.tracefs = MountFact(path: tracefs, mounted: false, mountedByAgent: false,
+                                      error: "nothing is mounted at \(tracefs) any more (tracefs was when capabilities were probed); POST /v1/capabilities/refresh mounts it again")
+        }
+        if facts.cgroup2.layout != .none, let path = facts.cgroup2.path, Self.fsMagic(path) != Cgroup2Fact.superMagic {
+            facts.cgroup2 = .absent("cgroup2 is not mounted at \(path) any more (it was when capabilities were probed); mount it there again")
+        }
+        return facts
     }
 
     public var executablePath: String {

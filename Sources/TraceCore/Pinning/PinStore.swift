@@ -81,6 +81,14 @@ public final class PinStore: Sendable {
         throw StateError(description: "--pin-dir \(root) is not on bpffs (\(existing) is on a file system of magic \(magic)); pinned BPF objects live only on bpffs, e.g. \(standardMount)/traceplane")
     }
 
+    /// Why nothing can be pinned now, if nothing can: the pin directory is no longer on
+    /// bpffs (unmounted under the running agent; a bpffs mounted there again is another,
+    /// empty one, without the directory this agent locked and its shared hooks' pins).
+    public func unusable() -> String? {
+        if LinuxHost.fsMagic(root) == LinuxHost.bpffsMagic { return nil }
+        return "\(root) is not on bpffs any more (was bpffs unmounted under the agent?): probes attached before keep counting but their pins are gone; mount bpffs again and restart the agent, which then attaches the saved probes anew (counting from zero)"
+    }
+
     static func normalized(_ path: String) -> String {
         var path = path
         while path.count > 1 && path.hasSuffix("/") { path.removeLast() }

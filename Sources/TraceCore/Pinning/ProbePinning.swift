@@ -25,6 +25,15 @@ public final class ProbePinning: Sendable {
     /// - Throws: ``ProbeError`` of kind `notSaved` when a pin or the manifest cannot be
     ///   written; what was pinned for it is removed again.
     func pin(_ probe: AttachedProbe, name: String, spec: ProbeSpec, generation: Int) throws(ProbeError) -> PinManifest {
+        // Checked first: else a directory tree would be made where bpffs was, and a member
+        // of a loaded shared hook would be acknowledged as pinned with the hook's pins gone.
+        if let why = store.unusable() {
+            throw ProbeError(kind: .notSaved, detail: "the change was not made because probe '\(name)' cannot be pinned: \(why)")
+        }
+        if case .hub(let membership) = probe.pinShape, let directory = membership.hub.pinDirectory,
+           LinuxHost.fsMagic(directory) != LinuxHost.bpffsMagic {
+            throw ProbeError(kind: .notSaved, detail: "the change was not made because probe '\(name)' joins the shared hook \(membership.hub.descriptor.id.rawValue), whose pins in \(directory) are gone (was bpffs unmounted under the agent?); restart the agent to pin it again")
+        }
         var manifest = PinManifest(manifestVersion: PinManifest.currentVersion, layoutVersion: PinLayout.version, name: name,
                                    generation: generation, flavour: probe.descriptor.id.rawValue, object: .own, bpfObject: LatencyBPF.object.name,
                                    directory: nil, programs: [], links: 0, taskStorage: probe.taskStorage, budgeted: probe.budgeted, boundTo: probe.boundTo, hub: nil,

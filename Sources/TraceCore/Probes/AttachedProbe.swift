@@ -1,4 +1,5 @@
 import CBPFLayouts
+import Glibc
 import Synchronization
 
 /// A probe attached in the kernel: its own object and links, or a slot of a shared
@@ -42,6 +43,33 @@ public final class AttachedProbe: Sendable {
     /// closes, so a suspended pinned probe is stopped by the flag in its budget map (its
     /// programs run and return at once) instead of being detached.
     private let pinnedState = Mutex(false)
+    /// A uprobe's file as it was when the probe attached (device and inode): the kernel's
+    /// uprobe stays on that inode when another file is renamed over the path.
+    private let uprobeFile = Mutex<UprobeFile?>(nil)
+
+    struct UprobeFile: Sendable, Hashable {
+        var device: UInt64
+        var inode: UInt64
+
+        /// The file at `path` now, nil when there is none.
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            device = UInt64(info.st_dev)
+            inode = UInt64(info.st_ino)
+        }
+    }
+
+    func recordUprobeFile(_ file: UprobeFile?) { uprobeFile.withLock { $0 = file } }
+
+    /// Whether the uprobe's path now names another file than the one attached (replaced by
+    /// a rename or a reinstall): the probe then counts only processes of the old file. A
+    /// deleted file is not replaced (its running processes are still counted).
+    func uprobeFileReplaced(_ target: ProbeTarget) -> Bool {
+        guard target.type == .uprobe, let path = target.path, let attached = uprobeFile.withLock({ $0 }),
+              let now = UprobeFile(path: path) else { return false }
+        return now != attached
+    }
 
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
          plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, budgeted: Bool = false,

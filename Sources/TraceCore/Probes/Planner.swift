@@ -29,6 +29,10 @@ public struct Planner: Sendable {
     /// resources (EMFILE, ENFILE, ENOMEM) ends the chain: a later flavour attaching then
     /// would be chosen for the wrong reason.
     public func attach(_ spec: ProbeSpec, report: CapabilityReport) -> Result<AttachedProbe, AttachFailure> {
+        // The report's mounts as they are now: tracefs or cgroup2 unmounted since the probe
+        // is said so, not taken for a kernel without the tracepoint or the cgroup.
+        var report = report
+        report.kernel = host.current(report.kernel)
         // A uprobe path that cannot hold uprobes (missing, not a regular file, not ELF) is
         // refused before libbpf opens it: its open would block forever on a FIFO.
         if spec.target.type == .uprobe, let refused = spec.target.uprobeBinaryProblem() {
@@ -53,6 +57,8 @@ public struct Planner: Sendable {
                                                                    outcome: .unsupported, stage: nil, errno: nil, message: message)],
                                           refusal: message))
         }
+        // The file as it is before libbpf opens it (for a PUT to notice it was replaced).
+        let uprobeFile = spec.target.type == .uprobe ? spec.target.path.flatMap(AttachedProbe.UprobeFile.init(path:)) : nil
         var attempts: [AttachAttempt] = []
         for descriptor in FlavourCatalog.chain(for: spec) {
             if let skipped = Self.skip(descriptor, report: report) {
@@ -65,6 +71,7 @@ public struct Planner: Sendable {
                 attempts.append(AttachAttempt(flavour: descriptor.flavour, outcome: .attached, stage: .attach, errno: nil,
                                               message: "attached via \(descriptor.via(for: spec.target.type))\(bound)"))
                 probe.attempts = attempts
+                probe.recordUprobeFile(uprobeFile)
                 return .success(probe)
             case .failure(let failed):
                 attempts.append(failed)

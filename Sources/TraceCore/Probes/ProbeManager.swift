@@ -218,7 +218,10 @@ public actor ProbeManager {
         guard let existing = entries[name] else {
             return (try await attachNew(name: name, spec: spec), .created)
         }
-        if existing.probe != nil, existing.spec == spec || Self.sameAttachment(existing.spec, spec) {
+        // A uprobe whose file was replaced since it attached is attached again, to the file
+        // the path names now, even by a PUT of the same spec.
+        if let probe = existing.probe, existing.spec == spec || Self.sameAttachment(existing.spec, spec),
+           !probe.uprobeFileReplaced(spec.target) {
             // Only the lease (and perhaps the labels) changed: keep the kernel attachment.
             var kept = existing
             leased(&kept, spec.ttlSeconds)
