@@ -535,16 +535,7 @@ struct PinnedStateTests {
 
     /// Runs the agent binary with `arguments` to its end (at most 60 s): status and output.
     static func runCLI(_ arguments: [String], executable: String = AgentProcess.executable) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
+        try Command.run(executable, arguments)
     }
 
     /// The agent built with `-DTRACEPLANE_LAYOUT_BUMP_TEST` into `.build/layout-bump`
@@ -558,17 +549,9 @@ struct PinnedStateTests {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
         let swift = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "swift"
         let buildPath = "\(root)/.build/\(directory)"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [swift, "build", "--package-path", root, "--build-path", buildPath, "--product", "traceplane",
-                             "-Xswiftc", "-D\(flag)"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        try #require(process.terminationStatus == 0, "the \(directory) build failed (\(process.terminationStatus)): \(output.suffix(3000))")
+        let (status, output) = try Command.run("/usr/bin/env", [swift, "build", "--package-path", root, "--build-path", buildPath,
+                                                "--product", "traceplane", "-Xswiftc", "-D\(flag)"])
+        try #require(status == 0, "the \(directory) build failed (\(status)): \(output.suffix(3000))")
         let executable = "\(buildPath)/debug/traceplane"
         try #require(FileManager.default.isExecutableFile(atPath: executable), "no \(executable) after the build: \(output.suffix(2000))")
         return executable

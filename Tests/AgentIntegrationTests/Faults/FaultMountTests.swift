@@ -257,7 +257,7 @@ struct FaultMountTests {
         let before = KernelCensus.objects()
         for (dir, magic) in [(tmpfs, "0x1021994"), (ext4, "0xef53")] {
             let started = ContinuousClock.now
-            let run = try Run.command([AgentProcess.executable, "serve", "--listen", "127.0.0.1:0", "--state-dir", base + "/state", "--pin-dir", dir + "/pins"])
+            let run = try Command.run(AgentProcess.executable, ["serve", "--listen", "127.0.0.1:0", "--state-dir", base + "/state", "--pin-dir", dir + "/pins"])
             let lines = run.output.split(separator: "\n").filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
             print("--pin-dir on \(dir): exit \(run.status) after \(ContinuousClock.now - started): \(run.output)")
             #expect(run.status != 0, "\(dir): exit \(run.status)")
@@ -343,7 +343,7 @@ fileprivate final class MountAgent {
 
     /// Runs `command` in the agent's mount namespace.
     func inNamespace(_ command: [String]) throws -> (status: Int32, output: String) {
-        try Run.command(["/usr/bin/nsenter", "-t", "\(pid)", "-m", "--"] + command)
+        try Command.run("/usr/bin/nsenter", ["-t", "\(pid)", "-m", "--"] + command)
     }
 
     func stop() async {
@@ -378,21 +378,6 @@ fileprivate enum Mounts {
     }
 }
 
-fileprivate enum Run {
-    static func command(_ argv: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
-    }
-}
-
 /// tests/faults/fault_workload.c, built once per test process with gcc as `tp-faultwork`
 /// (also its comm): getppid calls on command, each answered with "ok".
 fileprivate final class Workload {
@@ -403,7 +388,7 @@ fileprivate final class Workload {
         let out = "\(dir)/\(comm)"
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let gcc = try Run.command(["/usr/bin/gcc", "-O1", "-o", out, root.appendingPathComponent("tests/faults/fault_workload.c").path])
+            let gcc = try Command.run("/usr/bin/gcc", ["-O1", "-o", out, root.appendingPathComponent("tests/faults/fault_workload.c").path])
             guard gcc.status == 0 else { return .failure(FaultFailure(description: "gcc failed: \(gcc.output)")) }
         } catch {
             return .failure(FaultFailure(description: "cannot run gcc: \(error)"))

@@ -254,29 +254,16 @@ fileprivate enum FaultBinary {
     static func build(into path: String, padded: Bool = false) throws -> String {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        let gcc = try run(["/usr/bin/gcc", "-O1"] + (padded ? ["-DFAULT_PAD"] : []) + ["-o", path, root.appendingPathComponent("tests/faults/fault_workload.c").path])
+        let gcc = try Command.run("/usr/bin/gcc", ["-O1"] + (padded ? ["-DFAULT_PAD"] : []) + ["-o", path, root.appendingPathComponent("tests/faults/fault_workload.c").path])
         try #require(gcc.status == 0, "gcc: \(gcc.output)")
         return path
     }
 
     /// fault_target's address in the ELF file, as `nm` says.
     static func symbolOffset(_ path: String) throws -> String {
-        let nm = try run(["/usr/bin/nm", path])
+        let nm = try Command.run("/usr/bin/nm", [path])
         let line = try #require(nm.output.split(separator: "\n").first { $0.hasSuffix(" T fault_target") }, "\(nm.output)")
         return String(line.split(separator: " ")[0])
-    }
-
-    static func run(_ argv: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
     }
 }
 

@@ -32,22 +32,13 @@ struct FaultResourceTests {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
     }
 
-    static func run(_ tool: String, _ args: [String]) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = args
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
-    }
-
     /// Sets the soft RLIMIT_NOFILE of `pid` and keeps its hard limit (raising a hard limit
     /// needs CAP_SYS_RESOURCE, which a container's root may lack).
     static func setOpenFileLimit(_ pid: Int32, soft: Int) throws -> Bool {
         let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)
         let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
         let hard = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(4).first.map(String.init) ?? "unlimited"
-        return try run("/usr/bin/prlimit", ["--pid", "\(pid)", "--nofile=\(soft):\(hard == "unlimited" ? "unlimited" : hard)"]) == 0
+        return try Command.run("/usr/bin/prlimit", ["--pid", "\(pid)", "--nofile=\(soft):\(hard)"]).status == 0
     }
 
     /// A per-syscall tracepoint probe on getppid counting only this test process.
