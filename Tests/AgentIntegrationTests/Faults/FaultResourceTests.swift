@@ -119,6 +119,65 @@ struct FaultResourceTests {
         await stop(agent)
     }
 
+    @Test("Map creation refused by the kernel (the agent's memory cgroup limited below a 59 MB stack map): 503 agent-resources-exhausted with Retry-After and ENOMEM, nothing half-created; a small table attaches and counts exactly; the limit raised, the large one attaches")
+    func mapCreationRefused() async throws {
+        let (agent, base) = try await start()
+        // 55,000 keys of one kernel stack: a stack map of 55,000 x 1,080 bytes, preallocated
+        // and charged to the creating process's memory cgroup (the key table is per-CPU
+        // memory, which this kernel does not charge to a v1 memory cgroup).
+        func spec(maxKeys: Int) -> String {
+            Self.ppidSpec(#","aggregate":{"by":["kstack"],"value":"none","max_keys":\#(maxKeys)}"#)
+        }
+        let census = KernelCensus.objects()
+        // Warm-up outside the limit: what the first load of an object allocates once (BTF,
+        // the object's ELF) is charged where the agent started, not to the limited cgroup.
+        #expect(try CurlClient.run("PUT", "\(base)/v1/probes/warm", json: spec(maxKeys: 64)).status == 201)
+        #expect(try CurlClient.run("DELETE", "\(base)/v1/probes/warm").status == 204)
+        let warm = await KernelCensus.settledObjects(since: census)
+        #expect(warm.isEmpty, "left in the kernel by the warm-up: \(warm)")
+
+        let cgroup = try #require(try MemoryCgroup.make(name: "tp-fault-memcg-\(getpid())"),
+                                  "no memory cgroup to limit here (neither a v1 memory hierarchy nor cgroup2 with the memory controller delegated)")
+        defer { cgroup.remove() }
+        try cgroup.add(agent.pid)
+        try cgroup.limit(32 << 20)
+
+        let refused = try CurlClient.run("PUT", "\(base)/v1/probes/big", json: spec(maxKeys: 55_000))
+        #expect(refused.status == 503, "\(refused.status) \(refused.body)")
+        #expect(refused.headers.lowercased().contains("retry-after: 5"), "\(refused.headers)")
+        #expect(refused.json?["type"] as? String == "https://traceplane.dev/problems/agent-resources-exhausted", "\(refused.body)")
+        let attempts = refused.json?["attempts"] as? [[String: Any]] ?? []
+        #expect(attempts.last?["errno"] as? String == "ENOMEM", "\(refused.body)")
+        // The kernel's own account: the cgroup hit its limit (an independent oracle of why).
+        #expect(cgroup.failures > 0, "the memory cgroup never refused a charge")
+        #expect(try CurlClient.run("GET", "\(base)/healthz").status == 200)
+        #expect(agent.isRunning)
+        let listed = try #require(CurlClient.run("GET", "\(base)/v1/probes").json?["probes"] as? [[String: Any]])
+        #expect(listed.isEmpty, "\(listed)")
+        // Nothing of the refused probe stays: no program, map or link more than before it.
+        let afterRefusal = await KernelCensus.settledObjects(since: census)
+        #expect(afterRefusal.isEmpty, "left in the kernel by the refused probe: \(afterRefusal)")
+
+        // Under the same limit a small table fits and counts exactly.
+        let small = try CurlClient.run("PUT", "\(base)/v1/probes/small", json: spec(maxKeys: 1_000))
+        #expect(small.status == 201, "\(small.body)")
+        for _ in 0..<300 { _ = getppid() }
+        #expect(try calls(base, "small") == 300)
+
+        // The limit lifted: the same large request now attaches, and both count exactly.
+        try cgroup.limit(nil)
+        let big = try CurlClient.run("PUT", "\(base)/v1/probes/big", json: spec(maxKeys: 55_000))
+        #expect(big.status == 201, "\(big.body)")
+        for _ in 0..<200 { _ = getppid() }
+        #expect(try calls(base, "big") == 200)
+        #expect(try calls(base, "small") == 500)
+
+        for name in ["small", "big"] { #expect(try CurlClient.run("DELETE", "\(base)/v1/probes/\(name)").status == 204) }
+        let left = await KernelCensus.settledObjects(since: census)
+        #expect(left.isEmpty, "left in the kernel: \(left)")
+        await stop(agent)
+    }
+
     @Test("A tracepoint's program limit (64 perf-event programs per event): the next probe is a 422 with attempts naming E2BIG, nothing half-attached; one deleted, one more fits")
     func perTracepointProgramLimit() async throws {
         let (agent, base) = try await start()
@@ -181,5 +240,93 @@ struct FaultResourceTests {
         let left = await KernelCensus.settledObjects(since: before)
         #expect(left.isEmpty, "left in the kernel: \(left)")
         await stop(agent)
+    }
+}
+
+/// A memory cgroup of the test's own, below this process's: a v1 `memory` hierarchy (a
+/// hybrid host like CI's), or cgroup2 where this process's cgroup delegates the memory
+/// controller to its children. Its limit covers what the kernel charges for the tasks in
+/// it, BPF maps they create included.
+struct MemoryCgroup {
+    let path: String
+    /// v1 (`memory.limit_in_bytes`, `memory.failcnt`) or v2 (`memory.max`, `memory.events`).
+    let v1: Bool
+
+    /// Makes `name` below this process's memory cgroup; nil when there is none to use.
+    static func make(name: String) throws -> MemoryCgroup? {
+        let membership = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER-OPTIONS
+        func mountPoint(fstype: String, superOption: String?) -> String? {
+            for line in mounts.split(separator: "\n") {
+                let halves = line.components(separatedBy: " - ")
+                guard halves.count == 2 else { continue }
+                let tail = halves[1].split(separator: " ")
+                guard tail.first.map(String.init) == fstype else { continue }
+                if let superOption, !(tail.last?.split(separator: ",").contains(Substring(superOption)) ?? false) { continue }
+                let fields = halves[0].split(separator: " ")
+                if fields.count > 4 { return String(fields[4]) }
+            }
+            return nil
+        }
+        for line in membership.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 3 else { continue }
+            if parts[1].split(separator: ",").contains("memory"), let root = mountPoint(fstype: "cgroup", superOption: "memory") {
+                let path = root + (parts[2] == "/" ? "" : parts[2]) + "/" + name
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+                return MemoryCgroup(path: path, v1: true)
+            }
+        }
+        for line in membership.split(separator: "\n") where line.hasPrefix("0::") {
+            guard let root = mountPoint(fstype: "cgroup2", superOption: nil) else { continue }
+            let parent = root + (line.dropFirst(3) == "/" ? "" : String(line.dropFirst(3)))
+            let delegated = (try? String(contentsOfFile: parent + "/cgroup.subtree_control", encoding: .utf8)) ?? ""
+            guard delegated.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory") else { continue }
+            let path = parent + "/" + name
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+            return MemoryCgroup(path: path, v1: false)
+        }
+        return nil
+    }
+
+    private func write(_ file: String, _ value: String) throws {
+        guard let handle = FileHandle(forWritingAtPath: path + "/" + file) else {
+            throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: path + "/" + file])
+        }
+        defer { try? handle.close() }
+        try handle.write(contentsOf: Data(value.utf8))
+    }
+
+    /// Moves process `pid` (every thread) here.
+    func add(_ pid: Int32) throws { try write("cgroup.procs", "\(pid)") }
+
+    /// Sets the limit in bytes; nil lifts it.
+    func limit(_ bytes: Int?) throws {
+        if v1 { try write("memory.limit_in_bytes", bytes.map(String.init) ?? "-1") }
+        else { try write("memory.max", bytes.map(String.init) ?? "max") }
+    }
+
+    /// How many charges the kernel refused at the limit.
+    var failures: Int {
+        if v1 {
+            return Int(((try? String(contentsOfFile: path + "/memory.failcnt", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        }
+        let events = (try? String(contentsOfFile: path + "/memory.events", encoding: .utf8)) ?? ""
+        let max = events.split(separator: "\n").first { $0.hasPrefix("max ") }
+        return max.flatMap { Int($0.dropFirst(4)) } ?? 0
+    }
+
+    /// Moves whatever is left here to the parent, then removes the cgroup.
+    func remove() {
+        let parent = (path as NSString).deletingLastPathComponent
+        let tasks = (try? String(contentsOfFile: path + "/cgroup.procs", encoding: .utf8)) ?? ""
+        for pid in tasks.split(separator: "\n") {
+            if let handle = FileHandle(forWritingAtPath: parent + "/cgroup.procs") {
+                try? handle.write(contentsOf: Data(pid.utf8))
+                try? handle.close()
+            }
+        }
+        rmdir(path)
     }
 }
