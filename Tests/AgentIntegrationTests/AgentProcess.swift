@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Synchronization
+import Testing
 import TraceCore
 
 /// The real `traceplane` executable run as a child process (real signals, real restarts).
@@ -123,6 +124,30 @@ final class AgentProcess: Sendable {
 
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+extension AgentProcess {
+    /// `traceplane serve --listen 127.0.0.1:0 ARGS`, started and ready (its "ready: N probes"
+    /// line); a failed requirement, with the agent's log, when it does not listen within a
+    /// minute or exits before it is ready.
+    static func started(_ arguments: [String], executable: String? = nil, wrapper: [String] = []) async throws -> AgentProcess {
+        let agent = try AgentProcess(["--listen", "127.0.0.1:0"] + arguments, executable: executable, wrapper: wrapper)
+        try #require(await agent.waitForListening(seconds: 60), "agent did not start: \(agent.log)")
+        try #require(await agent.waitForOutput(matching: "ready: [0-9]+ probes") != nil, "agent never got ready: \(agent.log)")
+        return agent
+    }
+
+    /// SIGTERM, and an exit status of 0 expected within 30 s.
+    func stopCleanly() async {
+        signal(SIGTERM)
+        let status = await waitForExit(seconds: 30)
+        #expect(status == 0, "the agent exited \(String(describing: status)) on SIGTERM: \(log.suffix(3000))")
+    }
+
+    /// `method path` on this agent, with curl (a JSON body when given).
+    func request(_ method: String, _ path: String, _ json: String? = nil) throws -> CurlClient.Reply {
+        try CurlClient.run(method, "http://127.0.0.1:\(port)\(path)", json: json)
     }
 }
 

@@ -307,7 +307,7 @@ final class StreamClient {
 
     private init(_ executable: String, _ arguments: [String], sse: Bool) throws {
         output = NSTemporaryDirectory() + "stream-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: output, contents: nil)
+        guard FileManager.default.createFile(atPath: output, contents: nil) else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: output]) }
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))

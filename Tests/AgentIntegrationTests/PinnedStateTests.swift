@@ -34,21 +34,13 @@ struct PinnedStateTests {
     // MARK: - Helpers
 
     func start(_ extra: [String] = [], executable: String? = nil, state: String? = nil, pins: String? = nil) async throws -> AgentProcess {
-        var arguments = ["--listen", "127.0.0.1:0", "--state-dir", state ?? stateDir]
+        var arguments = ["--state-dir", state ?? stateDir]
         let pins = pins ?? pinDir
         if !pins.isEmpty { arguments += ["--pin-dir", pins] }
-        let agent = try AgentProcess(arguments + extra, executable: executable)
-        let listening = await agent.waitForListening(seconds: 60)
-        try #require(listening, "agent did not start: \(agent.log)")
-        try #require(await agent.waitForOutput(matching: "ready: ") != nil, "agent never got ready: \(agent.log)")
-        return agent
+        return try await .started(arguments + extra, executable: executable)
     }
 
-    func stop(_ agent: AgentProcess) async {
-        agent.signal(SIGTERM)
-        let status = await agent.waitForExit(seconds: 30)
-        #expect(status == 0, "the agent exited \(String(describing: status)) on SIGTERM: \(agent.log)")
-    }
+    func stop(_ agent: AgentProcess) async { await agent.stopCleanly() }
 
     func kill9(_ agent: AgentProcess) async {
         agent.signal(SIGKILL)
@@ -56,7 +48,7 @@ struct PinnedStateTests {
     }
 
     func request(_ agent: AgentProcess, _ method: String, _ path: String, _ json: String? = nil) throws -> CurlClient.Reply {
-        try CurlClient.run(method, "http://127.0.0.1:\(agent.port)\(path)", json: json)
+        try agent.request(method, path, json)
     }
 
     /// calls and the latency histogram (lower bound → count) of one probe.

@@ -130,21 +130,12 @@ struct FaultClockTests {
 
     // MARK: - Helpers
 
-    func start(_ args: [String]) async throws -> AgentProcess {
-        let agent = try AgentProcess(["--listen", "127.0.0.1:0", "--log-level", "info"] + args)
-        try #require(await agent.waitForListening(seconds: 60), "agent did not start: \(agent.log)")
-        try #require(await agent.waitForOutput(matching: "ready: [0-9]+ probes") != nil, "agent never got ready: \(agent.log)")
-        return agent
-    }
+    func start(_ args: [String]) async throws -> AgentProcess { try await .started(["--log-level", "info"] + args) }
 
-    func stop(_ agent: AgentProcess) async {
-        agent.signal(SIGTERM)
-        let status = await agent.waitForExit(seconds: 30)
-        #expect(status == 0, "the agent exited \(String(describing: status)) on SIGTERM: \(agent.log.suffix(3000))")
-    }
+    func stop(_ agent: AgentProcess) async { await agent.stopCleanly() }
 
     func request(_ agent: AgentProcess, _ method: String, _ path: String, _ json: String? = nil) throws -> CurlClient.Reply {
-        try CurlClient.run(method, "http://127.0.0.1:\(agent.port)\(path)", json: json)
+        try agent.request(method, path, json)
     }
 
     func expiresAt(_ agent: AgentProcess, _ name: String) throws -> Date {

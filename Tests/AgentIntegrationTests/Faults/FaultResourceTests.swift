@@ -15,18 +15,11 @@ struct FaultResourceTests {
     }
 
     func start(_ extra: [String] = [], wrapper: [String] = []) async throws -> (AgentProcess, String) {
-        let agent = try AgentProcess(["--listen", "127.0.0.1:0"] + extra, wrapper: wrapper)
-        let listening = await agent.waitForListening()
-        #expect(listening, "agent did not start: \(agent.log)")
-        guard listening else { throw CancellationError() }
-        #expect(await agent.waitForOutput(matching: "ready: [0-9]+ probes") != nil, "\(agent.log)")
+        let agent = try await AgentProcess.started(extra, wrapper: wrapper)
         return (agent, "http://127.0.0.1:\(agent.port)")
     }
 
-    func stop(_ agent: AgentProcess) async {
-        agent.signal(SIGTERM)
-        #expect(await agent.waitForExit() == 0, "\(agent.log.suffix(2000))")
-    }
+    func stop(_ agent: AgentProcess) async { await agent.stopCleanly() }
 
     static func openFDs(_ pid: Int32) -> Int {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count

@@ -120,11 +120,7 @@ struct FaultStateTests {
     }
 
     func start(_ state: String) async throws -> (AgentProcess, String) {
-        let agent = try AgentProcess(["--listen", "127.0.0.1:0", "--state-dir", state])
-        let listening = await agent.waitForListening()
-        #expect(listening, "agent did not start: \(agent.log)")
-        guard listening else { throw CancellationError() }
-        #expect(await agent.waitForOutput(matching: "ready: [0-9]+ probes") != nil, "\(agent.log)")
+        let agent = try await AgentProcess.started(["--state-dir", state])
         return (agent, "http://127.0.0.1:\(agent.port)")
     }
 
