@@ -48,6 +48,9 @@ const volatile bool str_user = true;           /* it points to user memory (else
 const volatile bool syscall_regs = false;      /* the traced function takes the syscall's pt_regs */
 const volatile bool need_stacks = false;       /* a key part is kstack or ustack */
 const volatile u64 stack_seed = 0;             /* random per load: the frames' hash cannot be forged */
+/* A key part is ustack: each new key is told to user space through the `events` ring
+ * (TP_EV_NEW_KEY), so its process's mappings are read while it runs. */
+const volatile bool notify_new_keys = false;
 
 /* Events (spec `events`): off by default, so a probe without them has no branch of it. */
 const volatile bool events_on = false;
@@ -432,6 +435,21 @@ static __always_inline void fill_key(void *ctx, struct tp_start *st, struct tp_s
 	}
 }
 
+/* notify_new_keys: a notice that the current process has a new key, to the `events` ring.
+ * Not an event: no rate limit and no event counter; a notice the ring has no room for is
+ * lost (user space still reads the process's mappings within a second, if it lives). */
+static __always_inline void notify_new_key(void)
+{
+	struct tp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e)); /* ring memory is not zeroed: nothing of it may leak */
+	e->flags = TP_EV_NEW_KEY;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->time_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 /* One call (or event: `st` is null) into the key table. */
 static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct tp_stats *s, u64 delta, s64 ret, u64 w)
 {
@@ -449,6 +467,11 @@ static __always_inline void keyed_update(void *ctx, struct tp_start *st, struct 
 				s->dropped_keys++;
 			return;
 		}
+		/* Per key, not per stack: processes of one non-PIE binary share stack hashes, but a
+		 * ustack part holds the tgid, so each process has keys of its own. (Two CPUs that
+		 * create one key at once may both tell it; user space reads the mappings once.) */
+		if (notify_new_keys)
+			notify_new_key();
 	}
 	v->calls += w;
 	if (ret < 0)

@@ -63,6 +63,10 @@ enum {
 	BPF_LOCAL_STORAGE_GET_F_CREATE = (1ULL << 0),
 };
 
+enum {
+	BPF_RB_FORCE_WAKEUP = (1ULL << 1), /* bpf_ringbuf_submit: wake the consumer even when it is behind */
+};
+
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
 	long unsigned int r15;

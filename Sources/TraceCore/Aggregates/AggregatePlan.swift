@@ -83,6 +83,10 @@ public struct AggregatePlan: Sendable, Hashable {
     }
     /// The `kstack` and `ustack` parts.
     public var stackParts: Int { parts.filter { $0.kind == Self.k(TP_K_KSTACK) || $0.kind == Self.k(TP_K_USTACK) }.count }
+    /// Whether a part is `ustack`: the programs then tell user space of each new key (a
+    /// `TP_EV_NEW_KEY` notice in the `events` ring), so the process's mappings are read
+    /// while it runs (see ``KeyNotices``).
+    public var notifiesNewKeys: Bool { parts.contains { $0.kind == Self.k(TP_K_USTACK) } }
     /// Entries of the stack map: one per stack a full key table can name; one when no part
     /// is a stack.
     public var stackEntries: Int { stackParts == 0 ? 1 : maxKeys * stackParts }

@@ -34,6 +34,7 @@ extension AttachedProbe {
     func release() {
         stackTable?.stop()
         events?.finish(.shutdown)
+        notices?.close()
         let taken = resources.withLock { r -> Resources in
             defer { r = .detached }
             return r

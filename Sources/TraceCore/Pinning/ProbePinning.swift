@@ -236,21 +236,26 @@ public final class ProbePinning: Sendable {
             return .failure(PinRefusal("a pin is missing or unusable: \(error)"))
         }
         var events: ProbeEvents?
-        if let eventsSpec = spec.events {
-            do {
+        var notices: KeyNotices?
+        // The events ring: its events, or only a ustack probe's new-key notices (pinned
+        // programs of an older build write none: the stack table's second still reads).
+        do {
+            if let eventsSpec = spec.events {
                 let ring = try adopted.object.openRing(LatencyBPF.Maps.events, index: nil)
                 events = ProbeEvents(ring: ring, spec: eventsSpec, plan: plan, layout: .own,
                                      kind: descriptor.measures == .events ? "tracepoint" : "call")
-            } catch {
-                for link in adopted.links { link.release() }
-                adopted.object.close()
-                return .failure(PinRefusal("its events ring buffer cannot be opened: \(error)"))
+            } else {
+                notices = try KeyNotices.open(adopted.object, plan: plan)
             }
+        } catch {
+            for link in adopted.links { link.release() }
+            adopted.object.close()
+            return .failure(PinRefusal("its events ring buffer cannot be opened: \(error)"))
         }
         let probe = AttachedProbe(descriptor: descriptor, object: adopted.object, links: adopted.links, taskStorage: manifest.taskStorage,
                                   boundTo: manifest.boundTo, plan: plan,
                                   reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events,
-                                  budgeted: manifest.budgeted)
+                                  notices: notices, budgeted: manifest.budgeted)
         probe.attempts = manifest.attempts
         probe.markPinned()
         return .success(probe)

@@ -30,6 +30,9 @@ public final class AttachedProbe: Sendable {
     let stackTable: StackTable?
     /// Its events on their way to subscribers (nil without an `events` spec).
     public let events: ProbeEvents?
+    /// The new-key notices of a `ustack` probe without events (with events, ``events``
+    /// reads them): its processes' mappings are read when their first stack is keyed.
+    let notices: KeyNotices?
     /// Whether its programs can sample and suspend (spec `budget`, serve --max-cpu-percent):
     /// they then count every call in `seen` and read the budget control.
     public let budgeted: Bool
@@ -72,11 +75,12 @@ public final class AttachedProbe: Sendable {
     }
 
     init(descriptor: FlavourDescriptor, object: any LoadedObject, links: [any AttachedLink], taskStorage: Bool, boundTo: String? = nil,
-         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, budgeted: Bool = false,
+         plan: AggregatePlan, reportsAggregate: Bool = true, events: ProbeEvents? = nil, notices: KeyNotices? = nil, budgeted: Bool = false,
          attachments: [Recipe.Attachment] = []) {
         self.descriptor = descriptor
         self.attachments = attachments
         self.events = events
+        self.notices = notices
         self.budgeted = budgeted
         self.taskStorage = taskStorage
         self.boundTo = boundTo
@@ -85,8 +89,10 @@ public final class AttachedProbe: Sendable {
         resources = Mutex(.own(object: object, links: links))
         stackTable = plan.stackParts > 0 ? StackTable(stripsTracer: descriptor.id != .profile) : nil
         if let events { EventPump.shared.register(events) }
+        if let notices { EventPump.shared.register(notices) }
         // Resolve new stacks while their processes still run (a process that exits keeps
-        // the names it had); the timer holds the probe weakly and stops at detach.
+        // the names it had; its mappings were read when its first key was told, by `events`
+        // or `notices`); the timer holds the probe weakly and stops at detach.
         stackTable?.start { [weak self] () throws(KernelError) -> (refs: Set<StackRef>, lookup: StackTable.Lookup) in
             guard let self else { return ([], { _ in nil }) }
             return try self.rawStacks()
@@ -97,6 +103,7 @@ public final class AttachedProbe: Sendable {
          events: ProbeEvents? = nil, budgeted: Bool = false) {
         self.descriptor = descriptor
         self.events = events
+        notices = nil
         self.budgeted = budgeted
         attachments = []
         taskStorage = hub.taskStorage
@@ -122,6 +129,7 @@ public final class AttachedProbe: Sendable {
     public func detach(reaper: Reaper, reason: FeedEndReason = .deleted) {
         stackTable?.stop()
         events?.finish(reason)
+        notices?.close()
         let taken = resources.withLock { r -> Resources in
             defer { r = .detached }
             return r

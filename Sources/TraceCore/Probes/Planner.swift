@@ -139,20 +139,24 @@ public struct Planner: Sendable {
                 bound.binding = binding
                 result = attacher.attach(descriptor, bound).flatMap { made in
                     var events: ProbeEvents?
-                    if let spec = spec.events {
-                        do throws(KernelError) {
+                    var notices: KeyNotices?
+                    // The events ring: its events, or only a ustack probe's new-key notices.
+                    do throws(KernelError) {
+                        if let spec = spec.events {
                             let ring = try made.object.openRing(LatencyBPF.Maps.events, index: nil)
                             events = ProbeEvents(ring: ring, spec: spec, plan: plan, layout: .own,
                                                  kind: descriptor.measures == .events ? "tracepoint" : "call")
-                        } catch {
-                            attacher.reaper.dispose(links: made.links, objects: [made.object])
-                            return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: report.kernel))
+                        } else {
+                            notices = try KeyNotices.open(made.object, plan: plan)
                         }
+                    } catch {
+                        attacher.reaper.dispose(links: made.links, objects: [made.object])
+                        return .failure(.failed(descriptor.flavour, descriptor.needs[0], error, facts: report.kernel))
                     }
                     return .success(AttachedProbe(descriptor: descriptor, object: made.object, links: made.links, taskStorage: made.taskStorage,
                                                   boundTo: made.recipe.boundTo, plan: plan,
                                                   reportsAggregate: spec.aggregate != nil || spec.target.type == .profile, events: events,
-                                                  budgeted: input.budgeted, attachments: made.recipe.attachments))
+                                                  notices: notices, budgeted: input.budgeted, attachments: made.recipe.attachments))
                 }
                 guard case .failure(let failed) = result, failed.stage == .load, failed.errno == .ESRCH || failed.errno == .ENOENT else { break }
             }

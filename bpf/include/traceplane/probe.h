@@ -131,6 +131,9 @@ struct tp_key_stats {
  * event_rate per second of the monotonic clock (see tp_event_admit in aggregate.h).
  */
 #define TP_EV_CALL 1             /* flags: a call; latency_ns and ret are set */
+#define TP_EV_NEW_KEY 2          /* flags: not an event but a notice (notify_new_keys): process `pid`
+                                  * has a new key, read its mappings now; only time_ns and pid are
+                                  * set, the rest is zero; never counted as an event */
 #define TP_EV_COUNT_BITS 24      /* the rate word: second << TP_EV_COUNT_BITS | events in it */
 #define TP_EV_MAX_RATE ((1 << TP_EV_COUNT_BITS) - 1)
 
