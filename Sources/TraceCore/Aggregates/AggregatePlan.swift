@@ -83,9 +83,9 @@ public struct AggregatePlan: Sendable, Hashable {
     }
     /// The `kstack` and `ustack` parts.
     public var stackParts: Int { parts.filter { $0.kind == Self.k(TP_K_KSTACK) || $0.kind == Self.k(TP_K_USTACK) }.count }
-    /// Whether a part is `ustack`: the programs then tell user space of each new key (a
-    /// `TP_EV_NEW_KEY` notice in the `events` ring), so the process's mappings are read
-    /// while it runs (see ``KeyNotices``).
+    /// Whether a part is `ustack`: processes' mappings are then read while they run, told by
+    /// the programs of each new key (a `TP_EV_NEW_KEY` notice in the `events` ring) when the
+    /// probe has no events, else by the events (see ``KeyNotices``, ``ProbeEvents``).
     public var notifiesNewKeys: Bool { parts.contains { $0.kind == Self.k(TP_K_USTACK) } }
     /// Entries of the stack map: one per stack a full key table can name; one when no part
     /// is a stack.

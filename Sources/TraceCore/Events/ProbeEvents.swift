@@ -22,9 +22,10 @@ protocol PumpedRing: AnyObject, Sendable {
 /// the ``EventFeed`` that fans them out, and what was read. The ``EventPump`` drains the
 /// ring whether or not anyone subscribes (with no subscriber, events are counted and kept
 /// only in the feed's small replay buffer), so the kernel's `lost` counts only what the
-/// agent could not keep up with. A `ustack` probe's programs also write new-key notices to
-/// the ring (`TP_EV_NEW_KEY`): those are no events (not published, not counted in
-/// ``consumed``) but go to the user symbolizer, as ``KeyNotices`` does without events.
+/// agent could not keep up with. With a `ustack` key part, the process of each event goes
+/// to the user symbolizer, which reads its mappings while it runs (the programs of a probe
+/// with events write no new-key notices; see ``KeyNotices``). A record that is a notice
+/// (`TP_EV_NEW_KEY`) is never published as an event nor counted in ``consumed``.
 public final class ProbeEvents: PumpedRing {
     public let feed: EventFeed
     public let spec: EventsSpec
@@ -36,6 +37,8 @@ public final class ProbeEvents: PumpedRing {
     private let consumedCount = Atomic<UInt64>(0)
     private let malformedCount = Atomic<UInt64>(0)
     private let symbolizer: UserSymbolizer
+    /// Whether the processes of events go to the symbolizer (a `ustack` key part).
+    private let remembersProcesses: Bool
     let id: UInt64
     var coalesces: Bool { true }
     /// Records consumed per ring read.
@@ -48,6 +51,7 @@ public final class ProbeEvents: PumpedRing {
         self.feed = feed
         self.spec = spec
         self.symbolizer = symbolizer
+        remembersProcesses = plan.notifiesNewKeys
         reader = Mutex(Reader(ring: ring, json: EventJSON(kind: kind, plan: plan, layout: layout)))
         id = EventPump.nextID()
     }
@@ -74,6 +78,9 @@ public final class ProbeEvents: PumpedRing {
                             return
                         }
                         feed.publish(kind: r.json.kind) { seq in r.json.format(raw, seq: seq) }
+                        if remembersProcesses, raw.count >= MemoryLayout<tp_event>.size {
+                            noticed.insert(raw.loadUnaligned(fromByteOffset: MemoryLayout<tp_event>.offset(of: \.pid)!, as: UInt32.self))
+                        }
                     }
                 } catch {
                     malformedCount.add(1, ordering: .relaxed)

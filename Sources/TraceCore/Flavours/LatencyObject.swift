@@ -41,6 +41,12 @@ enum LatencyObject {
             load.set(globals.eventRate, events.rate)
             load.change(LatencyBPF.Maps.events, .maxEntries(events.bufferBytes))
         } else if input.plan.notifiesNewKeys {
+            // User addresses are named from the process's mappings, read when user space hears
+            // of its first key, not a second later when the process may be gone. Only without
+            // events: an events ring carries events alone, as every build reading pinned
+            // programs expects (an older one adopting them would stream notices as events);
+            // with events, the processes of the events are read instead (ProbeEvents).
+            load.set(globals.notifyNewKeys, true)
             // The ring carries only new-key notices (one per new key): room for about 300
             // between two reads of the event pump.
             load.change(LatencyBPF.Maps.events, .maxEntries(KeyNotices.ringBytes))
@@ -90,9 +96,6 @@ enum LatencyObject {
             load.set(g.stackSeed, UInt64.random(in: 1...UInt64.max))
             load.change(LatencyBPF.Maps.stacks, .maxEntries(UInt32(plan.stackEntries)))
         }
-        // User addresses are named from the process's mappings, read when user space hears
-        // of its first key, not a second later when the process may be gone.
-        if plan.notifiesNewKeys { load.set(g.notifyNewKeys, true) }
         let valueSize = UInt32(plan.valueSize)
         load.change(LatencyBPF.Maps.keys, .sizes(key: UInt32(plan.keySize), value: valueSize, maxEntries: UInt32(plan.maxKeys)))
         load.change(LatencyBPF.Maps.zeroValue, .sizes(key: 4, value: valueSize, maxEntries: 1))

@@ -30,9 +30,9 @@ struct StackKernelTests {
     static func perfFDs() -> Int {
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
         return fds.filter { fd in
-            var buffer = [CChar](repeating: 0, count: 256)
-            let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
-            return n > 0 && String(cString: buffer).contains("perf_event")
+            var buffer = [UInt8](repeating: 0, count: 256)
+            let n = buffer.withUnsafeMutableBytes { readlink("/proc/self/fd/\(fd)", $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count - 1) }
+            return n > 0 && String(decoding: buffer.prefix(n), as: UTF8.self).contains("perf_event")
         }.count
     }
 

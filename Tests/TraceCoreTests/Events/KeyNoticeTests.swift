@@ -5,9 +5,9 @@ import Testing
 @testable import TraceCore
 import TraceCoreTestSupport
 
-/// New-key notices (`TP_EV_NEW_KEY`): the programs of a `ustack` probe tell user space of
-/// each new key through the `events` ring, so the process's mappings are read while it
-/// runs. Here: the settings a plan loads with, and what the readers of the ring do with a
+/// New-key notices (`TP_EV_NEW_KEY`): the programs of a `ustack` probe without events tell
+/// user space of each new key through the `events` ring, so the process's mappings are
+/// read while it runs (with events, the events' processes are read). Here: the settings a plan loads with, and what the readers of the ring do with a
 /// notice (on an in-memory ring and a fake /proc). The kernel side is in the fault suite's
 /// `stacksAfterExit`.
 @Suite struct KeyNoticeTests {
@@ -82,7 +82,7 @@ import TraceCoreTestSupport
         #expect([UInt8](repeating: 0xFF, count: 8).withUnsafeBytes { KeyNotices.process($0) } == nil, "a short record")
     }
 
-    @Test("Only a plan with a ustack part loads with notify_new_keys; without events its ring is 64 KiB, with events the events' size")
+    @Test("Only a plan with a ustack part and no events loads with notify_new_keys, and a 64 KiB ring; with events the ring carries events alone, of the events' size")
     func loadSettings() throws {
         let g = LatencyBPF.Globals.self
         func load(_ by: [String], events: EventsSpec? = nil) throws -> LoadSpec {
@@ -95,7 +95,7 @@ import TraceCoreTestSupport
         #expect(ustack.readOnly[g.notifyNewKeys] == [1])
         #expect(ustack.mapChanges[LatencyBPF.Maps.events] == .maxEntries(64 << 10))
         let both = try load(["comm", "kstack", "ustack"], events: EventsSpec(minLatencyNs: 1000, bufferKiB: 256))
-        #expect(both.readOnly[g.notifyNewKeys] == [1])
+        #expect(both.readOnly[g.notifyNewKeys] == nil, "an events ring carries events alone (what a build adopting the pins expects)")
         #expect(both.mapChanges[LatencyBPF.Maps.events] == .maxEntries(256 << 10))
         for by in [["kstack"], ["pid"], ["comm", "kstack"]] {
             let other = try load(by)
@@ -128,9 +128,9 @@ import TraceCoreTestSupport
         #expect(notices.drain() == 0, "closed: nothing read")
     }
 
-    @Test("ProbeEvents diverts notices: not published, not consumed events, but the process's mappings are read; events go on as before")
+    @Test("ProbeEvents of a ustack probe reads the mappings of each event's process; a notice record is never published nor consumed as an event")
     func eventsDivertNotices() throws {
-        let root = try Self.fakeProc([77], path: Self.path)
+        let root = try Self.fakeProc([77, 78], path: Self.path)
         defer { try? FileManager.default.removeItem(atPath: root) }
         let symbolizer = Self.symbolizer(root)
         let plan = try Self.plan(["ustack"])
@@ -154,9 +154,18 @@ import TraceCoreTestSupport
         }
         #expect(pids == [77, 77, 78, 79])
         #expect(seqs == [1, 2, 3, 4], "notices take no sequence number")
-        #expect(symbolizer.processCount == 1)
+        #expect(symbolizer.processCount == 3, "77 and 78 with their mappings, 79 (no /proc entry) without")
         try FileManager.default.removeItem(atPath: root)
         #expect(symbolizer.symbolize(tgid: 77, ips: [0x401000]).first?.module == Self.path)
+        #expect(symbolizer.symbolize(tgid: 78, ips: [0x401000]).first?.module == Self.path, "an event's process")
         events.finish(.deleted)
+
+        // Without a ustack part the events' processes are none of the symbolizer's business.
+        let other = Self.symbolizer(try Self.fakeProc([80], path: Self.path))
+        let plain = ProbeEvents(ring: RecordRing([Self.event(80)]), spec: EventsSpec(minLatencyNs: 1000), plan: try Self.plan(["comm"]),
+                                layout: .own, kind: "call", symbolizer: other)
+        #expect(plain.drain() == 1)
+        #expect(other.processCount == 0)
+        plain.finish(.deleted)
     }
 }
